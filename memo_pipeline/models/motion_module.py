@@ -1,0 +1,215 @@
+"""Memory-guided linear temporal attention (MEMO's motion module).
+
+Each spatial location attends over the frames of the current clip with *linear* attention
+(softmax feature maps, no F x F matrix) and additionally reads a decayed summary of every past
+motion frame of the audio track from a `MotionMemory`. Numerics follow the released model
+exactly (architecture notes §6.4, §7, quirks Q1, Q2, Q9):
+
+- queries are softmaxed over the head dim and then scaled by `head_dim**-0.5`; keys are
+  softmaxed over the frame axis (current and motion frames separately);
+- motion frame `i` of `P` is weighted by `decay**(P-1-i)` on keys *and* values, so it enters
+  `KV` with `decay**(2(P-1-i))` and `Z` with `decay**(P-1-i)`;
+- stored memory ages by `decay**P` per update and by one more `decay` when read;
+- the sinusoidal position code is added to the current frames only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from diffusers.models.attention import FeedForward
+from torch import nn
+
+from .motion_memory import MotionMemory
+
+MemoryUpdate = Literal["reset", "append", "read"]
+"""How a denoising call treats the motion memory:
+`reset` starts it afresh from this clip's motion frames (first clip of an audio track),
+`append` ages it and adds this clip's motion frames (first step of a later clip),
+`read` only uses it (remaining steps)."""
+
+
+def memory_update_from_flags(is_new_audio: bool, update_past_memory: bool) -> MemoryUpdate:
+    """Translate the official pipeline's two flags."""
+    if is_new_audio:
+        return "reset"
+    return "append" if update_past_memory else "read"
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sin/cos table, stored as the persistent buffer `pe` `(1, max_len, dim)` as released."""
+
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)
+        frequency = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(1, max_len, dim)
+        pe[0, :, 0::2] = torch.sin(position * frequency)
+        pe[0, :, 1::2] = torch.cos(position * frequency)
+        self.register_buffer("pe", pe)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.pe.shape[1]:
+            raise ValueError(
+                f"clip of {x.shape[1]} frames is longer than the model's temporal position table "
+                f"({self.pe.shape[1]}, temporal_position_encoding_max_len)"
+            )
+        return x + self.pe[:, : x.shape[1]]
+
+
+class MemoryLinearAttention(nn.Module):
+    """Linear attention over frames plus the motion memory; one memory slot per layer.
+
+    `memory_name` (set by the owning model from its module path) names this layer's slot.
+    """
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, bias: bool = False,
+                 temporal_position_encoding: bool = False, temporal_position_encoding_max_len: int = 24):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.head_dim = heads, dim_head
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(query_dim, inner, bias=bias)
+        self.to_v = nn.Linear(query_dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
+        self.pos_encoder = (
+            SinusoidalPositions(query_dim, temporal_position_encoding_max_len) if temporal_position_encoding else None
+        )
+        self.memory_name = ""
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.heads, self.head_dim).permute(0, 2, 1, 3).reshape(batch * self.heads, length, self.head_dim)
+
+    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch_heads, length, dim = x.shape
+        batch = batch_heads // self.heads
+        return x.reshape(batch, self.heads, length, dim).permute(0, 2, 1, 3).reshape(batch, length, self.heads * dim)
+
+    def _write_memory(self, motion: torch.Tensor, memory: MotionMemory, update: MemoryUpdate) -> None:
+        """`motion`: `(sequences, P, dim)` normalised motion tokens."""
+        num_motion = motion.shape[1]
+        keys = torch.softmax(self._split_heads(self.to_k(motion)), dim=-2)
+        values = self._split_heads(self.to_v(motion))
+        weights = (memory.decay ** torch.arange(num_motion - 1, -1, -1, device=keys.device, dtype=keys.dtype)).view(1, num_motion, 1)
+        keys, values = keys * weights, values * weights
+        kv_new = torch.einsum("bij,bik->bjk", keys, values)
+        z_new = keys.sum(dim=1, keepdim=True)
+        if update == "reset":
+            memory.forget(self.memory_name)
+        memory.absorb(self.memory_name, kv_new, z_new, num_motion)
+
+    def forward(self, hidden_states: torch.Tensor, motion_tokens: torch.Tensor | None, num_frames: int,
+                memory: MotionMemory, update: MemoryUpdate) -> torch.Tensor:
+        """`hidden_states`: `((b f), d, c)`; `motion_tokens`: `((b P), d, c)` (unused for `read`)."""
+        rows, tokens, channels = hidden_states.shape
+        batch = rows // num_frames
+        x = hidden_states.reshape(batch, num_frames, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_frames, channels)
+        if self.pos_encoder is not None:
+            x = self.pos_encoder(x)
+        if update != "read":
+            num_motion = motion_tokens.shape[0] // batch
+            m = motion_tokens.reshape(batch, num_motion, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_motion, channels)
+            self._write_memory(m, memory, update)
+
+        query = torch.softmax(self._split_heads(self.to_q(x)), dim=-1) * self.head_dim**-0.5
+        key = torch.softmax(self._split_heads(self.to_k(x)), dim=-2)
+        value = self._split_heads(self.to_v(x))
+        kv_mem, z_mem = memory.read(self.memory_name)
+        kv = memory.decay * kv_mem + torch.einsum("bnd,bne->bde", key, value)
+        z = memory.decay * z_mem + key.sum(dim=-2, keepdim=True)
+        out = torch.einsum("bnd,bde->bne", query, kv) / torch.einsum("bnd,bod->bno", query, z).clamp(min=1e-10)
+        out = self.to_out[1](self.to_out[0](self._merge_heads(out)))
+        return out.reshape(batch, tokens, num_frames, channels).transpose(1, 2).reshape(rows, tokens, channels)
+
+
+class TemporalBlock(nn.Module):
+    """Pre-norm memory attentions (one per `attention_block_types` entry) followed by a GEGLU FF."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, num_attentions: int, **attention_kwargs):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList(
+            [MemoryLinearAttention(dim, heads, head_dim, **attention_kwargs) for _ in range(num_attentions)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(num_attentions)])
+        self.ff = FeedForward(dim, activation_fn="geglu")
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, x, motion, num_frames, memory, update):
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            normed_motion = norm(motion) if update != "read" else None
+            x = attention(norm(x), normed_motion, num_frames, memory, update) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalTransformer(nn.Module):
+    """GroupNorm(32) -> Linear in -> temporal blocks -> Linear out, with a residual around it all.
+
+    Motion frames share the GroupNorm and input projection but are never updated by the blocks.
+    """
+
+    def __init__(self, in_channels: int, heads: int, head_dim: int, num_layers: int, num_attentions: int, **attention_kwargs):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.proj_in = nn.Linear(in_channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            [TemporalBlock(inner, heads, head_dim, num_attentions, **attention_kwargs) for _ in range(num_layers)]
+        )
+        self.proj_out = nn.Linear(inner, in_channels)
+
+    def _tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """`(b, c, f, h, w)` -> `((b f), (h w), inner)` after GroupNorm and the input projection."""
+        b, c, f, h, w = video.shape
+        frames = self.norm(video.transpose(1, 2).reshape(b * f, c, h, w))
+        return self.proj_in(frames.permute(0, 2, 3, 1).reshape(b * f, h * w, c))
+
+    def forward(self, hidden_states, motion_frames, memory: MotionMemory, update: MemoryUpdate):
+        b, c, f, h, w = hidden_states.shape
+        residual = hidden_states.transpose(1, 2).reshape(b * f, c, h, w)
+        x = self._tokens(hidden_states)
+        motion = self._tokens(motion_frames) if update != "read" else None
+        for block in self.transformer_blocks:
+            x = block(x, motion, f, memory, update)
+        x = self.proj_out(x).reshape(b * f, h, w, c).permute(0, 3, 1, 2)
+        return (x + residual).reshape(b, f, c, h, w).transpose(1, 2)
+
+
+class MotionModule(nn.Module):
+    """The released `MemoryLinearAttnTemporalModule`; keys live under `temporal_transformer.`."""
+
+    def __init__(self, in_channels: int, num_attention_heads: int = 8, num_transformer_block: int = 2,
+                 attention_block_types=("Temporal_Self", "Temporal_Self"), temporal_position_encoding: bool = False,
+                 temporal_position_encoding_max_len: int = 24, temporal_attention_dim_div: int = 1,
+                 zero_initialize: bool = True):
+        super().__init__()
+        for kind in attention_block_types:
+            if kind != "Temporal_Self":
+                raise ValueError(
+                    f"motion module attention type '{kind}' is not supported: released MEMO models use 'Temporal_Self' only"
+                )
+        if in_channels % 32:
+            raise ValueError(f"motion module width {in_channels} must be divisible by 32 (its GroupNorm has 32 groups)")
+        head_dim = in_channels // num_attention_heads // temporal_attention_dim_div
+        self.temporal_transformer = TemporalTransformer(
+            in_channels, num_attention_heads, head_dim, num_transformer_block, len(attention_block_types),
+            temporal_position_encoding=temporal_position_encoding,
+            temporal_position_encoding_max_len=temporal_position_encoding_max_len,
+        )
+        if zero_initialize:
+            nn.init.zeros_(self.temporal_transformer.proj_out.weight)
+            nn.init.zeros_(self.temporal_transformer.proj_out.bias)
+        name_memory_slots(self)
+
+    def forward(self, hidden_states, motion_frames, memory: MotionMemory, update: MemoryUpdate):
+        """`hidden_states`: `(b, c, f, h, w)`; `motion_frames`: `(b, c, P, h, w)` reference features of past frames."""
+        return self.temporal_transformer(hidden_states, motion_frames, memory, update)
+
+
+def name_memory_slots(root: nn.Module) -> None:
+    """Give every memory attention below `root` its module path as memory slot name."""
+    for name, module in root.named_modules():
+        if isinstance(module, MemoryLinearAttention):
+            module.memory_name = name
