@@ -1,0 +1,109 @@
+"""Spatial transformer of the diffusion net: self-attention that also looks at the reference
+image's features, then cross-attention to the face tokens, then a GEGLU feed-forward.
+
+Reproduces two behaviours of the released model that look accidental but shape its outputs
+(architecture notes §6.2, quirks Q3/Q4):
+
+- the reference features `(b, tokens, c)` are *tiled* over the `(b f)` rows with
+  `.repeat(frames, 1, 1)`, so row `r` reads reference copy `r % b`;
+- with classifier-free guidance the unconditional half of the rows attends to itself only
+  (no reference tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+
+def cfg_self_only_rows(rows: int, uc_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The official rule for the uncond mask: used as given when it has one entry per row,
+    otherwise rebuilt as "first half of the rows" (the CFG uncond copy)."""
+    if uc_mask is None:
+        return None
+    if uc_mask.numel() == rows:
+        return uc_mask.bool()
+    mask = torch.zeros(rows, dtype=torch.bool, device=uc_mask.device)
+    mask[: rows // 2] = True
+    return mask
+
+
+class ReferenceAttentionBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, head_dim: int, cross_attention_dim: int, upcast_attention: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False, upcast_attention=upcast_attention)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(query_dim=dim, cross_attention_dim=cross_attention_dim, heads=heads, dim_head=head_dim,
+                               bias=False, upcast_attention=upcast_attention)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, activation_fn="geglu")
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor, face_tokens: torch.Tensor, num_frames: int,
+                self_only_rows: torch.Tensor | None) -> torch.Tensor:
+        """`x`: `((b f), tokens, dim)`; `reference`: `(b, tokens, dim)`; `face_tokens`: `((b f), n, c)`;
+        `self_only_rows`: bool per row that must not see the reference, or None."""
+        normed = self.norm1(x)
+        context = torch.cat([normed, reference.repeat(num_frames, 1, 1)], dim=1)
+        if self_only_rows is None or not bool(self_only_rows.any()):
+            x = self.attn1(normed, encoder_hidden_states=context) + x
+        else:
+            out = torch.empty_like(x)
+            ref_rows = ~self_only_rows
+            if bool(ref_rows.any()):
+                out[ref_rows] = self.attn1(normed[ref_rows], encoder_hidden_states=context[ref_rows])
+            out[self_only_rows] = self.attn1(normed[self_only_rows])
+            x = out + x
+        x = self.attn2(self.norm2(x), encoder_hidden_states=face_tokens) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm -> 1x1 projection -> reference-attention blocks -> projection, plus residual,
+    applied to every frame of a `(b, c, f, h, w)` video."""
+
+    def __init__(self, heads: int, head_dim: int, in_channels: int, cross_attention_dim: int, norm_num_groups: int = 32,
+                 num_layers: int = 1, use_linear_projection: bool = False, upcast_attention: bool = False):
+        super().__init__()
+        inner = heads * head_dim
+        self.use_linear_projection = use_linear_projection
+        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
+        if use_linear_projection:
+            self.proj_in, self.proj_out = nn.Linear(in_channels, inner), nn.Linear(inner, in_channels)
+        else:
+            self.proj_in, self.proj_out = nn.Conv2d(in_channels, inner, 1), nn.Conv2d(inner, in_channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            [ReferenceAttentionBlock(inner, heads, head_dim, cross_attention_dim, upcast_attention) for _ in range(num_layers)]
+        )
+
+    def forward(self, hidden_states: torch.Tensor, reference: torch.Tensor, face_tokens: torch.Tensor,
+                uc_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, f, h, w = hidden_states.shape
+        frames = hidden_states.transpose(1, 2).reshape(b * f, c, h, w)
+        if face_tokens.shape[0] != b * f:
+            face_tokens = face_tokens.repeat_interleave(f, dim=0)
+        x = to_tokens(self.norm(frames), self.proj_in, self.use_linear_projection)
+        self_only = cfg_self_only_rows(b * f, uc_mask)
+        for block in self.transformer_blocks:
+            x = block(x, reference, face_tokens, f, self_only)
+        out = from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames
+        return out.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def to_tokens(frames: torch.Tensor, proj_in: nn.Module, linear: bool) -> torch.Tensor:
+    """`(n, c, h, w)` -> `(n, h*w, inner)` through a 1x1 conv or a Linear, as configured."""
+    n, c, h, w = frames.shape
+    if linear:
+        return proj_in(frames.permute(0, 2, 3, 1).reshape(n, h * w, c))
+    frames = proj_in(frames)
+    return frames.permute(0, 2, 3, 1).reshape(n, h * w, frames.shape[1])
+
+
+def from_tokens(tokens: torch.Tensor, proj_out: nn.Module, linear: bool, h: int, w: int) -> torch.Tensor:
+    n, _, inner = tokens.shape
+    if linear:
+        tokens = proj_out(tokens)
+        return tokens.reshape(n, h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+    return proj_out(tokens.reshape(n, h, w, inner).permute(0, 3, 1, 2))
