@@ -1,0 +1,228 @@
+"""Load and save MEMO checkpoints in the released folder layout, strictly.
+
+    <root>/reference_net/                   config.json + diffusion_pytorch_model.safetensors
+    <root>/diffusion_net/                   (or a sharded *.safetensors.index.json)
+    <root>/image_proj/
+    <root>/audio_proj/
+    <root>/misc/audio_emotion_classifier/   (model.safetensors also accepted)
+
+Each sub-model is built from its own config.json and must match its weights key for key and
+shape for shape; anything else is an error naming the file and the first offending keys.
+Only safetensors are read: pickled `.bin`/`.pt` weights are refused rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models.diffusion_net import DiffusionNet
+from .models.emotion_classifier import AudioEmotionClassifier
+from .models.projections import AudioProjection, ImageProjection
+from .models.reference_net import ReferenceNet
+
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# sub-folder, our class, the class name written into config.json (the released one)
+COMPONENTS = {
+    "reference_net": ("reference_net", ReferenceNet, "UNet2DConditionModel"),
+    "diffusion_net": ("diffusion_net", DiffusionNet, "UNet3DConditionModel"),
+    "image_proj": ("image_proj", ImageProjection, "ImageProjModel"),
+    "audio_proj": ("audio_proj", AudioProjection, "AudioProjModel"),
+    "emotion_classifier": ("misc/audio_emotion_classifier", AudioEmotionClassifier, "AudioEmotionClassifierModel"),
+}
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file that cannot be loaded as a MEMO model."""
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of fp32, fp16, bf16")
+    return DTYPES[str(dtype).lower()]
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: a MEMO model folder needs its config.json next to the weights")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return config
+
+
+def constructor_kwargs(cls, config: dict, source: str) -> dict:
+    """Config keys -> constructor kwargs. Keys starting with '_' are metadata; unknown keys are errors
+    (silently dropping one could change what the model computes)."""
+    params = inspect.signature(cls.__init__).parameters
+    kwargs, unknown = {}, []
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key in params:
+            kwargs[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{source}: config keys not understood by {cls.__name__}: {', '.join(sorted(unknown))}")
+    return kwargs
+
+
+def build_model(cls, config: dict, source: str = "config", device: str | torch.device | None = None) -> torch.nn.Module:
+    try:
+        with torch.device(device or "cpu"):
+            return cls(**constructor_kwargs(cls, config, source))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: cannot build {cls.__name__}: {err}") from err
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return [folder / name]
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{index} is not a valid safetensors index: {err}") from err
+            return [folder / shard for shard in shards]
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} holds only pickled weights ({', '.join(pickles)}); they are not loaded because unpickling can "
+            "run arbitrary code. Use the safetensors release or convert the file to safetensors first."
+        )
+    raise CheckpointError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_NAMES)}")
+
+
+def read_weights(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], str]:
+    folder = Path(folder)
+    tensors, names = {}, []
+    for path in _weight_files(folder):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is listed in the safetensors index but missing")
+        try:
+            tensors.update(load_file(os.fspath(path), device=str(device)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+        names.append(os.fspath(path))
+    return tensors, ", ".join(names)
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, limit: int = 5) -> None:
+    """Raise if keys or shapes differ, naming the source and the first offending keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k} {tuple(tensors[k].shape)} (model wants {tuple(expected[k].shape)})"
+             for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    if problems:
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+
+
+def load_weights_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    check_state_dict(model, tensors, source)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model
+
+
+def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build `cls` from `folder/config.json` (on the meta device, so nothing is allocated twice),
+    load its safetensors strictly, then cast/move."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    config = read_config(folder)
+    model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
+    tensors, source = read_weights(folder)
+    load_weights_strict(model, tensors, source)
+    return model.to(device=device, dtype=resolve_dtype(dtype)).eval().requires_grad_(False)
+
+
+def save_component(model: torch.nn.Module, folder: str | os.PathLike, class_name: str) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": class_name, **{k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
+    config = json.loads(json.dumps(config, default=list))
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              os.fspath(folder / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+
+
+@dataclass
+class MemoModels:
+    """The MEMO networks of one checkpoint. `emotion_classifier` is optional (manual emotions)."""
+
+    reference_net: ReferenceNet
+    diffusion_net: DiffusionNet
+    image_proj: ImageProjection
+    audio_proj: AudioProjection
+    emotion_classifier: AudioEmotionClassifier | None = None
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, dtype="fp32", device="cpu", emotion_classifier: bool = True) -> "MemoModels":
+        root = Path(root)
+        if not root.is_dir():
+            raise CheckpointError(f"MEMO checkpoint folder {root} does not exist")
+        missing = [sub for name, (sub, _, _) in COMPONENTS.items()
+                   if name != "emotion_classifier" and not (root / sub).is_dir()]
+        if missing:
+            raise CheckpointError(
+                f"{root} is not a MEMO checkpoint folder: missing {', '.join(missing)} "
+                "(expected reference_net/, diffusion_net/, image_proj/, audio_proj/, misc/audio_emotion_classifier/)"
+            )
+        models = {}
+        for name, (sub, model_cls, _) in COMPONENTS.items():
+            if name == "emotion_classifier" and (not emotion_classifier or not (root / sub).is_dir()):
+                models[name] = None
+                continue
+            models[name] = load_component(root / sub, model_cls, dtype, device)
+        return cls(**models)
+
+    def save(self, root: str | os.PathLike) -> None:
+        for name, (sub, _, class_name) in COMPONENTS.items():
+            model = getattr(self, name)
+            if model is not None:
+                save_component(model, Path(root) / sub, class_name)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def to(self, device=None, dtype=None) -> "MemoModels":
+        for module in self.modules().values():
+            module.to(device=device, dtype=resolve_dtype(dtype))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.diffusion_net.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.diffusion_net.dtype
