@@ -327,7 +327,11 @@ def read_video_info(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such video file: {path}")
-    with av.open(path) as container:
+    try:
+        container = av.open(path)
+    except av.FFmpegError as exc:
+        raise ValueError(f"{path} is not a readable media file: {exc}") from exc
+    with container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
         video = container.streams.video[0]

@@ -312,3 +312,10 @@ def test_missing_folder(tmp_path):
         VideoWriter(tmp_path / "nope" / "v.mp4", 25)
     with pytest.raises(FileNotFoundError):
         read_video_info(tmp_path / "nope.mp4")
+
+
+def test_read_info_rejects_non_video(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match="not a readable"):
+        read_video_info(junk)

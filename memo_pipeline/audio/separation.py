@@ -426,7 +426,7 @@ class MDXVocalSeparator:
             silent = np.zeros((channels, out_len), np.float32)
             return silent[0] if was_1d else silent
 
-        mix = _resample(wave, sample_rate, MODEL_SAMPLE_RATE)
+        mix = _resample(wave, sample_rate, MODEL_SAMPLE_RATE).astype(np.float32)
         if channels == 1:
             mix = np.repeat(mix, 2, axis=0)
         mix, gain = _peak_normalize(mix)
