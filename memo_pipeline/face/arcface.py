@@ -64,7 +64,11 @@ class ArcFaceEmbedder:
                 "the identity embedding needs the SCRFD detector"
             )
         rgb = as_rgb_image(image, name)
-        return np.clip(np.rint(norm_crop(rgb * 255.0, kps, self.input_size)), 0, 255)
+        try:
+            aligned = norm_crop(rgb * 255.0, kps, self.input_size)
+        except ValueError as exc:
+            raise NoFaceError(f"{name}: unusable face landmarks {kps.tolist()}: {exc}") from exc
+        return np.clip(np.rint(aligned), 0, 255)
 
     def embed(self, image, face: Face, name: str = "image") -> np.ndarray:
         """float32 ``[1, 512]`` identity embedding of ``face`` in ``image``."""

@@ -18,6 +18,7 @@ message naming the image instead of failing inside a model.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ _FLOAT_SLACK = 1e-3
 
 def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
     """One image as float32 ``[H, W, 3]`` RGB in [0, 1] (a new, contiguous array)."""
+    _refuse_huge_early(image, name)
     tensor = _as_tensor(image, name)
     if tensor.ndim == 4:
         if tensor.shape[0] != 1:
@@ -118,6 +120,21 @@ def pil_to_array(pil: Any, name: str = "image") -> np.ndarray:
     return np.asarray(pil.convert("RGBA" if "A" in mode or "transparency" in pil.info else "RGB"))
 
 
+def _refuse_huge_early(image: Any, name: str) -> None:
+    """Apply the upper size limit from the declared shape, before any pixel is copied or converted."""
+    if type(image).__module__.startswith("PIL."):
+        width, height = image.size
+    else:
+        shape = tuple(getattr(image, "shape", ()))
+        if len(shape) == 4:
+            shape = shape[1:]
+        if len(shape) not in (2, 3):
+            return
+        height, width = shape[0], shape[1]
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        check_image_size(height, width, name)
+
+
 def _as_tensor(image: Any, name: str) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.detach()
@@ -130,7 +147,11 @@ def _as_tensor(image: Any, name: str) -> torch.Tensor:
             image = image.astype(np.float32)
         if image.dtype not in (np.uint8, np.float32):
             raise FaceImageError(f"{name}: unsupported pixel type {image.dtype} (use uint8, uint16 or float)")
-        return torch.from_numpy(np.ascontiguousarray(image))
+        image = np.ascontiguousarray(image)
+        with warnings.catch_warnings():
+            # Read-only arrays (e.g. from PIL) are fine: the conversion below never writes in place.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(image)
     raise FaceImageError(f"{name}: expected a numpy array, torch tensor or PIL image, got {type(image).__name__}")
 
 
