@@ -65,7 +65,7 @@ def build_model(config: Wav2Vec2Config, state_dict: dict[str, torch.Tensor], sou
     model = Wav2Vec2Model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict) - _TRAINING_ONLY)
-    unexpected = sorted(set(state_dict) - set(expected))
+    unexpected = sorted(set(state_dict) - set(expected) - _TRAINING_ONLY)
     wrong_shape = [
         f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in sorted(set(state_dict) & set(expected))
@@ -80,7 +80,9 @@ def build_model(config: Wav2Vec2Config, state_dict: dict[str, torch.Tensor], sou
         problems.append(f"shape mismatch for {len(wrong_shape)} tensors: {_preview(wrong_shape)}")
     if problems:
         raise Wav2Vec2WeightsError(f"{source} does not match the wav2vec2 config: " + "; ".join(problems))
-    floats = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+    floats = {
+        key: value.float() if value.is_floating_point() else value for key, value in state_dict.items() if key in expected
+    }
     for key in _TRAINING_ONLY & (set(expected) - set(floats)):
         floats[key] = torch.zeros_like(expected[key])
     model.load_state_dict(floats, strict=True)
