@@ -56,6 +56,11 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     return DTYPES[str(dtype).lower()]
 
 
+def move(model: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
+    """Plain `nn.Module.to` (diffusers' override warns about fp32-only modules these models don't have)."""
+    return torch.nn.Module.to(model, device=device, dtype=resolve_dtype(dtype))
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
@@ -162,7 +167,8 @@ def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | tor
     model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
     tensors, source = read_weights(folder)
     load_weights_strict(model, tensors, source)
-    return model.to(device=device, dtype=resolve_dtype(dtype)).eval().requires_grad_(False)
+    move(model, device, dtype)
+    return model.eval().requires_grad_(False)
 
 
 def save_component(model: torch.nn.Module, folder: str | os.PathLike, class_name: str) -> None:
@@ -216,7 +222,7 @@ class MemoModels:
 
     def to(self, device=None, dtype=None) -> "MemoModels":
         for module in self.modules().values():
-            module.to(device=device, dtype=resolve_dtype(dtype))
+            move(module, device, dtype)
         return self
 
     @property
