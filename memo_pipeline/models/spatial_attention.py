@@ -30,6 +30,11 @@ def cfg_self_only_rows(rows: int, uc_mask: torch.Tensor | None) -> torch.Tensor 
     return mask
 
 
+def tile_reference(reference: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """`(b, tokens, c)` -> `((b f), tokens, c)` by tiling: row `r` gets copy `r % b` (quirk Q4)."""
+    return reference.repeat(num_frames, 1, 1)
+
+
 class ReferenceAttentionBlock(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, cross_attention_dim: int, upcast_attention: bool = False):
         super().__init__()
@@ -46,7 +51,7 @@ class ReferenceAttentionBlock(nn.Module):
         """`x`: `((b f), tokens, dim)`; `reference`: `(b, tokens, dim)`; `face_tokens`: `((b f), n, c)`;
         `self_only_rows`: bool per row that must not see the reference, or None."""
         normed = self.norm1(x)
-        context = torch.cat([normed, reference.repeat(num_frames, 1, 1)], dim=1)
+        context = torch.cat([normed, tile_reference(reference, num_frames)], dim=1)
         if self_only_rows is None or not bool(self_only_rows.any()):
             x = self.attn1(normed, encoder_hidden_states=context) + x
         else:

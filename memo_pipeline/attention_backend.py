@@ -1,0 +1,50 @@
+"""Choose the attention kernels of the MEMO networks: PyTorch SDPA (default) or xformers.
+
+Only the softmax attentions change kernel; the motion module's linear attention is plain matrix
+algebra and has no backend. xformers is optional: asking for it without the package installed
+(or without a CUDA device, which its kernels need) is a clear error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor2_0,
+    JointAttnProcessor2_0,
+    XFormersAttnProcessor,
+    XFormersJointAttnProcessor,
+)
+
+BACKENDS = ("sdpa", "xformers")
+
+
+def xformers_available() -> bool:
+    return importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
+
+
+def set_attention_backend(modules, backend: str = "sdpa") -> int:
+    """Set the kernel on every diffusers `Attention` below `modules` (a module, a list of them or
+    a `MemoModels`); returns how many attention layers were switched."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if backend == "xformers" and not xformers_available():
+        raise RuntimeError("attention backend 'xformers' needs the xformers package and a CUDA GPU; use 'sdpa' instead")
+    if hasattr(modules, "modules") and not isinstance(modules, torch.nn.Module):
+        modules = list(modules.modules().values())
+    if isinstance(modules, torch.nn.Module):
+        modules = [modules]
+    switched = 0
+    for root in modules:
+        for layer in root.modules():
+            if not isinstance(layer, Attention):
+                continue
+            joint = layer.added_kv_proj_dim is not None
+            if backend == "xformers":
+                layer.set_processor(XFormersJointAttnProcessor() if joint else XFormersAttnProcessor())
+            else:
+                layer.set_processor(JointAttnProcessor2_0() if joint else AttnProcessor2_0())
+            switched += 1
+    return switched
