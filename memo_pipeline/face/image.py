@@ -17,6 +17,7 @@ message naming the image instead of failing inside a model.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any
@@ -33,7 +34,10 @@ _FLOAT_SLACK = 1e-3
 
 
 def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
-    """One image as float32 ``[H, W, 3]`` RGB in [0, 1] (a new, contiguous array)."""
+    """One image as float32 ``[H, W, 3]`` RGB in [0, 1], contiguous.
+
+    A float32 RGB input in range may come back as the same memory; nothing here writes to it.
+    """
     _refuse_huge_early(image, name)
     tensor = _as_tensor(image, name)
     if tensor.ndim == 4:
@@ -169,15 +173,16 @@ def _to_rgb_float(tensor: torch.Tensor, name: str) -> torch.Tensor:
         tensor = tensor.float() / 65535.0
     elif tensor.is_floating_point():
         tensor = tensor.float()
-        if not bool(torch.isfinite(tensor).all()):
+        low, high = (float(v) for v in torch.aminmax(tensor))  # NaN and inf show up in the extremes
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise FaceImageError(f"{name}: contains NaN or infinite values")
-        low, high = float(tensor.min()), float(tensor.max())
         if low < -_FLOAT_SLACK or high > 1.0 + _FLOAT_SLACK:
             raise FaceImageError(
                 f"{name}: float pixels must lie in [0, 1], found [{low:.4g}, {high:.4g}] "
                 "(0..255 data should be uint8; [-1, 1] data must be mapped back first)"
             )
-        tensor = tensor.clamp(0.0, 1.0)
+        if low < 0.0 or high > 1.0:
+            tensor = tensor.clamp(0.0, 1.0)
     else:
         raise FaceImageError(f"{name}: unsupported pixel type {tensor.dtype} (use uint8, uint16 or float)")
 

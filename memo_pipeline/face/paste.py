@@ -139,7 +139,7 @@ def _blend(canvas: torch.Tensor, generated: torch.Tensor, info: CropInfo, mask: 
     x1, y1, x2, y2 = info.visible_box()  # type: ignore[misc]
     patch = square[:, y1 - info.y0 : y2 - info.y0, x1 - info.x0 : x2 - info.x0]
     under = canvas[:, y1:y2, x1:x2]
-    canvas[:, y1:y2, x1:x2] = under + mask[None, :, :, None] * (patch - under)
+    under += (patch - under).mul_(mask[None, :, :, None])  # a view: writes into the canvas
     return canvas
 
 
