@@ -97,7 +97,8 @@ def test_from_checkpoint_reads_published_layout_and_sibling_config(tmp_path, cas
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         for i in range(NUM_WAVES):
-            torch.testing.assert_close(model.utterance_embedding(t[f"in.wav{i}"])[0], t[f"out.utterance{i}"], atol=1e-5, rtol=1e-5)
+            utt = model.utterance_embedding(t[f"in.wav{i}"])[0]
+            torch.testing.assert_close(utt, t[f"out.utterance{i}"], atol=1e-5, rtol=1e-5)
 
 
 def test_from_checkpoint_safetensors_and_explicit_config(tmp_path):
@@ -153,6 +154,20 @@ def test_prefix_precedence_follows_funasr():
     assert torch.equal(match_checkpoint_keys(src, expected)[key], state[key] + 1)
     src[f"module.{key}"] = state[key] + 2
     assert torch.equal(match_checkpoint_keys(src, expected)[key], state[key] + 2)
+
+
+def test_unused_encoder_weights_are_reported(caplog):
+    meta, _, state = load_case("released_layout")
+    expected = Emotion2Vec(Emotion2VecConfig.from_model_conf(meta["model_conf"])).state_dict()
+    src = {f"d2v_model.{k}": v for k, v in state.items()}
+    src["proj.weight"] = torch.zeros(9, 32)
+    with caplog.at_level("WARNING"):
+        match_checkpoint_keys(src, expected)
+    assert not caplog.records  # decoder and classification head are expected leftovers
+    src["d2v_model.blocks.2.norm1.weight"] = torch.ones(32)
+    with caplog.at_level("WARNING"):
+        match_checkpoint_keys(src, expected)
+    assert "blocks.2.norm1.weight" in caplog.text
 
 
 def test_missing_checkpoint_file():
@@ -239,7 +254,8 @@ def test_config_validation():
 
 
 def test_conv_spec_parser_is_literal_only():
-    assert parse_conv_spec("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]") == Emotion2VecConfig().feature_encoder_spec
+    released = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+    assert parse_conv_spec(released) == Emotion2VecConfig().feature_encoder_spec
     for bad in ["__import__('os').getcwd()", "[(1, 2)]", "[(1, 2, 3)] - [(1, 2, 3)]", "[(1.5, 2, 3)]", "[(1, 2, 3)",
                 "[(1, 2, 3)] * 100000000000", "[(1, 2, 3)] * 64 * 64 * 64 * 64"]:
         with pytest.raises(ValueError):

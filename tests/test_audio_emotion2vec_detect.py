@@ -57,7 +57,8 @@ def official_rule(n):
     return labels
 
 
-LENGTHS = [400, 8000, S - 1, S, S + 1, 20000, 2 * S - 1, 2 * S, 2 * S + 1, 40000, 3 * S, 3 * S + 1, 50000, 4 * S, 5 * S + 123, 7 * S + 15999]
+LENGTHS = [400, 8000, S - 1, S, S + 1, 20000, 2 * S - 1, 2 * S, 2 * S + 1, 40000]
+LENGTHS += [3 * S, 3 * S + 1, 50000, 4 * S, 5 * S + 123, 7 * S + 15999]
 
 
 @pytest.mark.parametrize("n", LENGTHS)

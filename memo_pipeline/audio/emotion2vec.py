@@ -75,7 +75,7 @@ class Emotion2VecConfig:
         if not self.feature_encoder_spec:
             raise ValueError("feature_encoder_spec must list at least one (channels, kernel, stride) layer")
         if any(min(layer) < 1 for layer in self.feature_encoder_spec):
-            raise ValueError(f"feature_encoder_spec {self.feature_encoder_spec} must hold positive (channels, kernel, stride)")
+            raise ValueError(f"feature_encoder_spec {self.feature_encoder_spec} must hold positive values")
         if self.extractor_mode not in ("layer_norm", "default"):
             raise ValueError(f"extractor_mode must be 'layer_norm' or 'default', got {self.extractor_mode!r}")
         if self.embed_dim < 1 or self.num_heads < 1 or self.embed_dim % self.num_heads:
@@ -129,12 +129,12 @@ class Emotion2VecConfig:
                 "and funasr's pre-LN block drops its MLP residual"
             )
         if not audio.get("use_alibi_encoder", True) or audio.get("learned_alibi", False):
-            raise ValueError("only the fixed ALiBi bias with a learned scale (use_alibi_encoder, not learned_alibi) is supported")
+            raise ValueError("only a fixed ALiBi bias with a learned scale is supported (use_alibi_encoder, no learned_alibi)")
         values = {k: conf[k] for k in _TOP_KEYS if conf.get(k) is not None}
         values.update({ours: audio[theirs] for ours, theirs in _AUDIO_KEYS.items() if audio.get(theirs) is not None})
         cfg = cls(**values)
         if cfg.alibi_scale_per_layer and audio.get("model_depth", cfg.depth) != cfg.depth:
-            raise ValueError("learned_alibi_scale_per_layer with modalities.audio.model_depth != depth is not supported")
+            raise ValueError("learned_alibi_scale_per_layer needs modalities.audio.model_depth == depth")
         return cfg
 
     @classmethod
@@ -415,6 +415,7 @@ class Emotion2Vec(nn.Module):
         return self.config.min_input_samples
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
+        """Frame features of already normalised waveforms (see ``utterance_embedding``)."""
         cfg, enc = self.config, self.modality_encoders["AUDIO"]
         x = enc.project_features(enc.local_encoder(source))
         x = x + enc.relative_positional_encoder(x)
@@ -536,12 +537,13 @@ def match_checkpoint_keys(src: Mapping, expected: Mapping, name: str = "checkpoi
     Unlike funasr, which keeps random weights for missing or mis-shaped entries, this raises.
     Unused entries (pretraining decoder, ``proj`` head, EMA copies) are skipped.
     """
-    out, missing, mismatched = {}, [], []
+    out, missing, mismatched, used = {}, [], [], set()
     for key, ref in expected.items():
         src_key = next((p + key for p in _SOURCE_PREFIXES if p + key in src), None)
         if src_key is None:
             missing.append(key)
             continue
+        used.add(src_key)
         value = src[src_key]
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name}: entry {src_key!r} is not a tensor")
@@ -555,5 +557,22 @@ def match_checkpoint_keys(src: Mapping, expected: Mapping, name: str = "checkpoi
             f"{name} does not fit this emotion2vec config ({len(missing)} missing, {len(mismatched)} wrong shape); "
             "pass the checkpoint's own config.yaml. " + "; ".join(lines) + (f"; ... {more} more" if more > 0 else "")
         )
-    logger.debug("%s: %d unused entries ignored", name, len(src) - len(out))
+    # Encoder weights beyond the config (e.g. more blocks) are ignored, as funasr ignores them,
+    # but that usually means the wrong config.yaml, so say so.
+    unused = [k for k in src if k not in used]
+    encoder = [
+        k for k in unused if _unprefixed(k).startswith(("blocks.", "modality_encoders.AUDIO.")) and ".decoder." not in k
+    ]
+    if encoder:
+        logger.warning(
+            "%s: %d encoder entries not used by this config (e.g. %s); funasr ignores them too", name, len(encoder), encoder[0]
+        )
+    logger.debug("%s: %d unused entries ignored", name, len(unused))
     return out
+
+
+def _unprefixed(key: str) -> str:
+    for prefix in _SOURCE_PREFIXES[:-1]:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
