@@ -94,6 +94,16 @@ def test_crop_info_is_plain_json_data():
     assert CropInfo.from_dict(json.loads(json.dumps(whole.to_dict()))) == whole
 
 
+def test_face_record_is_plain_json_data():
+    face = Face(box=(1.5, 2, 30, 40), score=0.75, kps=((5, 6), (7, 8), (9, 10), (11, 12), (13, 14)))
+    again = Face.from_dict(json.loads(json.dumps(face.to_dict())))
+    assert again == face and again.kps_array().shape == (5, 2)
+    assert Face.from_dict({"box": [0, 0, 4, 4], "score": 1}).kps is None
+    for bad in ({"box": [0, 0, 4], "score": 1}, {"score": 1}, {"box": [0, 0, 4, 4], "score": 1, "kps": [[0, 0]]}):
+        with pytest.raises(ValueError, match="face record"):
+            Face.from_dict(bad)
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -171,7 +181,7 @@ def test_resampled_round_trip_on_the_real_photo_is_close():
     out = _collect(paste_back(crop[None], info, photo))[0]
     x1, y1, x2, y2 = info.visible_box()
     error = np.abs(out - photo)[y1:y2, x1:x2]
-    assert error.mean() < 4 * ONE_LEVEL
+    assert error.mean() < 5 * ONE_LEVEL  # measured 3.4 levels (238 px shrunk to 128 and back)
     assert np.all(out[:, :x1] == photo[:, :x1].astype(np.float32))  # outside the square: untouched
 
 
