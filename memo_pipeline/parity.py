@@ -229,7 +229,7 @@ def run_full_pipeline(meta, t):
 
 
 def run_audio_preprocess(meta, t):
-    from .audio.features import audio_preprocess_case
+    from .audio.parity_case import audio_preprocess_case
 
     return audio_preprocess_case(meta, t)
 

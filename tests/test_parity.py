@@ -1,0 +1,84 @@
+"""The parity command against the official implementation's golden fixtures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from support import GOLDEN, golden_case
+from memo_pipeline import parity
+from memo_pipeline.models import spatial_attention
+from memo_pipeline.models.motion_memory import MotionMemory
+
+
+def test_all_golden_cases_pass(capsys):
+    assert parity.main([str(GOLDEN)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "13 passed, 0 failed"
+    assert all(" PASS" in line for line in lines[:-1]), lines
+
+
+def test_json_output_lists_every_case(capsys):
+    assert parity.main([str(GOLDEN), "--json", "--case", "image_proj", "--case", "audio_proj"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {c["case"] for c in report["cases"]} == {"image_proj", "audio_proj"}
+    assert report["passed"] == 2 and report["failed"] == 0
+
+
+def test_changed_decay_fails(monkeypatch, capsys):
+    monkeypatch.setattr(parity, "MotionMemory", lambda: MotionMemory(decay=0.8))
+    assert parity.main([str(GOLDEN), "--case", "memory_linear_attention", "--case", "memory_attention"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAIL") == 2 and out.strip().endswith("0 passed, 2 failed")
+
+
+def test_aligned_instead_of_tiled_reference_fails(monkeypatch, capsys):
+    monkeypatch.setattr(spatial_attention, "tile_reference", lambda ref, frames: ref.repeat_interleave(frames, dim=0))
+    assert parity.main([str(GOLDEN), "--case", "spatial_ref_block", "--case", "diffusion_net"]) == 1
+    assert capsys.readouterr().out.strip().endswith("0 passed, 2 failed")
+
+
+def test_wrong_softmax_axis_fails(monkeypatch):
+    import torch
+
+    from memo_pipeline.models import motion_module
+
+    real_softmax = torch.softmax
+
+    def keys_over_features(x, dim):  # keys softmaxed over the head dim instead of over frames
+        return real_softmax(x, dim=-1 if dim == -2 else dim)
+
+    monkeypatch.setattr(motion_module.torch, "softmax", keys_over_features)
+    meta, tensors = golden_case("memory_linear_attention")
+    assert not parity.run_case(meta, tensors).passed
+
+
+def test_missing_output_and_empty_directory(tmp_path, capsys):
+    meta, _ = golden_case("image_proj")
+    (tmp_path / "image_proj.json").write_text(json.dumps(meta))
+    shutil.copy(GOLDEN / "image_proj.safetensors", tmp_path / "image_proj.safetensors")
+    assert parity.main([str(tmp_path)]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert parity.main([str(empty)]) == 1  # nothing ran: not a pass
+    assert capsys.readouterr().out.strip().endswith("0 passed, 0 failed")
+
+
+def test_unknown_case_is_reported_as_failure(tmp_path, capsys):
+    meta, _ = golden_case("image_proj")
+    meta.update(case="mystery", official_class="memo.models.something.Else")
+    (tmp_path / "mystery.json").write_text(json.dumps(meta))
+    shutil.copy(GOLDEN / "image_proj.safetensors", tmp_path / "mystery.safetensors")
+    assert parity.main([str(tmp_path)]) == 1
+    assert "could not run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["reference_net", "diffusion_net"])
+def test_unet_cases_also_hold_with_two_threads(name):
+    import torch
+
+    torch.set_num_threads(2)
+    meta, tensors = golden_case(name)
+    assert parity.run_case(meta, tensors).passed
