@@ -104,6 +104,9 @@ class GenerationState:
 
 @dataclass
 class ClipOutput:
+    """One finished clip. `state` shares the live motion memory (copying it per clip would double
+    the largest buffers of a generation): save or copy it before asking for the next clip."""
+
     index: int
     start_frame: int
     frames: torch.Tensor  # (n, 3, H, W) float32 CPU in [0, 1], trimmed to the audio
