@@ -156,14 +156,14 @@ def make_test_portrait(path: Path, size: int = 256) -> Path:
 
 def make_test_tone(path: Path, seconds: float, sample_rate: int = 16000) -> Path:
     """A speech-like test signal: a gliding harmonic tone with syllable-rate amplitude modulation."""
-    import soundfile
+    from scipy.io import wavfile
 
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     pitch = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
     voice = sum(np.sin(k * phase) / k for k in range(1, 6))
     syllables = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2
-    soundfile.write(path, (0.2 * voice * syllables).astype(np.float32), sample_rate)
+    wavfile.write(path, sample_rate, (0.2 * voice * syllables).astype(np.float32))
     return path
 
 
