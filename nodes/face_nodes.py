@@ -1,0 +1,165 @@
+"""Face nodes: square portrait crop + identity embedding, identity only, and paste-back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .common import CATEGORY_FACE, combo, float_input, int_input, logger, single_image, user_errors
+from .memo_types import MEMO_CROP, MEMO_FACE, MEMO_FACE_MODEL, MemoFace, MemoFaceModel, expect
+
+NO_FACE_CHOICES = ["error", "continue without identity"]
+
+
+def _zero_face(note: str) -> MemoFace:
+    from ..memo_pipeline.face import EMBEDDING_SIZE
+
+    logger.warning("MEMO face: %s", note)
+    return MemoFace(torch.zeros(1, EMBEDDING_SIZE), None, note)
+
+
+def _embed(model: MemoFaceModel, picture: np.ndarray, face, input_name: str) -> MemoFace:
+    if not model.can_embed:
+        return _zero_face(f"'{model.name}' has no identity network; the video will not be tied to the face's identity "
+                          "(load scrfd_10g_bnkps.onnx + glintr100.onnx for that)")
+    if face.kps is None:
+        return _zero_face("the detector gave no landmarks, so no identity embedding could be computed")
+    with user_errors(input_name):
+        embedding = model.analyzer.embed(picture, face, input_name)
+    return MemoFace(torch.from_numpy(np.asarray(embedding, dtype=np.float32)).reshape(1, -1), face.to_dict())
+
+
+class MemoFaceCrop:
+    DESCRIPTION = ("Finds the face in a picture, cuts a square head-and-shoulders crop around it at the generation "
+                   "resolution, and computes the face's identity embedding. The crop record lets MEMO Paste Back "
+                   "put the generated video into the original picture.")
+    CATEGORY = CATEGORY_FACE
+    FUNCTION = "crop"
+    RETURN_TYPES = ("IMAGE", MEMO_CROP, MEMO_FACE)
+    RETURN_NAMES = ("image", "crop", "face")
+    OUTPUT_TOOLTIPS = ("The square crop, resolution x resolution: the sampler's reference image.",
+                       "Where the crop came from, for MEMO Paste Back.",
+                       "The identity embedding, for the sampler's face input.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_model": (MEMO_FACE_MODEL, {"tooltip": "From MEMO Face Model Loader."}),
+            "image": ("IMAGE", {"tooltip": "The portrait (one image)."}),
+            "resolution": int_input(512, 64, 2048, "Side of the square crop; MEMO was trained at 512.", 8),
+            "scale": float_input(2.5, 1.0, 6.0, 0.05, "Crop side as a multiple of the face box's larger side."),
+            "shift_y": float_input(0.25, -1.0, 1.0, 0.01, "Move the crop down by this many face heights "
+                                   "(more shoulders, less space above the head)."),
+            "face_index": int_input(0, 0, 63, "Which face when there are several: 0 = the largest."),
+            "no_face": combo(NO_FACE_CHOICES, "What to do when no face is found: stop with an error, or crop the "
+                             "whole picture (centred square) and go on without identity.", "error"),
+        }}
+
+    def crop(self, face_model, image, resolution=512, scale=2.5, shift_y=0.25, face_index=0, no_face="error"):
+        from ..memo_pipeline.face import crop_face, crop_with_info, select_face, whole_image_crop_info
+
+        model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
+        if no_face not in NO_FACE_CHOICES:
+            raise ValueError(f"input 'no_face' must be one of {NO_FACE_CHOICES}, got {no_face!r}")
+        picture = single_image(image, "image").numpy()
+        with user_errors("image"):
+            faces = model.analyzer.detect(picture, "image")
+        if not faces and no_face != "error":
+            with user_errors("image"):
+                info = whole_image_crop_info(picture.shape[1], picture.shape[0], int(resolution))
+                cropped = crop_with_info(picture, info, "image")
+            face = _zero_face("no face found in the image; using the whole picture and no identity")
+        else:
+            with user_errors("image"):
+                chosen = select_face(faces, int(face_index), "the image")
+                cropped, info = crop_face(picture, chosen, float(scale), int(resolution), float(shift_y), name="image")
+            face = _embed(model, picture, chosen, "image")
+        return (torch.from_numpy(cropped)[None].contiguous(), info, face)
+
+
+class MemoFaceEmbed:
+    DESCRIPTION = ("Computes the identity embedding of the face in a picture without cropping (for portraits that "
+                   "are already framed). MEMO uses it to keep the person's identity.")
+    CATEGORY = CATEGORY_FACE
+    FUNCTION = "embed"
+    RETURN_TYPES = (MEMO_FACE,)
+    RETURN_NAMES = ("face",)
+    OUTPUT_TOOLTIPS = ("The identity embedding, for the sampler's face input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_model": (MEMO_FACE_MODEL, {"tooltip": "From MEMO Face Model Loader (SCRFD + ArcFace)."}),
+            "image": ("IMAGE", {"tooltip": "The portrait (one image)."}),
+            "face_index": int_input(0, 0, 63, "Which face when there are several: 0 = the largest."),
+            "no_face": combo(NO_FACE_CHOICES, "What to do when no face is found: stop with an error, or go on without "
+                             "identity (MEMO's own fallback: a zero embedding).", "error"),
+        }}
+
+    def embed(self, face_model, image, face_index=0, no_face="error"):
+        from ..memo_pipeline.face import select_face
+
+        model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
+        if no_face not in NO_FACE_CHOICES:
+            raise ValueError(f"input 'no_face' must be one of {NO_FACE_CHOICES}, got {no_face!r}")
+        picture = single_image(image, "image").numpy()
+        with user_errors("image"):
+            faces = model.analyzer.detect(picture, "image")
+        if not faces and no_face != "error":
+            return (_zero_face("no face found in the image; going on without identity"),)
+        with user_errors("image"):
+            chosen = select_face(faces, int(face_index), "the image")
+        return (_embed(model, picture, chosen, "image"),)
+
+
+class MemoPasteBack:
+    DESCRIPTION = ("Puts generated square frames back into the picture the crop came from, blending the crop's "
+                   "edges. Works on the frames in chunks; the original may be one picture or a video of the same "
+                   "length.")
+    CATEGORY = CATEGORY_FACE
+    FUNCTION = "paste"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The original picture with the generated face, one frame per generated frame.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Generated frames (MEMO Sampler output), at the crop's resolution."}),
+            "crop": (MEMO_CROP, {"tooltip": "From MEMO Face Crop."}),
+            "original_image": ("IMAGE", {"tooltip": "The picture that was cropped (or its video, frame for frame)."}),
+            "feather": float_input(0.1, 0.0, 0.5, 0.01, "Width of the blend at the crop's inner edges, as a fraction "
+                                   "of the crop side."),
+            "color_match": ("BOOLEAN", {"default": False, "tooltip": "Match each frame's colour statistics to the "
+                                        "original crop (removes slow colour drift)."}),
+        }}
+
+    def paste(self, images, crop, original_image, feather=0.1, color_match=False):
+        return (paste_frames(images, crop, original_image, float(feather), bool(color_match)),)
+
+
+def paste_frames(images, crop, original_image, feather: float = 0.1, color_match: bool = False) -> torch.Tensor:
+    from ..memo_pipeline.face import CropInfo, paste_back
+
+    info = expect(crop, CropInfo, "crop", MEMO_CROP)
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise ValueError(f"input 'images' must be an IMAGE batch [N, H, W, C], got {getattr(images, 'shape', type(images))}")
+    if images.shape[1:3] != (info.resolution, info.resolution):
+        raise ValueError(f"input 'images' is {images.shape[2]}x{images.shape[1]} but the crop was made at "
+                         f"{info.resolution}x{info.resolution}: give the sampler the same resolution as MEMO Face Crop")
+    if not torch.is_tensor(original_image) or original_image.dim() != 4:
+        raise ValueError("input 'original_image' must be an IMAGE batch [N, H, W, C]")
+    original = original_image
+    if original.shape[0] not in (1, images.shape[0]):
+        raise ValueError(f"input 'original_image' has {original.shape[0]} frames; give one picture or exactly as "
+                         f"many frames as 'images' ({images.shape[0]})")
+    with user_errors("paste back"):
+        chunks = list(paste_back(images, info, original, feather=feather, color_match=color_match))
+    return torch.cat(chunks).float().contiguous() if chunks else images[:0]
+
+
+NODE_CLASSES = {
+    "MemoFaceCrop": (MemoFaceCrop, "MEMO Face Crop"),
+    "MemoFaceEmbed": (MemoFaceEmbed, "MEMO Face Embed"),
+    "MemoPasteBack": (MemoPasteBack, "MEMO Paste Back"),
+}

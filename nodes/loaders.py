@@ -1,0 +1,298 @@
+"""Loader nodes: MEMO checkpoint, wav2vec2 audio encoder, emotion detector, face models.
+
+Each loader takes names from a ComfyUI model folder (listed through the host, see host.py) and
+returns one of our MEMO_* objects. ComfyUI caches a loader's output for as long as its inputs stay
+the same, so the loaders define no IS_CHANGED. Weights are loaded to the offload device (the CPU);
+the nodes that run a model move it to the GPU through ComfyUI's model manager when they need it.
+
+Choice strings name a path relative to ComfyUI's models/ folder, e.g. ``memo/memo-release`` or
+``insightface/models/antelopev2``; the part before the first '/' is the model folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import host as host_mod
+from .common import CATEGORY_LOADERS, DTYPES, combo, int_input, logger, user_errors
+from .comfy_helpers import MEMO_MARKER
+from .memo_types import (
+    MEMO_AUDIO_ENCODER,
+    MEMO_EMOTION_MODEL,
+    MEMO_FACE_MODEL,
+    MEMO_MODEL,
+    MemoAudioEncoder,
+    MemoEmotionModel,
+    MemoFaceModel,
+    MemoModel,
+)
+
+CLASSIFIER_SUBDIR = "misc/audio_emotion_classifier"
+VOCAL_SUBPATH = "misc/vocal_separator/Kim_Vocal_2.onnx"
+HAAR_CHOICE = "opencv-haar (crop only, no identity)"
+ATTENTION_BACKENDS = ["sdpa", "xformers"]
+AUDIO_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+EMOTION2VEC_FILES = ("model.safetensors", "model.pt")
+
+
+def split_choice(choice: str, input_name: str) -> tuple[str, str]:
+    """'folder/rest' -> ('folder', 'rest'); a bare 'folder' means the folder itself ('.')."""
+    if not isinstance(choice, str) or not choice.strip():
+        raise ValueError(f"input '{input_name}' is empty; pick a model from the list")
+    folder, _, rest = choice.strip().partition("/")
+    return folder, rest or "."
+
+
+def resolve_choice(choice: str, input_name: str, allowed: tuple[str, ...], kind: str = "any") -> str:
+    folder, rest = split_choice(choice, input_name)
+    if folder not in allowed:
+        raise ValueError(f"input '{input_name}': '{choice}' is not under models/{' or models/'.join(allowed)}")
+    try:
+        return host_mod.get_host().resolve(folder, rest, kind)
+    except ValueError as exc:
+        raise ValueError(f"input '{input_name}': {exc}") from exc
+
+
+def _safe_list(fn) -> list[str]:
+    """Model lists are built when the editor asks for node definitions; a broken folder must not
+    take every MEMO node down with it."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - logged, the list is just empty
+        logger.warning("comfyui-memo: could not list models: %s", exc)
+        return []
+
+
+def memo_checkpoints(marker: str = MEMO_MARKER) -> list[str]:
+    return [f"{host_mod.MEMO_FOLDER}/{name}" for name in host_mod.get_host().list_model_dirs(host_mod.MEMO_FOLDER, marker)]
+
+
+def _memo_with(subpath: str) -> list[str]:
+    host = host_mod.get_host()
+    found = []
+    for name in host.list_model_dirs(host_mod.MEMO_FOLDER, MEMO_MARKER):
+        for root in host.model_roots(host_mod.MEMO_FOLDER):
+            if os.path.exists(os.path.join(root, name, subpath)):
+                found.append(f"{host_mod.MEMO_FOLDER}/{name}")
+                break
+    return found
+
+
+def audio_encoder_choices() -> list[str]:
+    host = host_mod.get_host()
+    folder = host_mod.AUDIO_ENCODER_FOLDER
+    dirs = host.list_model_dirs(folder, "config.json")
+    files = [f for f in host.list_model_files(folder, AUDIO_WEIGHT_SUFFIXES) if not any(f.startswith(d + "/") for d in dirs)]
+    return [f"{folder}/{name}" for name in sorted(set(dirs) | set(files), key=str.lower)]
+
+
+def emotion2vec_choices() -> list[str]:
+    host = host_mod.get_host()
+    folder = host_mod.EMOTION2VEC_FOLDER
+    names = set()
+    for marker in EMOTION2VEC_FILES:
+        names.update(host.list_model_dirs(folder, marker))
+    return [f"{folder}/{name}" for name in sorted(names, key=str.lower)]
+
+
+def face_model_choices() -> list[str]:
+    from ..memo_pipeline.face import DETECTOR_FILE, find_face_models
+
+    host = host_mod.get_host()
+    choices = []
+    for folder in (host_mod.MEMO_FOLDER, host_mod.FACE_FOLDER):
+        candidates = [] if folder == host_mod.MEMO_FOLDER else ["."]
+        candidates += host.list_model_dirs(folder, MEMO_MARKER if folder == host_mod.MEMO_FOLDER else DETECTOR_FILE)
+        if folder == host_mod.FACE_FOLDER:
+            candidates += host.list_model_dirs(folder, os.path.join("models", DETECTOR_FILE))
+        for name in dict.fromkeys(candidates):
+            for root in host.model_roots(folder):
+                detector, recognizer = find_face_models(os.path.join(root, name))
+                if detector and recognizer:
+                    choices.append(folder if name == "." else f"{folder}/{name}")
+                    break
+    return choices + [HAAR_CHOICE]
+
+
+def vocal_model_choices() -> list[str]:
+    host = host_mod.get_host()
+    files = [f"{host_mod.VOCAL_FOLDER}/{name}" for name in host.list_model_files(host_mod.VOCAL_FOLDER, (".onnx",))]
+    return files + [f"{name}/{VOCAL_SUBPATH}" for name in _memo_with(VOCAL_SUBPATH)]
+
+
+def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
+    if dtype == "auto":
+        host = host_mod.get_host()
+        if isinstance(host, host_mod.ComfyHost):
+            import torch
+
+            chosen = host.adapter.model_dtype(supported=(torch.bfloat16, torch.float16, torch.float32))
+            return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(chosen, "fp32")
+        return "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"input '{input_name}' must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return dtype
+
+
+class MemoModelLoader:
+    DESCRIPTION = ("Loads a MEMO checkpoint folder (reference_net, diffusion_net, image_proj, audio_proj) from "
+                   "models/memo/<name>/, strictly: any missing or mismatched weight is an error naming the file.")
+    CATEGORY = CATEGORY_LOADERS
+    FUNCTION = "load"
+    RETURN_TYPES = (MEMO_MODEL,)
+    RETURN_NAMES = ("memo_model",)
+    OUTPUT_TOOLTIPS = ("The MEMO networks, for MEMO Sampler / MEMO Generate To File.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": combo(_safe_list(memo_checkpoints), "A MEMO checkpoint folder under models/memo/ "
+                                "(holding reference_net/, diffusion_net/, image_proj/, audio_proj/)."),
+            "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: ComfyUI's choice for this device (bf16 on recent "
+                           "GPUs, fp32 on the CPU). The release runs in bf16; fp16 may overflow.", "auto"),
+            "attention": combo(ATTENTION_BACKENDS, "Attention kernels: PyTorch SDPA, or xformers (needs the xformers "
+                               "package and a CUDA GPU).", "sdpa"),
+        }}
+
+    def load(self, checkpoint, dtype="auto", attention="sdpa"):
+        from ..memo_pipeline.loading import MemoModels
+
+        path = resolve_choice(checkpoint, "checkpoint", (host_mod.MEMO_FOLDER,), "dir")
+        dtype = resolve_dtype_choice(dtype)
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"input 'attention' must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
+        with user_errors(f"checkpoint '{checkpoint}'"):
+            models = MemoModels.load(path, dtype=dtype, device=host_mod.get_host().offload_device(), emotion_classifier=False)
+        set_attention(models, attention)
+        return (MemoModel(models, checkpoint, dtype, attention),)
+
+
+def set_attention(models, backend: str) -> None:
+    try:
+        from ..memo_pipeline.attention_backend import set_attention_backend
+    except ImportError:
+        if backend != "sdpa":
+            raise ValueError(f"attention '{backend}' is not available in this version of the pack; use sdpa") from None
+        return
+    try:
+        set_attention_backend(models, backend)
+    except RuntimeError as exc:  # xformers missing / no CUDA
+        raise ValueError(f"input 'attention': {exc}") from exc
+
+
+class MemoAudioEncoderLoader:
+    DESCRIPTION = ("Loads the wav2vec2 speech encoder MEMO was trained with (facebook/wav2vec2-base-960h) from "
+                   "models/audio_encoders/: a Hugging Face folder (config.json + model.safetensors) or one file.")
+    CATEGORY = CATEGORY_LOADERS
+    FUNCTION = "load"
+    RETURN_TYPES = (MEMO_AUDIO_ENCODER,)
+    RETURN_NAMES = ("audio_encoder",)
+    OUTPUT_TOOLTIPS = ("The wav2vec2 encoder, for MEMO Audio Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio_encoder": combo(_safe_list(audio_encoder_choices), "wav2vec2-base-960h under models/audio_encoders/: "
+                                   "its Hugging Face folder, or a single .safetensors file."),
+            "dtype": combo(DTYPES, "Weight dtype of the encoder; fp32 matches the official features.", "fp32"),
+        }}
+
+    def load(self, audio_encoder, dtype="fp32"):
+        from ..memo_pipeline.audio.features import Wav2Vec2AudioEncoder
+        from ..memo_pipeline.loading import resolve_dtype
+
+        path = resolve_choice(audio_encoder, "audio_encoder", (host_mod.AUDIO_ENCODER_FOLDER,))
+        with user_errors(f"audio_encoder '{audio_encoder}'"):
+            encoder = Wav2Vec2AudioEncoder.from_pretrained(path, device=host_mod.get_host().offload_device(),
+                                                           dtype=resolve_dtype(dtype))
+        return (MemoAudioEncoder(encoder, audio_encoder),)
+
+
+class MemoEmotionModelLoader:
+    DESCRIPTION = ("Loads the audio emotion detector: the emotion2vec_plus_large backbone (models/emotion2vec/) "
+                   "and MEMO's emotion classifier (misc/audio_emotion_classifier of a MEMO checkpoint).")
+    CATEGORY = CATEGORY_LOADERS
+    FUNCTION = "load"
+    RETURN_TYPES = (MEMO_EMOTION_MODEL,)
+    RETURN_NAMES = ("emotion_model",)
+    OUTPUT_TOOLTIPS = ("The emotion detector, for MEMO Emotion Detect.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "emotion2vec": combo(_safe_list(emotion2vec_choices), "emotion2vec_plus_large folder under models/emotion2vec/ "
+                                 "(model.pt or model.safetensors, with its config.yaml)."),
+            "classifier_checkpoint": combo(_safe_list(lambda: _memo_with(CLASSIFIER_SUBDIR)),
+                                           "The MEMO checkpoint whose misc/audio_emotion_classifier/ is used."),
+            "dtype": combo(DTYPES, "Weight dtype of both networks.", "fp32"),
+        }}
+
+    def load(self, emotion2vec, classifier_checkpoint, dtype="fp32"):
+        from ..memo_pipeline.audio.emotion2vec import Emotion2Vec
+        from ..memo_pipeline.loading import COMPONENTS, load_component, resolve_dtype
+
+        folder = resolve_choice(emotion2vec, "emotion2vec", (host_mod.EMOTION2VEC_FOLDER,))
+        weights = folder
+        if os.path.isdir(folder):
+            found = [os.path.join(folder, n) for n in EMOTION2VEC_FILES if os.path.isfile(os.path.join(folder, n))]
+            if not found:
+                raise ValueError(f"input 'emotion2vec': {folder} holds neither {' nor '.join(EMOTION2VEC_FILES)}")
+            weights = found[0]
+        device, torch_dtype = host_mod.get_host().offload_device(), resolve_dtype(dtype)
+        with user_errors(f"emotion2vec '{emotion2vec}'"):
+            backbone = Emotion2Vec.from_checkpoint(weights, device=device, dtype=torch_dtype)
+        root = resolve_choice(classifier_checkpoint, "classifier_checkpoint", (host_mod.MEMO_FOLDER,), "dir")
+        sub, cls, _ = COMPONENTS["emotion_classifier"]
+        with user_errors(f"classifier_checkpoint '{classifier_checkpoint}'"):
+            if not os.path.isdir(os.path.join(root, sub)):
+                raise ValueError(f"{root} has no {sub}/ (the emotion classifier of the MEMO release)")
+            classifier = load_component(os.path.join(root, sub), cls, dtype=torch_dtype, device=device)
+        return (MemoEmotionModel(backbone, classifier, f"{emotion2vec} + {classifier_checkpoint}"),)
+
+
+class MemoFaceModelLoader:
+    DESCRIPTION = ("Loads MEMO's face models: the SCRFD detector (scrfd_10g_bnkps.onnx) and the ArcFace identity "
+                   "network (glintr100.onnx), from a MEMO checkpoint (misc/face_analysis/models/) or "
+                   "models/insightface/. The OpenCV Haar choice needs no files but cannot compute an identity.")
+    CATEGORY = CATEGORY_LOADERS
+    FUNCTION = "load"
+    RETURN_TYPES = (MEMO_FACE_MODEL,)
+    RETURN_NAMES = ("face_model",)
+    OUTPUT_TOOLTIPS = ("Face detector + identity embedder, for MEMO Face Crop / MEMO Face Embed.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_models": combo(_safe_list(face_model_choices) or [HAAR_CHOICE],
+                                 "Where scrfd_10g_bnkps.onnx and glintr100.onnx are: a MEMO checkpoint or a folder "
+                                 "under models/insightface/."),
+            "detection_size": int_input(640, 128, 1280, "Canvas side the detector runs at (multiple of 32); "
+                                        "640 as in MEMO. A model with a fixed input size ignores it.", 32),
+            "device": combo(["auto", "cpu"], "auto: onnxruntime's CUDA provider when installed, else the CPU.", "auto"),
+        }}
+
+    def load(self, face_models, detection_size=640, device="auto"):
+        from ..memo_pipeline.face import FaceAnalyzer, find_face_models
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        if face_models == HAAR_CHOICE:
+            with user_errors("face_models"):
+                return (MemoFaceModel(FaceAnalyzer(providers=providers), face_models),)
+        root = resolve_choice(face_models, "face_models", (host_mod.MEMO_FOLDER, host_mod.FACE_FOLDER), "dir")
+        detector, recognizer = find_face_models(root)
+        if detector is None or recognizer is None:
+            raise ValueError(f"input 'face_models': {root} lacks "
+                             f"{'scrfd_10g_bnkps.onnx' if detector is None else 'glintr100.onnx'}")
+        if detection_size % 32:
+            raise ValueError(f"input 'detection_size' must be a multiple of 32, got {detection_size}")
+        with user_errors(f"face_models '{face_models}'"):
+            analyzer = FaceAnalyzer(detector, recognizer, providers=providers, det_size=detection_size)
+        return (MemoFaceModel(analyzer, face_models),)
+
+
+NODE_CLASSES = {
+    "MemoModelLoader": (MemoModelLoader, "MEMO Model Loader"),
+    "MemoAudioEncoderLoader": (MemoAudioEncoderLoader, "MEMO Audio Encoder Loader"),
+    "MemoEmotionModelLoader": (MemoEmotionModelLoader, "MEMO Emotion Model Loader"),
+    "MemoFaceModelLoader": (MemoFaceModelLoader, "MEMO Face Model Loader"),
+}

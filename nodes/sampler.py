@@ -1,0 +1,488 @@
+"""Generation nodes: MEMO Sampler (frames out), MEMO Generate To File (streamed to an mp4), state save/load.
+
+Both generation nodes share `prepare_run` / `run_clips`: the inputs are checked up front (so a
+bad input fails before minutes of sampling), the MEMO networks are put on the GPU through
+ComfyUI's model manager, and `MemoPipeline.generate` runs clip by clip with one progress bar over
+all steps of all clips, a latent preview after every step, and Cancel honoured between steps.
+
+A generation can be split over several runs: `max_clips` stops after that many clips and the
+MEMO_STATE output continues it (memory of past motion, last frames, noise generator) in the next
+sampler. The streaming node also writes that state to the output folder whenever it stops before
+the end of the audio (limit, Cancel or error), next to the part of the video already written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import host as host_mod
+from .common import (
+    CATEGORY_GENERATE,
+    MAX_SEED,
+    float_input,
+    frames_to_image,
+    int_input,
+    logger,
+    square_reference,
+    user_errors,
+)
+from .memo_types import (
+    MEMO_AUDIO,
+    MEMO_CROP,
+    MEMO_EMOTION,
+    MEMO_FACE,
+    MEMO_MODEL,
+    MEMO_STATE,
+    MemoAudio,
+    MemoEmotion,
+    MemoFace,
+    MemoModel,
+    MemoState,
+    expect,
+)
+from .preview import flow_sigmas, step_preview
+from .vae_bridge import ComfyVAEBridge
+
+STATE_SUFFIX = ".state.safetensors"
+
+
+def generation_inputs() -> dict:
+    """Inputs shared by MEMO Sampler and MEMO Generate To File."""
+    return {
+        "required": {
+            "memo_model": (MEMO_MODEL, {"tooltip": "From MEMO Model Loader."}),
+            "vae": ("VAE", {"tooltip": "The SD1.5 VAE MEMO uses (sd-vae-ft-mse), from Load VAE."}),
+            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image). A non-square picture is "
+                                          "centre-cropped to a square; use MEMO Face Crop to frame the face."}),
+            "memo_audio": (MEMO_AUDIO, {"tooltip": "From MEMO Audio Encode; sets length, frame rate and clip size."}),
+            "face": (MEMO_FACE, {"tooltip": "Identity embedding from MEMO Face Crop or MEMO Face Embed."}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                             "tooltip": "Noise seed (ignored when continuing from a state, which carries its own)."}),
+            "steps": int_input(20, 1, 200, "Denoising steps per clip (20 in MEMO)."),
+            "cfg": float_input(3.5, 0.0, 20.0, 0.1, "Classifier-free guidance scale (3.5 in MEMO); <= 1 runs a single "
+                               "conditional pass, about twice as fast."),
+            "past_frames": int_input(16, 1, 64, "Motion frames from the previous clip that condition the next "
+                                     "(16 in MEMO); the first clip uses the reference image this many times."),
+            "resolution": int_input(512, 64, 2048, "Side of the square video; MEMO was trained at 512.", 8),
+        },
+        "optional": {
+            "emotion": (MEMO_EMOTION, {"tooltip": "From MEMO Emotion Detect or MEMO Emotion Schedule; without it "
+                                       "every clip is 'neutral'."}),
+            "state": (MEMO_STATE, {"tooltip": "Continue a generation that stopped early (same audio, resolution "
+                                   "and clip size): its motion memory, last frames and noise generator."}),
+            "max_clips": int_input(0, 0, 100000, "Stop after this many clips (0 = until the audio ends); the state "
+                                   "output continues from there."),
+        },
+    }
+
+
+@dataclass
+class RunPlan:
+    pipeline: object
+    pixels: torch.Tensor
+    face: torch.Tensor
+    audio: MemoAudio
+    labels: torch.Tensor | None
+    settings: object
+    state: object  # GenerationState | None
+    first_clip: int
+    stop_clip: int
+    resolution: int
+    modules: list
+
+    @property
+    def num_clips(self) -> int:
+        return self.stop_clip - self.first_clip
+
+    @property
+    def start_frame(self) -> int:
+        return self.first_clip * self.audio.frames_per_clip
+
+    @property
+    def stop_frame(self) -> int:
+        return min(self.audio.num_frames, self.stop_clip * self.audio.frames_per_clip)
+
+
+def _check_int(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or not low <= value <= high:
+        raise ValueError(f"input '{name}' must be an integer in {low}..{high}, got {value!r}")
+    return int(value)
+
+
+def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
+                emotion=None, state=None, max_clips=0) -> RunPlan:
+    from ..memo_pipeline.pipeline import GenerationSettings, GenerationState, MemoPipeline, reference_pixels
+
+    model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
+    audio = expect(memo_audio, MemoAudio, "memo_audio", MEMO_AUDIO)
+    identity = expect(face, MemoFace, "face", MEMO_FACE)
+    if emotion is not None:
+        expect(emotion, MemoEmotion, "emotion", MEMO_EMOTION)
+    if state is not None:
+        expect(state, MemoState, "state", MEMO_STATE)
+    seed = _check_int(seed, "seed", 0, MAX_SEED)
+    steps = _check_int(steps, "steps", 1, 10000)
+    past_frames = _check_int(past_frames, "past_frames", 1, 1024)
+    resolution = _check_int(resolution, "resolution", 64, 8192)
+    max_clips = _check_int(max_clips, "max_clips", 0, 10**9)
+    if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
+        raise ValueError(f"input 'cfg' must be a finite number >= 0, got {cfg!r}")
+    if resolution % 8:
+        raise ValueError(f"input 'resolution' must be a multiple of 8, got {resolution}")
+
+    models = model.models
+    layers = audio.features.layer_features.shape[1:]
+    proj = models.audio_proj.config
+    if (proj.blocks, proj.channels) != tuple(layers):
+        raise ValueError(f"memo_audio: its wav2vec2 features have {layers[0]} layers x {layers[1]} channels "
+                         f"('{audio.encoder_name}'), but this MEMO checkpoint expects {proj.blocks} x {proj.channels}; "
+                         "use the audio encoder MEMO was trained with (wav2vec2-base-960h)")
+    embedding = identity.embedding.detach().float().reshape(1, -1).cpu()
+    wanted = models.image_proj.config.clip_embeddings_dim
+    if embedding.shape[1] != wanted or not torch.isfinite(embedding).all():
+        raise ValueError(f"face: the embedding has {embedding.shape[1]} values, the checkpoint needs {wanted} finite ones")
+    motion_kwargs = dict(getattr(models.diffusion_net.config, "motion_module_kwargs", None) or {})
+    table = motion_kwargs.get("temporal_position_encoding_max_len")
+    if table and audio.frames_per_clip > table:
+        raise ValueError(f"memo_audio: {audio.frames_per_clip} frames per clip is more than this checkpoint handles "
+                         f"({table}); encode the audio with frames_per_clip <= {table}")
+
+    labels = None
+    if emotion is not None:
+        with user_errors("emotion"):
+            labels = emotion.frame_labels(audio)
+
+    generation_state, first_clip = None, 0
+    if state is not None:
+        state.check_compatible(audio, resolution)
+        src = state.state
+        generation_state = GenerationState(src.memory.copy(), None if src.past_frames is None else src.past_frames.clone(),
+                                           src.next_clip, src.rng_state.clone())
+        first_clip = state.next_clip
+    stop_clip = audio.num_clips if max_clips == 0 else min(audio.num_clips, first_clip + max_clips)
+
+    pixels = reference_pixels(square_reference(reference_image, resolution, "reference_image"))
+    settings = GenerationSettings(steps=steps, guidance_scale=float(cfg), frames_per_clip=audio.frames_per_clip,
+                                  past_frames=past_frames, init_past_frames=past_frames, seed=seed, fps=audio.fps)
+    with user_errors("settings"):
+        settings.validate()
+
+    host = host_mod.get_host()
+    modules = model.modules()
+
+    def keep_loaded():
+        host.load_to_device(modules)
+
+    bridge = ComfyVAEBridge(vae, after_call=keep_loaded)
+    pipeline = MemoPipeline(models, bridge)
+    return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
+                   resolution, modules)
+
+
+def run_clips(plan: RunPlan):
+    """Yield `ClipOutput`s of `plan`, driving the host's progress bar, previews and Cancel."""
+    host = host_mod.get_host()
+    host.load_to_device(plan.modules)
+    settings = plan.settings
+    total = plan.num_clips * settings.steps
+    bar = host.progress(total)
+    sigmas = flow_sigmas(settings.steps, plan.pipeline.scheduler)
+    offset = plan.first_clip * settings.steps
+
+    def on_step(info):
+        preview = step_preview(info.latents, info.model_output, sigmas[info.step + 1], settings.guidance_scale)
+        bar.set(info.done - offset, preview)
+
+    def should_cancel():
+        host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI
+        return False
+
+    generator = plan.pipeline.generate(plan.pixels, plan.face, plan.audio.features, plan.labels, settings,
+                                       state=plan.state, on_step=on_step, should_cancel=should_cancel)
+    try:
+        for clip in generator:
+            middle = clip.frames[clip.frames.shape[0] // 2]
+            bar.set((clip.index + 1) * settings.steps - offset, middle.permute(1, 2, 0))
+            yield clip
+            if clip.index + 1 >= plan.stop_clip:
+                break
+    except ValueError as exc:
+        raise ValueError(f"MEMO sampler: {exc}") from exc
+    finally:
+        generator.close()
+
+
+def memo_state_from(clip, plan: RunPlan) -> MemoState:
+    from ..memo_pipeline.pipeline import GenerationState
+
+    src = clip.state
+    state = GenerationState(src.memory.to("cpu"), None if src.past_frames is None else src.past_frames.cpu().clone(),
+                            src.next_clip, src.rng_state.clone())
+    audio = plan.audio
+    return MemoState(state, audio.num_frames, audio.fps, audio.frames_per_clip, plan.resolution,
+                     {"clips_done": src.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
+
+
+class MemoSampler:
+    DESCRIPTION = ("Generates the talking video: MEMO's memory-guided, emotion-aware diffusion, clip by clip, "
+                   "driven by the audio features. Returns all frames as an IMAGE batch (for Create Video), so the "
+                   "whole video is held in memory: for long audio use MEMO Generate To File.")
+    CATEGORY = CATEGORY_GENERATE
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "FLOAT", MEMO_STATE, "AUDIO")
+    RETURN_NAMES = ("images", "fps", "state", "audio")
+    OUTPUT_TOOLTIPS = ("The generated frames, resolution x resolution.",
+                       "Frame rate of the video (from the audio encoding), for Create Video.",
+                       "Where this run stopped, to continue it in another sampler.",
+                       "The part of the audio under these frames, for Create Video.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return generation_inputs()
+
+    def sample(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
+               emotion=None, state=None, max_clips=0):
+        plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
+                           resolution, emotion, state, max_clips)
+        chunks, last = [], None
+        for clip in run_clips(plan):
+            chunks.append(frames_to_image(clip.frames))
+            last = clip
+        images = torch.cat(chunks)
+        segment = plan.audio.as_comfy_audio(plan.start_frame, plan.start_frame + images.shape[0])
+        return (images, float(plan.audio.fps), memo_state_from(last, plan), segment)
+
+
+def save_memo_state(memo_state: MemoState, path: str) -> str:
+    """Write `path` (`*.state.safetensors`) and its `.json` description; returns the safetensors path."""
+    memo_state.state.save(path)
+    description = {"format": "comfyui-memo-state", "num_frames": memo_state.num_frames, "fps": memo_state.fps,
+                   "frames_per_clip": memo_state.frames_per_clip, "resolution": memo_state.resolution,
+                   "next_clip": memo_state.next_clip, **memo_state.info}
+    with open(path[: -len(".safetensors")] + ".json", "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+    return path
+
+
+def load_memo_state(path: str) -> MemoState:
+    from ..memo_pipeline.pipeline import GenerationState
+
+    sidecar = path[: -len(".safetensors")] + ".json" if path.endswith(".safetensors") else path + ".json"
+    if not os.path.isfile(path):
+        raise ValueError(f"state file not found: {path}")
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != "comfyui-memo-state":
+            raise ValueError("not a comfyui-memo state description")
+        state = GenerationState.load(path)
+        return MemoState(state, int(meta["num_frames"]), float(meta["fps"]), int(meta["frames_per_clip"]),
+                         int(meta["resolution"]), {k: meta[k] for k in ("clips_done", "clips_total", "seed") if k in meta})
+    except FileNotFoundError:
+        raise ValueError(f"state {path}: its description {os.path.basename(sidecar)} is missing") from None
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ValueError(f"state {path} cannot be read: {exc}") from exc
+
+
+def _video_audio(audio, plan: RunPlan):
+    """(waveform [C, N], rate) for the writer: the given AUDIO or the MEMO audio's own track, from the first frame on."""
+    from .common import comfy_audio
+
+    if audio is None:
+        track = plan.audio.as_comfy_audio(plan.start_frame)
+        waveform, rate = track["waveform"][0], track["sample_rate"]
+    else:
+        waveform, rate = comfy_audio(audio, "audio")
+        first = int(round(plan.start_frame / plan.audio.fps * rate))
+        if first >= waveform.shape[1]:
+            raise ValueError("audio: the track ends before the frames this run generates; connect the audio the MEMO "
+                             "audio was encoded from")
+        waveform = waveform[:, first:]
+    if waveform.shape[0] > 2:
+        waveform = waveform.mean(dim=0, keepdim=True)
+    return waveform.contiguous(), int(rate)
+
+
+class MemoGenerateToFile:
+    DESCRIPTION = ("Generates the talking video like MEMO Sampler but writes every clip to an H.264/AAC mp4 in the "
+                   "output folder as soon as it is decoded, so memory does not grow with the audio length: the node "
+                   "for long audio. Optionally pastes each clip back into the original picture. If the run stops "
+                   "early (max_clips, Cancel, an error) the frames written so far stay in the file and the state to "
+                   "continue is saved next to it (load it with MEMO Load State).")
+    CATEGORY = CATEGORY_GENERATE
+    FUNCTION = "generate"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "INT", MEMO_STATE)
+    RETURN_NAMES = ("video_path", "frame_count", "state")
+    OUTPUT_TOOLTIPS = ("Absolute path of the written mp4.", "Frames written.",
+                       "Where this run stopped, to continue it later.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = generation_inputs()
+        inputs["required"]["filename_prefix"] = ("STRING", {"default": "MEMO/memo", "tooltip": "Path of the video "
+                                                 "inside ComfyUI's output folder; a counter and .mp4 are appended."})
+        inputs["optional"].update({
+            "audio": ("AUDIO", {"tooltip": "Audio to put in the file (e.g. the original mix when the features come "
+                                "from separated vocals); default: the MEMO audio's own track."}),
+            "crop": (MEMO_CROP, {"tooltip": "With original_image: paste every clip back into the original picture."}),
+            "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
+            "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),
+        })
+        return inputs
+
+    def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
+                 filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
+                 original_image=None, crf=18):
+        from ..memo_pipeline.video_io import VideoWriter
+        from .face_nodes import paste_frames
+
+        if (crop is None) != (original_image is None):
+            raise ValueError("inputs 'crop' and 'original_image' go together: connect both to paste back, or neither")
+        crf = _check_int(crf, "crf", 0, 51)
+        plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
+                           resolution, emotion, state, max_clips)
+        if crop is not None and crop.resolution != plan.resolution:
+            raise ValueError(f"input 'crop' was made at resolution {crop.resolution}, the sampler runs at "
+                             f"{plan.resolution}: use the same resolution in both")
+        waveform, rate = _video_audio(audio, plan)
+        host = host_mod.get_host()
+        if not isinstance(filename_prefix, str) or not filename_prefix.strip():
+            raise ValueError("input 'filename_prefix' is empty")
+        folder, filename, counter, subfolder = host.save_path(filename_prefix, plan.resolution, plan.resolution)
+        name = f"{filename}_{counter:05}_"
+        path = os.path.join(folder, name + ".mp4")
+
+        writer = VideoWriter(path, plan.audio.fps, audio=(waveform, rate), crf=crf)
+        last, frames = None, 0
+        try:
+            for clip in run_clips(plan):
+                images = frames_to_image(clip.frames)
+                if crop is not None:
+                    images = paste_frames(images, crop, original_image)
+                writer.write(_even(images))
+                last = clip
+                frames = writer.frames_written
+            writer.close()
+        except BaseException:
+            _keep_partial(writer, last, plan, path, os.path.join(folder, name + STATE_SUFFIX))
+            raise
+        memo_state = memo_state_from(last, plan)
+        if memo_state.next_clip < plan.audio.num_clips:
+            save_memo_state(memo_state, os.path.join(folder, name + STATE_SUFFIX))
+        file_name = name + ".mp4"
+        ui = {"images": [{"filename": file_name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        return {"ui": ui, "result": (path, int(frames), memo_state)}
+
+
+def _keep_partial(writer, last, plan: RunPlan, path: str, state_path: str) -> None:
+    """After a failed or cancelled run: finish the video of the clips already written and save the state
+    to continue from (nothing is kept when no clip was finished)."""
+    if last is None or not writer.frames_written:
+        writer.abort()
+        return
+    try:
+        writer.close()  # a playable video of the finished clips
+        save_memo_state(memo_state_from(last, plan), state_path)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more; say what was lost
+        writer.abort()
+        logger.error("MEMO Generate To File: could not keep the partial video %s: %s", path, exc)
+        return
+    logger.warning("MEMO Generate To File stopped after %d of %d clips: %d frames are in %s; to continue, load %s "
+                   "with MEMO Load State", last.index + 1, plan.audio.num_clips, writer.frames_written, path, state_path)
+
+
+def _even(images: torch.Tensor) -> torch.Tensor:
+    """H.264 (yuv420p) needs even sides: drop a last odd row/column (pasted-back pictures can be odd)."""
+    height, width = images.shape[1] - images.shape[1] % 2, images.shape[2] - images.shape[2] % 2
+    return images if (height, width) == tuple(images.shape[1:3]) else images[:, :height, :width]
+
+
+def state_files() -> list[str]:
+    host = host_mod.get_host()
+    try:
+        root = host.output_directory()
+    except ValueError:
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel != "." and rel.count(os.sep) >= 2:
+            dirnames[:] = []
+        for filename in filenames:
+            if filename.endswith(STATE_SUFFIX):
+                found.append(os.path.normpath(os.path.join(rel, filename)).replace(os.sep, "/"))
+    return sorted(found, key=str.lower)
+
+
+class MemoSaveState:
+    DESCRIPTION = "Saves a MEMO generation state to the output folder, to continue the generation in a later session."
+    CATEGORY = CATEGORY_GENERATE
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("state_path",)
+    OUTPUT_TOOLTIPS = ("Absolute path of the saved state.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "state": (MEMO_STATE, {"tooltip": "From MEMO Sampler or MEMO Generate To File."}),
+            "filename_prefix": ("STRING", {"default": "MEMO/memo", "tooltip": "Path inside the output folder; a "
+                                "counter and .state.safetensors are appended."}),
+        }}
+
+    def save(self, state, filename_prefix="MEMO/memo"):
+        memo_state = expect(state, MemoState, "state", MEMO_STATE)
+        folder, filename, counter, subfolder = host_mod.get_host().save_path(filename_prefix)
+        path = save_memo_state(memo_state, os.path.join(folder, f"{filename}_{counter:05}_{STATE_SUFFIX}"))
+        text = f"saved after clip {memo_state.next_clip} of {memo_state.info.get('clips_total', '?')}: {path}"
+        return {"ui": {"text": [text]}, "result": (path,)}
+
+
+class MemoLoadState:
+    DESCRIPTION = ("Loads a MEMO generation state saved in the output folder (by MEMO Save State, or by MEMO "
+                   "Generate To File when it stopped early), to continue that generation.")
+    CATEGORY = CATEGORY_GENERATE
+    FUNCTION = "load"
+    RETURN_TYPES = (MEMO_STATE,)
+    RETURN_NAMES = ("state",)
+    OUTPUT_TOOLTIPS = ("The state, for the state input of MEMO Sampler / MEMO Generate To File.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "state_file": (state_files(), {"tooltip": "A *.state.safetensors file in the output folder."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, state_file):
+        try:
+            path = _state_path(state_file)
+            return f"{os.path.getmtime(path)}:{os.path.getsize(path)}"
+        except (ValueError, OSError):
+            return state_file
+
+    def load(self, state_file):
+        return (load_memo_state(_state_path(state_file)),)
+
+
+def _state_path(state_file: str) -> str:
+    from .comfy_helpers import safe_join
+
+    if not isinstance(state_file, str) or not state_file.endswith(STATE_SUFFIX):
+        raise ValueError(f"input 'state_file' must name a *{STATE_SUFFIX} file, got {state_file!r}")
+    return safe_join(host_mod.get_host().output_directory(), state_file)
+
+
+NODE_CLASSES = {
+    "MemoSampler": (MemoSampler, "MEMO Sampler"),
+    "MemoGenerateToFile": (MemoGenerateToFile, "MEMO Generate To File"),
+    "MemoSaveState": (MemoSaveState, "MEMO Save State"),
+    "MemoLoadState": (MemoLoadState, "MEMO Load State"),
+}

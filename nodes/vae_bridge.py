@@ -1,0 +1,79 @@
+"""ComfyUI's VAE object behind `memo_pipeline.vae.VAEAdapter`, without importing ComfyUI.
+
+ComfyUI 0.8.0 `comfy.sd.VAE` conventions (read from `comfy/sd.py` and
+`comfy/ldm/models/autoencoder.py`):
+
+* ``encode(pixels)``: pixels ``[N, H, W, C]`` in [0, 1] (IMAGE layout). It crops H and W down to
+  multiples of 8, maps to [-1, 1] itself (``process_input``), runs the encoder and returns the
+  posterior *mode* (= mean, ``DiagonalGaussianRegularizer(sample=False)``) as ``[N, 4, H/8, W/8]``
+  float32 on the intermediate device, **unscaled**: ComfyUI multiplies by 0.18215 later, in the
+  model's latent format, not in the VAE.
+* ``decode(latents)``: unscaled ``[N, 4, h, w]`` -> ``[N, 8h, 8w, 3]`` in [0, 1], clamped
+  (``process_output``), float32 on the intermediate device.
+
+MEMO's pipeline wants ``[N, 3, H, W]`` frames in [-1, 1] -> latents times 0.18215 (posterior mean),
+and scaled latents -> ``[N, 3, H, W]`` float32 in [0, 1]. So the bridge maps ``x -> (x + 1) / 2``,
+moves channels last, and multiplies the latents by 0.18215 (dividing on the way back): the same
+numbers as `DiffusersVAE` on the same weights, up to the ``(x + 1) / 2 * 2 - 1`` round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..memo_pipeline.vae import LATENT_SCALE
+
+
+def check_sd_vae(vae, input_name: str = "vae") -> None:
+    """Refuse VAEs whose latent space is not SD1.5's (4 channels, 8x down), with a message naming the input."""
+    for method in ("encode", "decode"):
+        if not callable(getattr(vae, method, None)):
+            raise ValueError(f"input '{input_name}' is not a VAE (no {method} method); connect a Load VAE node")
+    channels = getattr(vae, "latent_channels", 4)
+    ratio = vae.spacial_compression_encode() if callable(getattr(vae, "spacial_compression_encode", None)) \
+        else getattr(vae, "downscale_ratio", 8)
+    latent_dim = getattr(vae, "latent_dim", 2)
+    if channels != 4 or ratio != 8 or latent_dim != 2:
+        raise ValueError(
+            f"input '{input_name}': MEMO needs an SD1.5 image VAE (4 latent channels, 8x downscaling), e.g. "
+            f"vae-ft-mse-840000-ema-pruned.safetensors (stabilityai/sd-vae-ft-mse); this VAE has {channels} latent "
+            f"channels, downscale {ratio}, {latent_dim}-D latents"
+        )
+
+
+class ComfyVAEBridge:
+    """Duck-typed adapter from a ComfyUI VAE to `VAEAdapter`.
+
+    `after_call` runs after every encode/decode: the sampler uses it to put the MEMO networks
+    back on the GPU in case ComfyUI's model manager moved them out to make room for the VAE.
+    """
+
+    def __init__(self, vae, after_call: Callable[[], None] | None = None, input_name: str = "vae"):
+        check_sd_vae(vae, input_name)
+        self.vae = vae
+        self.after_call = after_call
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"VAE bridge: frames must be [N, 3, H, W], got {tuple(frames.shape)}")
+        pixels = ((frames.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)
+        latents = self.vae.encode(pixels)
+        if latents.shape[-2:] != (frames.shape[-2] // 8, frames.shape[-1] // 8):
+            raise ValueError(f"VAE returned latents of shape {tuple(latents.shape)} for frames {tuple(frames.shape)}")
+        self._after()
+        return latents.to(device=frames.device, dtype=torch.float32) * LATENT_SCALE
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(latents.float() / LATENT_SCALE)
+        if images.dim() == 5:  # video VAEs add a time axis; an image VAE never should
+            images = images.reshape(-1, *images.shape[-3:])
+        self._after()
+        return images[..., :3].movedim(-1, 1).float()
+
+    def _after(self) -> None:
+        if self.after_call is not None:
+            self.after_call()
