@@ -1,0 +1,188 @@
+"""scripts/queue_workflow.py without a ComfyUI server: parsing, substitution, outputs, errors."""
+import email
+import importlib.util
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "queue_workflow.py"
+_spec = importlib.util.spec_from_file_location("memo_queue_workflow", SCRIPT)
+qw = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = qw  # dataclasses look their module up while the file executes
+_spec.loader.exec_module(qw)
+
+WORKFLOW = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "model": ["4", 0]}},
+    "7": {"class_type": "LoadAudio", "inputs": {"audio": "old.wav"}, "_meta": {"title": "Speech"}},
+    "12": {"class_type": "LoadImage", "inputs": {"image": "old.png"}, "_meta": {"title": "Portrait"}},
+    "20:5": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "memo/clip", "video": ["12", 0]}},
+}
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("42", 42), ("1.5", 1.5), ("true", True), ("null", None), ('"42"', "42"),
+    ('["4", 0]', ["4", 0]), ("hello world", "hello world"), ("memo/clip", "memo/clip"), ("", ""),
+])
+def test_parse_value(raw, expected):
+    assert qw.parse_value(raw) == expected
+
+
+def test_parse_assignment_kinds(tmp_path):
+    f = tmp_path / "p.png"
+    f.write_bytes(b"x")
+    assert qw.parse_assignment(f"12.image=@{f}") == qw.Assignment("12", "image", upload=f)
+    assert qw.parse_assignment("3.seed=42") == qw.Assignment("3", "seed", 42)
+    assert qw.parse_assignment("7.audio=@@literal") == qw.Assignment("7", "audio", "@literal")
+    assert qw.parse_assignment("20:5.filename_prefix=a=b") == qw.Assignment("20:5", "filename_prefix", "a=b")
+    assert qw.parse_assignment("my.node.text=x") == qw.Assignment("my.node", "text", "x")
+
+
+@pytest.mark.parametrize("bad", ["3seed=4", "3.seed", ".seed=1", "3.=1"])
+def test_parse_assignment_rejects_malformed(bad):
+    with pytest.raises(qw.UsageError):
+        qw.parse_assignment(bad)
+
+
+def test_parse_assignment_needs_existing_upload_file(tmp_path):
+    with pytest.raises(qw.UsageError, match="not found"):
+        qw.parse_assignment(f"12.image=@{tmp_path / 'missing.png'}")
+
+
+def test_apply_assignments_substitutes_and_keeps_original(tmp_path):
+    f = tmp_path / "me.png"
+    f.write_bytes(b"x")
+    sets = [qw.Assignment("12", "image", upload=f), qw.Assignment("3", "seed", 42),
+            qw.Assignment("Speech", "audio", "clip.wav"), qw.Assignment("20:5", "filename_prefix", "out/x")]
+    out = qw.apply_assignments(WORKFLOW, sets, {f: "sub/me (1).png"})
+    assert out["12"]["inputs"]["image"] == "sub/me (1).png"
+    assert out["3"]["inputs"] == {"seed": 42, "steps": 20, "model": ["4", 0]}
+    assert out["7"]["inputs"]["audio"] == "clip.wav"
+    assert out["20:5"]["inputs"]["filename_prefix"] == "out/x"
+    assert WORKFLOW["3"]["inputs"]["seed"] == 1
+
+
+def test_apply_assignments_errors_name_what_exists():
+    with pytest.raises(qw.UsageError, match=r"no node '99'.*12 \(LoadImage\)"):
+        qw.apply_assignments(WORKFLOW, [qw.Assignment("99", "image", "x")])
+    with pytest.raises(qw.UsageError, match="has no input 'imgae'; inputs: image"):
+        qw.apply_assignments(WORKFLOW, [qw.Assignment("12", "imgae", "x")])
+    out = qw.apply_assignments(WORKFLOW, [qw.Assignment("12", "mask", "m")], allow_new_inputs=True)
+    assert out["12"]["inputs"]["mask"] == "m"
+
+
+def test_duplicate_titles_are_ambiguous():
+    wf = {"1": {"class_type": "A", "inputs": {"x": 1}, "_meta": {"title": "T"}},
+          "2": {"class_type": "B", "inputs": {"x": 1}, "_meta": {"title": "T"}}}
+    with pytest.raises(qw.UsageError, match="several nodes"):
+        qw.apply_assignments(wf, [qw.Assignment("T", "x", 2)])
+
+
+def test_load_workflow_formats(tmp_path):
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps(WORKFLOW))
+    assert qw.load_workflow(api) == WORKFLOW
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"prompt": WORKFLOW, "client_id": "x"}))
+    assert qw.load_workflow(wrapped) == WORKFLOW
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    with pytest.raises(qw.UsageError, match="Export \\(API\\)"):
+        qw.load_workflow(ui)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope")
+    with pytest.raises(qw.UsageError, match="not valid JSON"):
+        qw.load_workflow(broken)
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"1": {"inputs": {}}}))
+    with pytest.raises(qw.UsageError, match="node '1'"):
+        qw.load_workflow(odd)
+
+
+HISTORY = {"outputs": {
+    "9": {"images": [{"filename": "a_00001_.png", "subfolder": "", "type": "output"},
+                     {"filename": "prev.png", "subfolder": "", "type": "temp"}]},
+    "20": {"images": [{"filename": "clip_00001_.mp4", "subfolder": "memo", "type": "output"}],
+           "animated": [True]},
+    "21": {"text": ["not a file"]},
+}}
+
+
+def test_output_files_lists_every_node_and_skips_temp_by_default():
+    files = qw.output_files(HISTORY)
+    assert [(f["node_id"], f["subfolder"], f["filename"]) for f in files] == [
+        ("9", "", "a_00001_.png"), ("20", "memo", "clip_00001_.mp4")]
+    assert len(qw.output_files(HISTORY, include_temp=True)) == 3
+
+
+def test_local_target_mirrors_subfolders_and_refuses_escape(tmp_path):
+    assert qw.local_target(tmp_path, {"filename": "c.mp4", "subfolder": "memo"}) == tmp_path / "memo" / "c.mp4"
+    with pytest.raises(qw.WorkflowFailed):
+        qw.local_target(tmp_path, {"filename": "x", "subfolder": "../.."})
+
+
+def test_batch_files_filters_and_sorts(tmp_path):
+    for name in ("b.wav", "a.wav", "notes.txt", ".hidden.wav"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "dir.wav").mkdir()
+    assert [p.name for p in qw.batch_files(tmp_path, "*.wav")] == ["a.wav", "b.wav"]
+    with pytest.raises(qw.UsageError):
+        qw.batch_files(tmp_path, "*.flac")
+
+
+def test_multipart_body_parses_back():
+    body, ctype = qw.multipart({"type": "input", "subfolder": ""}, "image", 'we"ird.wav', b"\x00RIFF\r\n--data")
+    msg = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+    parts = {p.get_param("name", header="content-disposition"): p for p in msg.get_payload()}
+    assert parts["type"].get_payload() == "input"
+    assert parts["image"].get_filename() == "we_ird.wav"
+    assert parts["image"].get_content_type() == "audio/x-wav"
+    assert parts["image"].get_payload(decode=True) == b"\x00RIFF\r\n--data"
+
+
+def test_failure_descriptions_quote_the_server():
+    status = {"status_str": "error", "messages": [
+        ["execution_start", {}],
+        ["execution_error", {"node_id": "7", "node_type": "LoadAudio", "exception_type": "ValueError",
+                             "exception_message": "No audio stream found in the file.\n"}]]}
+    assert qw.describe_failure(status) == "node 7 (LoadAudio) failed: ValueError: No audio stream found in the file."
+    rejection = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                           "details": ""},
+                 "node_errors": {"12": {"class_type": "LoadImage", "errors": [
+                     {"message": "Value not in list", "details": "image: 'x.png' not in []"}]}}}
+    text = qw.describe_rejection(rejection)
+    assert "Prompt outputs failed validation" in text
+    assert "node 12 (LoadImage): Value not in list: image: 'x.png' not in []" in text
+
+
+def test_print_prompt_needs_no_server(tmp_path, capsys):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    assert qw.main([str(wf), "--set", "3.seed=7", "--print-prompt"]) == 0
+    assert json.loads(capsys.readouterr().out)["3"]["inputs"]["seed"] == 7
+
+
+def test_connection_refused_is_explained(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    code = qw.main([str(wf), "--server", f"http://127.0.0.1:{port}", "--set", "3.seed=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in err
+    assert "refused" in err.lower()
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    assert qw.main([str(wf), "--set", "nonsense"]) == 2
+    assert "expected NODE.INPUT=VALUE" in capsys.readouterr().err
+    assert qw.main([str(wf), "--batch", "12.image"]) == 2
+    assert "expected --batch NODE.INPUT=DIR" in capsys.readouterr().err
+    assert qw.main([str(wf), "--batch", "12.nope=" + str(tmp_path)]) == 2
+    assert "has no input 'nope'" in capsys.readouterr().err
