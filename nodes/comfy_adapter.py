@@ -13,6 +13,7 @@ try:
     import comfy.model_patcher as _patcher
     import comfy.utils as _cutils
     from comfy.cli_args import args as _comfy_args
+    from comfy_api.latest import InputImpl as _InputImpl, Types as _Types
 except ImportError as _exc:  # pragma: no cover - exercised by tests outside ComfyUI
     raise ImportError(
         "comfyui-memo: nodes/comfy_adapter.py only works inside a running ComfyUI "
@@ -97,6 +98,25 @@ def save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[st
     folder, filename, counter, subfolder, _prefix = folder_paths.get_save_image_path(
         filename_prefix, output_directory(), width, height)
     return folder, filename, counter, subfolder
+
+
+# ------------------------------------------------------------------ VIDEO values
+
+def make_video(images: torch.Tensor, fps: float, audio: dict | None = None):
+    """A core VIDEO value (what CreateVideo outputs): IMAGE [T,H,W,3] 0..1 frames,
+    optional AUDIO {'waveform': [1,C,S], 'sample_rate': int}, SaveVideo-compatible."""
+    from fractions import Fraction
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"video frames must be [T,H,W,3], got {tuple(images.shape)}")
+    components = _Types.VideoComponents(images=images, audio=audio,
+                                        frame_rate=Fraction(round(float(fps) * 1000), 1000))
+    return _InputImpl.VideoFromComponents(components)
+
+
+def video_parts(video) -> tuple[torch.Tensor, dict | None, float]:
+    """(frames [T,H,W,3], audio or None, fps) of any core VIDEO value (file or components)."""
+    parts = video.get_components()
+    return parts.images, parts.audio, float(parts.frame_rate)
 
 
 # ------------------------------------------------------------------ progress and interrupts

@@ -94,6 +94,21 @@ def check_adapter(ad, base_dir):
     out["unloaded"] = ad.unload_models([vae])
     out["is_loaded_after"] = [ad.is_loaded(vae), ad.is_loaded(w2v)]
     out["vae_param_device"] = str(next(vae.parameters()).device)
+    frames = torch.rand(5, 32, 48, 3)
+    audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    video = ad.make_video(frames, 10, audio)
+    imgs, aud, fps = ad.video_parts(video)
+    out["video_parts"] = [list(imgs.shape), aud["sample_rate"], fps, bool(torch.equal(imgs, frames))]
+    mp4 = os.path.join(base_dir, "probe.mp4")
+    video.save_to(mp4)
+    from comfy_api.latest import InputImpl
+    imgs, aud, fps = ad.video_parts(InputImpl.VideoFromFile(mp4))
+    out["video_file_parts"] = [list(imgs.shape), None if aud is None else aud["sample_rate"], fps]
+    try:
+        ad.make_video(frames[0], 10)
+        out["video_bad_shape"] = "no error"
+    except ValueError as e:
+        out["video_bad_shape"] = str(e)
     folder, filename, counter, subfolder = ad.save_path("memo/clip", 64, 64)
     out["save_path"] = [os.path.relpath(folder, base_dir), filename, counter, subfolder]
     out["output_dir"] = os.path.relpath(ad.output_directory(), base_dir)

@@ -95,3 +95,9 @@ def test_comfy_vae_encode_is_unscaled_posterior_mean(tmp_path):
     assert r["decode_vs_diffusers_maxdiff"] < 1e-4
     assert r["first_stage_class"] == "comfy.ldm.models.autoencoder.AutoencoderKL"
     assert r["has_diffusers_keys"] is False
+
+
+def test_video_values_round_trip_through_core_types(adapter_report):
+    assert adapter_report["video_parts"] == [[5, 32, 48, 3], 16000, 10.0, True]
+    assert adapter_report["video_file_parts"] == [[5, 32, 48, 3], 16000, 10.0]
+    assert adapter_report["video_bad_shape"].startswith("video frames must be [T,H,W,3]")
