@@ -1,0 +1,118 @@
+"""Pipeline benchmarks on small random-weight models (CPU).
+
+    python bench/bench_pipeline.py memory   # peak RSS for 2 and for 8 clips (each in a fresh process)
+    python bench/bench_pipeline.py speed    # seconds per generated frame with and without the speedups
+
+`memory` checks that memory does not grow with the number of clips: clips are streamed to an
+mp4 and dropped, only the motion memory and the last motion frames are carried. `speed`
+compares the official procedure (one VAE call per frame, reference image re-encoded and
+re-featurised every clip) with batched VAE calls plus the cached reference rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memo_pipeline.loading import MemoModels, build_model  # noqa: E402
+from memo_pipeline.pipeline import GenerationSettings, MemoPipeline, WindowedAudio, reference_pixels  # noqa: E402
+from memo_pipeline.tiny import COMPONENTS, TINY_CONFIGS, TINY_VAE, randomize  # noqa: E402
+from memo_pipeline.vae import DiffusersVAE  # noqa: E402
+from memo_pipeline.video_io import VideoWriter  # noqa: E402
+
+SMALL_WIDTHS = [64, 128, 128]
+SMALL_VAE_WIDTHS = [32, 64, 128, 128]
+
+
+def small_pipeline(vae_batch: int) -> MemoPipeline:
+    from diffusers import AutoencoderKL
+
+    models = {}
+    for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
+        config = dict(TINY_CONFIGS[name])
+        if name in ("reference_net", "diffusion_net"):
+            kinds = ["CrossAttnDown", "CrossAttnDown", "Down"]
+            suffix = "3D" if name == "diffusion_net" else "2D"
+            config.update(block_out_channels=SMALL_WIDTHS, norm_num_groups=32,
+                          down_block_types=[k + "Block" + suffix for k in kinds],
+                          up_block_types=["UpBlock" + suffix, "CrossAttnUpBlock" + suffix, "CrossAttnUpBlock" + suffix])
+        models[name] = randomize(build_model(cls, config, name), seed=i).eval()
+    vae = randomize(AutoencoderKL(**dict(TINY_VAE, block_out_channels=SMALL_VAE_WIDTHS, norm_num_groups=32)), 9, 0.5)
+    return MemoPipeline(MemoModels(**models), DiffusersVAE(vae, batch_size=vae_batch))
+
+
+def generate(clips: int, resolution: int, steps: int, vae_batch: int, cache: bool, out: Path | None) -> float:
+    pipeline = small_pipeline(vae_batch)
+    frames_per_clip = 16
+    g = torch.Generator().manual_seed(0)
+    audio = WindowedAudio(torch.randn(clips * frames_per_clip, 5, 2, 16, generator=g))
+    settings = GenerationSettings(steps=steps, frames_per_clip=frames_per_clip, past_frames=16, init_past_frames=16,
+                                  cache_reference=cache)
+    pixels = reference_pixels(torch.rand(resolution, resolution, 3, generator=g))
+    started = time.perf_counter()
+    with torch.no_grad():
+        if out is None:
+            for _ in pipeline.generate(pixels, None, audio, 4, settings):
+                pass
+        else:
+            with VideoWriter(out, 30) as writer:
+                for clip in pipeline.generate(pixels, None, audio, 4, settings):
+                    writer.write(clip.frames.permute(0, 2, 3, 1))
+    return (time.perf_counter() - started) / (clips * frames_per_clip)
+
+
+def child(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        per_frame = generate(args.clips, args.resolution, args.steps, args.vae_batch, not args.no_cache, Path(tmp) / "v.mp4")
+    print(json.dumps({"clips": args.clips, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds_per_frame": per_frame}))
+
+
+def run_child(clips: int, resolution: int, steps: int, vae_batch: int, cache: bool) -> dict:
+    command = [sys.executable, __file__, "_child", "--clips", str(clips), "--resolution", str(resolution),
+               "--steps", str(steps), "--vae-batch", str(vae_batch)] + ([] if cache else ["--no-cache"])
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["memory", "speed", "_child"])
+    parser.add_argument("--clips", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--no-cache", action="store_true")
+    args = parser.parse_args()
+    if args.mode == "_child":
+        child(args)
+        return
+    print(f"small config: UNet widths {SMALL_WIDTHS}, VAE widths {SMALL_VAE_WIDTHS}, {args.resolution} px, "
+          f"16 frames/clip, 16 motion frames, {args.steps} steps, CFG 3.5, {torch.get_num_threads()} threads")
+    if args.mode == "memory":
+        two = run_child(2, args.resolution, args.steps, args.vae_batch, True)
+        eight = run_child(8, args.resolution, args.steps, args.vae_batch, True)
+        growth = eight["peak_rss_mb"] / two["peak_rss_mb"] - 1
+        print(f"peak RSS  2 clips: {two['peak_rss_mb']:.0f} MB")
+        print(f"peak RSS  8 clips: {eight['peak_rss_mb']:.0f} MB  ({100 * growth:+.1f} %)")
+        print("bounded" if growth <= 0.05 else "NOT bounded (more than 5 % growth)")
+    else:
+        plain = run_child(args.clips, args.resolution, args.steps, 1, False)
+        fast = run_child(args.clips, args.resolution, args.steps, args.vae_batch, True)
+        print(f"official procedure (per-frame VAE, no reference cache): {plain['seconds_per_frame']:.3f} s/frame")
+        print(f"batched VAE ({args.vae_batch}) + cached reference rows:   {fast['seconds_per_frame']:.3f} s/frame "
+              f"({plain['seconds_per_frame'] / fast['seconds_per_frame']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
