@@ -180,12 +180,16 @@ def test_silence_warns_and_gives_finite_features(caplog):
 
 
 def test_file_to_features_end_to_end(tmp_path):
-    import soundfile
+    import wave
 
     path = tmp_path / "voice_48k_stereo.wav"
     voice = speech_like(2.0)
     stereo48 = np.repeat(np.stack([voice, voice], axis=1), 3, axis=0)  # crude 48 kHz, 2 channels
-    soundfile.write(path, stereo48, 48000, subtype="PCM_16")
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(2)
+        writer.setsampwidth(2)
+        writer.setframerate(48000)
+        writer.writeframes(np.round(stereo48 * 32767).astype("<i2").tobytes())
     features = extract_audio_features(tiny_encoder(), load_audio(path), fps=30, frames_per_clip=16)
     assert (features.num_frames, features.padded_frames) == (60, 64)
     assert features.duration_s == pytest.approx(2.0)

@@ -219,6 +219,8 @@ class Wav2Vec2AudioEncoder:
         outputs = []
         for layer in encoder.layers:
             hidden = layer(hidden, attention_mask=None)
+            if isinstance(hidden, tuple):  # transformers 4.x layers return (hidden_states, ...)
+                hidden = hidden[0]
             outputs.append(hidden)
         if model.config.do_stable_layer_norm:
             outputs[-1] = encoder.layer_norm(hidden)  # the last recorded hidden state is post-norm there
