@@ -148,12 +148,14 @@ def test_short_and_uneven_audio_is_trimmed(pipeline, frames, expected_clips):
     assert all(c.decoded.shape[0] == 4 for c in clips)
 
 
-def test_resolution_96_works(pipeline):
+@pytest.mark.parametrize("resolution", [96, 512])
+def test_other_resolutions(pipeline, resolution):
     g = torch.Generator().manual_seed(1)
-    pixels = reference_pixels(torch.rand(96, 96, 3, generator=g))
-    audio = WindowedAudio(torch.randn(4, 5, 2, 16, generator=g))
-    clips = list(pipeline.generate(pixels, None, audio, 4, GenerationSettings(**dict(FAST, steps=1))))
-    assert clips[0].frames.shape == (4, 3, 96, 96)
+    pixels = reference_pixels(torch.rand(resolution, resolution, 3, generator=g))
+    audio = WindowedAudio(torch.randn(2, 5, 2, 16, generator=g))
+    settings = GenerationSettings(**dict(FAST, steps=1, frames_per_clip=2, past_frames=2, init_past_frames=2))
+    clips = list(pipeline.generate(pixels, None, audio, 4, settings))
+    assert clips[0].frames.shape == (2, 3, resolution, resolution) and torch.isfinite(clips[0].frames).all()
 
 
 @pytest.mark.parametrize("shape, message", [((100, 100, 3), "not a multiple of 8"), ((64, 72, 3), "square"),
