@@ -45,7 +45,7 @@ def test_schedule_in_seconds_and_frames():
     labels = schedule_frame_labels("0:neutral, 3.5:happy; 8:sad", 300, fps=30)
     assert labels.dtype == torch.long and labels.shape == (300,)
     assert labels[:105].eq(4).all() and labels[105:240].eq(3).all() and labels[240:].eq(6).all()
-    mixed = schedule_frame_labels("0f:angry\n2:surprised\n70f:fearful", 100, fps=25)
+    mixed = schedule_frame_labels("0f:angry\n2s:surprised\n70f:fearful", 100, fps=25)
     assert mixed[:50].eq(0).all() and mixed[50:70].eq(7).all() and mixed[70:].eq(2).all()
 
 

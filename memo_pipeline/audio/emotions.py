@@ -21,8 +21,8 @@ Schedule syntax (``parse_emotion_schedule``)::
     0:neutral, 3.5:happy, 8:sad    change points in seconds
     0f:neutral, 48f:happy          change points in video frames (``f`` suffix)
 
-Entries are separated by commas, semicolons or new lines; seconds and frames may
-be mixed. The first entry must start at 0 and start times must strictly
+Entries are separated by commas, semicolons or new lines; times are seconds (an
+optional ``s`` suffix is allowed) or frames with an ``f`` suffix, and may be mixed. The first entry must start at 0 and start times must strictly
 increase. A change at ``t`` seconds takes effect at the first frame shown at or
 after ``t``, i.e. frame ``ceil(t * fps)``. Names are case-insensitive; the
 indices 0-8 are accepted as well.

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,7 +267,7 @@ def extract_audio_features(
         raise ValueError(f"audio {name!r} is empty")
     if not np.isfinite(samples).all():
         raise ValueError(f"audio {name!r} contains NaN/inf samples")
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+    if isinstance(fps, bool) or not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if frames_per_clip is not None and frames_per_clip < 1:
         raise ValueError(f"frames_per_clip must be >= 1 or None, got {frames_per_clip}")
