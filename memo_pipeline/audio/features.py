@@ -131,7 +131,7 @@ class Wav2Vec2AudioEncoder:
             length = (length - kernel) // stride + 1 if length >= kernel else 0
         return length
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def conv_features(self, waveform: np.ndarray, max_samples: int | None = None) -> torch.Tensor:
         """Conv front-end output ``[conv_frames, conv_dim]`` (float32, CPU); windowed above ``max_samples``."""
         extractor = self.model.feature_extractor
@@ -186,7 +186,7 @@ class Wav2Vec2AudioEncoder:
         shift = first.layer_norm.bias.double().cpu()
         return tuple(t[:, None].to(self.device, self.dtype) for t in (mean, scale, shift))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, frame_features: torch.Tensor, max_frames: int | None = None, context_frames: int = 0) -> torch.Tensor:
         """Transformer layer outputs ``[frames, layers, hidden]`` for conv features already at the frame rate.
 
