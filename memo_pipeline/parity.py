@@ -147,13 +147,7 @@ def run_audio_block(meta, t):
     model = load_strict(JointAudioBlock(c["dim"], c["num_attention_heads"], c["attention_head_dim"], c["cross_attention_dim"],
                                         c.get("emo_drop_rate", 0.3), c.get("is_final_block", False),
                                         c.get("upcast_attention", False)), t, "model.", meta["case"])
-    out = {}
-    for call in meta["calls"]:
-        hidden, audio = model(t[call["hidden_states"]], t[call["encoder_hidden_states"]], _emotion(t, call["emotion"]))
-        out[call["outputs"][0]] = hidden
-        if len(call["outputs"]) > 1:
-            out[call["outputs"][1]] = audio
-    return out
+    return _replay_audio_calls(model, meta, t)
 
 
 def run_audio_module(meta, t):
@@ -162,6 +156,11 @@ def run_audio_module(meta, t):
                                     c.get("norm_num_groups", 32), c.get("num_layers", 1), c.get("use_linear_projection", False),
                                     c.get("emo_drop_rate", 0.3), c.get("is_final_block", False), c.get("upcast_attention", False)),
                         t, "model.", meta["case"])
+    return _replay_audio_calls(model, meta, t)
+
+
+def _replay_audio_calls(model, meta, t):
+    """Audio block and audio module calls: (video tokens, audio tokens, emotion) -> both outputs."""
     out = {}
     for call in meta["calls"]:
         hidden, audio = model(t[call["hidden_states"]], t[call["encoder_hidden_states"]], _emotion(t, call["emotion"]))

@@ -19,7 +19,7 @@ from diffusers.models.attention_processor import Attention, JointAttnProcessor2_
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
-from .spatial_attention import from_tokens, to_tokens
+from .spatial_attention import from_tokens, to_tokens, token_projections
 
 NUM_EMOTION_CLASSES = 9
 
@@ -86,11 +86,7 @@ class AudioModule(nn.Module):
         inner = heads * head_dim
         self.is_final_block = is_final_block
         self.use_linear_projection = use_linear_projection
-        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        if use_linear_projection:
-            self.proj_in, self.proj_out = nn.Linear(in_channels, inner), nn.Linear(inner, in_channels)
-        else:
-            self.proj_in, self.proj_out = nn.Conv2d(in_channels, inner, 1), nn.Conv2d(inner, in_channels, 1)
+        self.norm, self.proj_in, self.proj_out = token_projections(in_channels, inner, norm_num_groups, use_linear_projection)
         self.transformer_blocks = nn.ModuleList([
             JointAudioBlock(inner, heads, head_dim, audio_dim, emo_drop_rate, is_final_block and i == num_layers - 1, upcast_attention)
             for i in range(num_layers)

@@ -74,11 +74,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner = heads * head_dim
         self.use_linear_projection = use_linear_projection
-        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
-        if use_linear_projection:
-            self.proj_in, self.proj_out = nn.Linear(in_channels, inner), nn.Linear(inner, in_channels)
-        else:
-            self.proj_in, self.proj_out = nn.Conv2d(in_channels, inner, 1), nn.Conv2d(inner, in_channels, 1)
+        self.norm, self.proj_in, self.proj_out = token_projections(in_channels, inner, norm_num_groups, use_linear_projection)
         self.transformer_blocks = nn.ModuleList(
             [ReferenceAttentionBlock(inner, heads, head_dim, cross_attention_dim, upcast_attention) for _ in range(num_layers)]
         )
@@ -95,6 +91,14 @@ class SpatialTransformer(nn.Module):
             x = block(x, reference, face_tokens, f, self_only)
         out = from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames
         return out.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def token_projections(in_channels: int, inner: int, groups: int, linear: bool):
+    """GroupNorm and the in/out projections around a transformer (1x1 convs, or Linear layers)."""
+    norm = nn.GroupNorm(groups, in_channels, eps=1e-6)
+    if linear:
+        return norm, nn.Linear(in_channels, inner), nn.Linear(inner, in_channels)
+    return norm, nn.Conv2d(in_channels, inner, 1), nn.Conv2d(inner, in_channels, 1)
 
 
 def to_tokens(frames: torch.Tensor, proj_in: nn.Module, linear: bool) -> torch.Tensor:
