@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,6 +40,8 @@ COMPONENTS = {
     "audio_proj": ("audio_proj", AudioProjection, "AudioProjModel"),
     "emotion_classifier": ("misc/audio_emotion_classifier", AudioEmotionClassifier, "AudioEmotionClassifierModel"),
 }
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -75,19 +78,14 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def constructor_kwargs(cls, config: dict, source: str) -> dict:
-    """Config keys -> constructor kwargs. Keys starting with '_' are metadata; unknown keys are errors
-    (silently dropping one could change what the model computes)."""
+    """Config keys -> constructor kwargs. Keys starting with '_' are metadata. Keys the model does
+    not take are ignored with a warning, as the official `from_pretrained` does (so they cannot
+    have influenced the released model's numbers either)."""
     params = inspect.signature(cls.__init__).parameters
-    kwargs, unknown = {}, []
-    for key, value in config.items():
-        if key.startswith("_"):
-            continue
-        if key in params:
-            kwargs[key] = value
-        else:
-            unknown.append(key)
+    kwargs = {key: value for key, value in config.items() if not key.startswith("_") and key in params}
+    unknown = sorted(key for key in config if not key.startswith("_") and key not in params)
     if unknown:
-        raise CheckpointError(f"{source}: config keys not understood by {cls.__name__}: {', '.join(sorted(unknown))}")
+        logger.warning("%s: ignoring config keys %s does not take: %s", source, cls.__name__, ", ".join(unknown))
     return kwargs
 
 
