@@ -101,8 +101,9 @@ elif git -C "$SOURCE" rev-parse --git-dir >/dev/null 2>&1; then
   git -C "$COMFY_DIR" checkout -q -B memo-setup "$commit" 2>/dev/null || true
   is_comfy_tree "$COMFY_DIR" || die "checkout of $commit into $COMFY_DIR failed"
 elif is_comfy_tree "$SOURCE"; then
-  say "copying ComfyUI from folder $SOURCE"
-  cp -a "$SOURCE/." "$COMFY_DIR/"
+  say "copying ComfyUI from folder $SOURCE (without its venv and outputs)"
+  tar -C "$SOURCE" --exclude=./venv --exclude=./.venv --exclude=./output --exclude=./temp \
+      --exclude=./user -cf - . | tar -C "$COMFY_DIR" -xf -
 else
   die "source '$SOURCE' is neither a git repository nor a ComfyUI folder (set --source)"
 fi
