@@ -9,6 +9,13 @@ Configuration (environment):
   COMFYUI_LINK_PACK      "0" to not link this repo into custom_nodes (default: link it
                          when the repo root has __init__.py).
 
+Tests for our own nodes need only a few lines, e.g.
+    def test_memo_nodes_register(comfy):
+        assert comfy.server.pack_linked and comfy.import_failures() == {}
+        assert {"MemoSampler", "MemoModelLoader"} <= comfy.pack_node_names()
+    entry = comfy.queue_and_wait(prompt)            # node errors raise ComfyError
+    data = comfy.fetch(comfy.output_files(entry)[0])
+
 Everything the server writes (input/output/temp/user, the custom_nodes link, its log)
 goes into a pytest temp folder, never into the checkout. Only the standard library is
 used so the tests run in the project's environment, not ComfyUI's.
@@ -220,6 +227,11 @@ class ComfyClient:
 
     def node_names(self) -> set[str]:
         return set(self.object_info())
+
+    def pack_node_names(self, pack_dir_name: str = PACK_DIR_NAME) -> set[str]:
+        """Nodes that ComfyUI loaded from custom_nodes/<pack_dir_name>."""
+        module = f"custom_nodes.{pack_dir_name}"
+        return {name for name, info in self.object_info().items() if info.get("python_module") == module}
 
     def node_info(self, name: str) -> dict:
         return self.get_json("/object_info/" + urllib.parse.quote(name))[name]

@@ -45,6 +45,14 @@ def test_no_module_failed_to_import(comfy):
     assert comfy.import_failures() == {}, comfy.server.log_tail(120)
 
 
+def test_linked_pack_registers_its_nodes(comfy):
+    if not comfy.server.pack_linked:
+        pytest.skip("the repo root has no __init__.py yet, so the pack is not linked into custom_nodes")
+    names = comfy.pack_node_names()
+    assert names, f"custom_nodes/{live.PACK_DIR_NAME} registered no nodes:\n{comfy.server.log_tail(80)}"
+    assert not names & {"LoadImage", "SaveVideo"}  # core nodes are not attributed to the pack
+
+
 def test_video_node_inputs_match_the_notes(comfy):
     create = comfy.node_info("CreateVideo")
     assert list(create["input"]["required"]) == ["images", "fps"]
