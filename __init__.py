@@ -2,14 +2,17 @@
 
 ComfyUI imports this file as a package and reads NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
 Outside ComfyUI (pytest, scripts) the package imports too: the nodes then run on a standalone host
-(see nodes/host.py). When this file is executed without a package (e.g. a tool importing it as a
-loose module), there is nothing to register and the mappings stay empty.
+(see nodes/host.py). When this file is executed outside a registered package (runpy, a tool that
+execs it as a loose file), relative imports cannot work: the mappings then stay empty instead of
+failing.
 """
+
+import sys
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
-if __package__:
+if __package__ and __package__ in sys.modules:  # imported as a package, as ComfyUI (and the tests) do
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfyui
 
     register_with_comfyui()

@@ -84,6 +84,10 @@ class MemoAudioEncode:
             raise ValueError(f"audio: the track is {'silent' if rms == 0 else 'nearly silent'} (RMS {rms:.1e}); MEMO "
                              "animates the face from speech. Check the file, the cut (start/duration) or the vocal "
                              "separation.")
+        shortest = max(encoder.encoder.receptive_field / clip.sample_rate, 1.0 / float(fps))
+        if clip.duration_s < shortest:
+            raise ValueError(f"audio: {clip.duration_s * 1000:.0f} ms is too short; MEMO needs at least "
+                             f"{shortest * 1000:.0f} ms (one video frame, and the wav2vec2 window)")
         host = host_mod.get_host()
         host.load_to_device([encoder.encoder.model])
         with user_errors("audio"):

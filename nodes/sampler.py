@@ -477,7 +477,10 @@ def _state_path(state_file: str) -> str:
 
     if not isinstance(state_file, str) or not state_file.endswith(STATE_SUFFIX):
         raise ValueError(f"input 'state_file' must name a *{STATE_SUFFIX} file, got {state_file!r}")
-    return safe_join(host_mod.get_host().output_directory(), state_file)
+    try:
+        return safe_join(host_mod.get_host().output_directory(), state_file)
+    except ValueError as exc:
+        raise ValueError(f"input 'state_file': {exc}") from exc
 
 
 NODE_CLASSES = {

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Write the shipped workflows, each in ComfyUI's editor format and API format, from one description.
+
+    python workflows/make_workflows.py            # (re)write workflows/*.json
+    python workflows/make_workflows.py --check    # exit 1 if a file differs from what would be written
+
+Each graph is described once (`GRAPHS`): nodes with their widget values and links. The editor
+format (what File > Open / drag-and-drop loads) needs, per node, the widget values in widget order
+and the link table; the API format (what POST /prompt takes) needs named inputs. Both are derived
+here so they cannot disagree. Widget order and types of our nodes come from their INPUT_TYPES; the
+core nodes used (ComfyUI 0.8.0) are described in `CORE_NODES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PACK_ROOT = HERE.parent
+
+# Core nodes, from ComfyUI 0.8.0 (nodes.py: LoadImage, VAELoader; comfy_extras/nodes_audio.py: LoadAudio;
+# comfy_extras/nodes_video.py: CreateVideo, SaveVideo):
+# inputs in declaration order as (name, type, kind) with kind "widget" | "link" | "optional-link";
+# extra_widgets: values the editor stores after the declared widgets (upload buttons, audio player).
+CORE_NODES = {
+    "LoadImage": {"inputs": [("image", "COMBO", "widget")], "extra_widgets": ["image"],
+                  "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
+    "LoadAudio": {"inputs": [("audio", "COMBO", "widget")], "extra_widgets": [None, None],
+                  "outputs": [("AUDIO", "AUDIO")]},
+    "VAELoader": {"inputs": [("vae_name", "COMBO", "widget")], "outputs": [("VAE", "VAE")]},
+    "CreateVideo": {"inputs": [("images", "IMAGE", "link"), ("fps", "FLOAT", "widget"),
+                               ("audio", "AUDIO", "optional-link")],
+                    "outputs": [("VIDEO", "VIDEO")]},
+    "SaveVideo": {"inputs": [("video", "VIDEO", "link"), ("filename_prefix", "STRING", "widget"),
+                             ("format", "COMBO", "widget"), ("codec", "COMBO", "widget")],
+                  "outputs": []},
+}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+MEMO = "memo/memo"
+VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
+WAV2VEC = "audio_encoders/wav2vec2-base-960h"
+EMOTION2VEC = "emotion2vec/emotion2vec_plus_large"
+KIM_VOCAL = f"{MEMO}/misc/vocal_separator/Kim_Vocal_2.onnx"
+
+
+def L(node: int, slot: int = 0) -> tuple:  # noqa: N802 - reads like a link in the tables below
+    """A link to output `slot` of node `node`."""
+    return ("link", node, slot)
+
+
+def N(node_type: str, pos, inputs: dict, title: str | None = None, size=(320, 120)) -> dict:  # noqa: N802
+    return {"type": node_type, "pos": list(pos), "inputs": inputs, "title": title, "size": list(size)}
+
+
+def _common_loaders(x0: int = 0) -> dict[int, dict]:
+    return {
+        1: N("LoadImage", (x0, 0), {"image": "portrait.png"}, "Portrait", (320, 340)),
+        2: N("LoadAudio", (x0, 380), {"audio": "speech.wav"}, "Speech", (320, 140)),
+        3: N("VAELoader", (x0, 560), {"vae_name": VAE_FILE}, None, (320, 60)),
+        4: N("MemoModelLoader", (x0, 660), {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
+        5: N("MemoAudioEncoderLoader", (x0, 820), {"audio_encoder": WAV2VEC, "dtype": "fp32"}, None, (320, 90)),
+    }
+
+
+def _sampler_inputs(reference, face, emotion) -> dict:
+    return {"memo_model": L(4), "vae": L(3), "reference_image": reference, "memo_audio": L(8), "face": face,
+            "seed": 42, "steps": 20, "cfg": 3.5, "past_frames": 16, "resolution": 512, "emotion": emotion,
+            "max_clips": 0}
+
+
+def graph_detected_emotion() -> dict[int, dict]:
+    nodes = _common_loaders()
+    nodes.update({
+        6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
+                                                  "dtype": "fp32"}),
+        7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        8: N("MemoAudioEncode", (400, 380), {"audio_encoder": L(5), "audio": L(2), "fps": 30.0, "frames_per_clip": 16,
+                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
+        9: N("MemoEmotionDetect", (400, 650), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
+        10: N("MemoFaceEmbed", (400, 0), {"face_model": L(7), "image": L(1), "face_index": 0, "no_face": "error"},
+              None, (320, 130)),
+        11: N("MemoSampler", (800, 0), _sampler_inputs(L(1), L(10), L(9)), None, (340, 400)),
+        12: N("CreateVideo", (1200, 0), {"images": L(11), "fps": L(11, 1), "audio": L(11, 3)}, None, (270, 80)),
+        13: N("SaveVideo", (1200, 140), {"video": L(12), "filename_prefix": "MEMO/talking", "format": "auto",
+                                         "codec": "auto"}, None, (400, 400)),
+    })
+    return nodes
+
+
+def graph_schedule_paste_back() -> dict[int, dict]:
+    nodes = _common_loaders()
+    nodes.update({
+        7: N("MemoFaceModelLoader", (0, 950), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        8: N("MemoAudioEncode", (400, 380), {"audio_encoder": L(5), "audio": L(2), "fps": 30.0, "frames_per_clip": 16,
+                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
+        9: N("MemoEmotionSchedule", (400, 650), {"memo_audio": L(8), "schedule": "0:neutral, 2:happy, 6:surprised"},
+             None, (320, 140)),
+        10: N("MemoFaceCrop", (400, 0), {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
+                                         "shift_y": 0.25, "face_index": 0, "no_face": "error"}, None, (320, 230)),
+        11: N("MemoSampler", (800, 0), _sampler_inputs(L(10), L(10, 2), L(9)), None, (340, 400)),
+        14: N("MemoPasteBack", (1200, 0), {"images": L(11), "crop": L(10, 1), "original_image": L(1), "feather": 0.1,
+                                           "color_match": False}, None, (300, 150)),
+        12: N("CreateVideo", (1560, 0), {"images": L(14), "fps": L(11, 1), "audio": L(11, 3)}, None, (270, 80)),
+        13: N("SaveVideo", (1560, 140), {"video": L(12), "filename_prefix": "MEMO/pasted", "format": "auto",
+                                         "codec": "auto"}, None, (400, 400)),
+    })
+    return nodes
+
+
+def graph_long_audio_to_file() -> dict[int, dict]:
+    nodes = _common_loaders()
+    nodes.update({
+        6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
+                                                  "dtype": "fp32"}),
+        7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True},
+              None, (320, 110)),
+        8: N("MemoAudioEncode", (400, 530), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
+                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
+        9: N("MemoEmotionDetect", (400, 800), {"emotion_model": L(6), "audio": L(2)}, None, (320, 80)),
+        10: N("MemoFaceCrop", (400, 0), {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
+                                         "shift_y": 0.25, "face_index": 0, "no_face": "error"}, None, (320, 230)),
+        11: N("MemoGenerateToFile", (800, 0), {**_sampler_inputs(L(10), L(10, 2), L(9)),
+                                               "filename_prefix": "MEMO/long", "audio": L(2), "crop": L(10, 1),
+                                               "original_image": L(1), "crf": 18}, None, (360, 560)),
+    })
+    return nodes
+
+
+GRAPHS = {
+    "memo_talking_video": ("Portrait + speech -> talking video, emotion detected from the speech",
+                           graph_detected_emotion),
+    "memo_schedule_paste_back": ("Face crop, manual emotion schedule, video pasted back into the original picture",
+                                 graph_schedule_paste_back),
+    "memo_long_audio_to_file": ("Long audio: vocals separated, clips streamed into an mp4 as they are made",
+                                graph_long_audio_to_file),
+}
+
+
+# ------------------------------------------------------------------ node descriptions
+
+def load_pack():
+    """Import the pack the way ComfyUI does (a package named after its folder), without ComfyUI."""
+    name = "comfyui_memo_workflows"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(PACK_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def node_spec(node_type: str, pack) -> dict:
+    """{"inputs": [(name, type, kind)], "outputs": [(name, type)], "extra_widgets": [...], "seed": {names}}."""
+    if node_type in CORE_NODES:
+        spec = dict(CORE_NODES[node_type])
+        spec.setdefault("extra_widgets", [])
+        spec["control"] = set()
+        return spec
+    cls = pack.NODE_CLASS_MAPPINGS[node_type]
+    declared = cls.INPUT_TYPES()
+    inputs, control = [], set()
+    for section in ("required", "optional"):
+        for name, entry in declared.get(section, {}).items():
+            kind_type = entry[0]
+            options = entry[1] if len(entry) > 1 else {}
+            type_name = "COMBO" if isinstance(kind_type, list) else kind_type
+            if type_name in WIDGET_TYPES:
+                inputs.append((name, type_name, "widget"))
+                if options.get("control_after_generate"):
+                    control.add(name)
+            else:
+                inputs.append((name, type_name, "link" if section == "required" else "optional-link"))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return {"inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES)), "extra_widgets": [], "control": control}
+
+
+def _order(nodes: dict[int, dict]) -> list[int]:
+    """Node ids in execution order (inputs first), ties by id."""
+    done, order = set(), []
+    while len(order) < len(nodes):
+        ready = [nid for nid in sorted(nodes) if nid not in done and all(
+            v[1] in done for v in nodes[nid]["inputs"].values() if isinstance(v, tuple))]
+        if not ready:
+            raise ValueError("workflow graph has a cycle")
+        order.append(ready[0])
+        done.add(ready[0])
+    return order
+
+
+def to_api(nodes: dict[int, dict], pack) -> dict:
+    prompt = {}
+    for nid in sorted(nodes):
+        node = nodes[nid]
+        spec = node_spec(node["type"], pack)
+        known = {name for name, _, _ in spec["inputs"]}
+        inputs = {}
+        for name, value in node["inputs"].items():
+            if name not in known:
+                raise ValueError(f"node {nid} ({node['type']}) has no input '{name}'")
+            inputs[name] = [str(value[1]), value[2]] if isinstance(value, tuple) else value
+        entry = {"class_type": node["type"], "inputs": inputs}
+        if node["title"]:
+            entry["_meta"] = {"title": node["title"]}
+        prompt[str(nid)] = entry
+    return prompt
+
+
+def to_editor(nodes: dict[int, dict], pack, name: str, description: str) -> dict:
+    specs = {nid: node_spec(node["type"], pack) for nid, node in nodes.items()}
+    links, link_ids = [], {}
+    for nid in sorted(nodes):
+        spec = specs[nid]
+        types = {n: t for n, t, _ in spec["inputs"]}
+        for input_name, value in nodes[nid]["inputs"].items():
+            if isinstance(value, tuple):
+                source, slot = value[1], value[2]
+                out_type = specs[source]["outputs"][slot][1]
+                if types[input_name] not in (out_type, "*"):
+                    raise ValueError(f"link {source}:{slot} ({out_type}) -> {nid}.{input_name} ({types[input_name]})")
+                link_id = len(links) + 1
+                links.append([link_id, source, slot, nid, 0, out_type])  # target slot filled below
+                link_ids[(nid, input_name)] = link_id
+
+    order = {nid: i for i, nid in enumerate(_order(nodes))}
+    editor_nodes = []
+    for nid in sorted(nodes):
+        node, spec = nodes[nid], specs[nid]
+        inputs, widgets = [], []
+        for input_name, type_name, kind in spec["inputs"]:
+            value = node["inputs"].get(input_name)
+            link = link_ids.get((nid, input_name))
+            if kind == "widget":
+                if link is not None:
+                    inputs.append({"name": input_name, "type": type_name, "widget": {"name": input_name}, "link": link})
+                    widgets.append(_widget_default(node["type"], input_name, pack))
+                else:
+                    if value is None:
+                        raise ValueError(f"node {nid} ({node['type']}): widget '{input_name}' has no value")
+                    widgets.append(value)
+                if input_name in spec["control"]:
+                    widgets.append("fixed")
+            else:
+                entry = {"name": input_name, "type": type_name, "link": link}
+                if kind == "optional-link":
+                    entry["shape"] = 7
+                inputs.append(entry)
+        for slot, entry in enumerate(inputs):
+            if entry["link"] is not None:
+                links[entry["link"] - 1][4] = slot
+        widgets += spec["extra_widgets"]
+        outputs = []
+        for slot, (out_name, out_type) in enumerate(spec["outputs"]):
+            targets = [l[0] for l in links if l[1] == nid and l[2] == slot]
+            outputs.append({"name": out_name, "type": out_type, "links": targets or None, "slot_index": slot})
+        entry = {"id": nid, "type": node["type"], "pos": node["pos"], "size": node["size"], "flags": {},
+                 "order": order[nid], "mode": 0, "inputs": inputs, "outputs": outputs,
+                 "properties": {"Node name for S&R": node["type"]}, "widgets_values": widgets}
+        if node["title"]:
+            entry["title"] = node["title"]
+        editor_nodes.append(entry)
+    return {
+        "id": f"comfyui-memo-{name}", "revision": 0,
+        "last_node_id": max(nodes), "last_link_id": len(links),
+        "nodes": editor_nodes, "links": links, "groups": [], "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "comfyui-memo": {"description": description}},
+        "version": 0.4,
+    }
+
+
+def _widget_default(node_type: str, input_name: str, pack):
+    """Value the editor keeps for a widget that was turned into a linked input."""
+    if node_type == "CreateVideo" and input_name == "fps":
+        return 30.0
+    spec = pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()
+    for section in ("required", "optional"):
+        if input_name in spec.get(section, {}):
+            return spec[section][input_name][1].get("default")
+    raise KeyError(input_name)
+
+
+def render_all() -> dict[str, str]:
+    pack = load_pack()
+    files = {}
+    for name, (description, build) in GRAPHS.items():
+        nodes = build()
+        files[f"{name}.json"] = json.dumps(to_editor(nodes, pack, name, description), indent=2) + "\n"
+        files[f"{name}_api.json"] = json.dumps(to_api(nodes, pack), indent=2) + "\n"
+    return files
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for filename, text in render_all().items():
+        path = HERE / filename
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(filename)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print("out of date: " + ", ".join(stale) + " (run python workflows/make_workflows.py)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
