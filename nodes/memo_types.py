@@ -8,6 +8,7 @@ These classes are plain data plus small checks; the work happens in ``memo_pipel
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,7 +118,9 @@ class MemoEmotion:
         from ..memo_pipeline.audio.emotions import frame_labels_from_sample_labels, schedule_frame_labels
 
         if self.kind == "schedule":
-            return schedule_frame_labels(self.schedule, audio.padded_frames, audio.fps)
+            with warnings.catch_warnings():  # late entries were reported by MEMO Emotion Schedule already
+                warnings.simplefilter("ignore")
+                return schedule_frame_labels(self.schedule, audio.padded_frames, audio.fps)
         if self.kind != "detected" or self.sample_labels is None:
             raise ValueError(f"emotion track of unknown kind {self.kind!r}")
         frame = 1.0 / audio.fps
