@@ -1,0 +1,226 @@
+"""The MEMO nodes inside a real ComfyUI: registration, the shipped workflows queued over HTTP on tiny
+models, errors as ComfyUI shows them, and the VAE bridge against ComfyUI's own VAE class.
+
+Models: the tiny random MEMO checkpoint, wav2vec2 and emotion2vec, synthetic SCRFD/ArcFace/MDX
+ONNX stand-ins (tests/test_nodes_support.py), and a random-weight VAE with the full SD1.5
+architecture (ComfyUI's VAELoader only builds that architecture), laid out under the names the
+workflows use in the server's models/ folder. Sampling runs at 64x64 with 2 steps.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import memo_comfy_live as live
+
+live.skip_module_unless_comfyui()
+
+pytestmark = pytest.mark.comfyui
+
+_spec = importlib.util.spec_from_file_location("memo_nodes_support",
+                                               Path(__file__).resolve().parents[1] / "test_nodes_support.py")
+S = sys.modules.get("memo_nodes_support")
+if S is None:
+    S = importlib.util.module_from_spec(_spec)
+    sys.modules["memo_nodes_support"] = S
+    _spec.loader.exec_module(S)
+
+PACK = S.load_pack()
+WORKFLOWS = live.REPO_ROOT / "workflows"
+SECONDS = 1.2
+EXPECTED_FRAMES = math.ceil(SECONDS * 30)
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
+              layers_per_block=2, norm_num_groups=32, down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
+
+
+def write_sd_vae(path, seed=0):
+    """Random weights, SD1.5 VAE architecture, diffusers key names (ComfyUI converts them on load)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**SD_VAE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
+
+
+def small(prompt: dict) -> dict:
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        if node["class_type"] in ("MemoSampler", "MemoGenerateToFile"):
+            node["inputs"].update(steps=2, resolution=64)
+        if node["class_type"] == "MemoFaceCrop":
+            node["inputs"]["resolution"] = 64
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def served(comfy, tiny_bundle):
+    """The server with the workflows' models and input files in place."""
+    pytest.importorskip("onnx")
+    if not comfy.server.pack_linked:
+        pytest.skip("the pack is not linked into custom_nodes")
+    dirs = comfy.server.dirs()
+    S.build_models_dir(dirs["models"], tiny_bundle)
+    write_sd_vae(dirs["models"] / "vae" / S.VAE_FILE)
+    S.write_png(dirs["input"] / "portrait.png", S.portrait())
+    S.write_wav(dirs["input"] / "speech.wav", S.speech_like(SECONDS, 22050), 22050)
+    import torch
+
+    S.write_wav(dirs["input"] / "silence.wav", torch.zeros(1, 22050), 22050)
+    return comfy
+
+
+def test_all_memo_nodes_register(served):
+    pack = S.load_pack()
+    assert served.import_failures() == {}, served.server.log_tail(80)
+    registered = served.pack_node_names()
+    assert registered == set(pack.NODE_CLASS_MAPPINGS), served.server.log_tail(80)
+    info = served.object_info(refresh=True)
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        entry = info[name]
+        assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert entry["category"].startswith("MEMO") and entry["description"] == cls.DESCRIPTION
+        assert entry["output"] == list(cls.RETURN_TYPES) and entry["output_name"] == list(cls.RETURN_NAMES)
+        assert entry["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False))
+        declared = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            assert list(entry["input"].get(section, {})) == list(declared.get(section, {})), (name, section)
+
+
+def test_model_lists_are_filled_from_the_servers_models_folder(served):
+    info = served.object_info(refresh=True)
+    assert info["MemoModelLoader"]["input"]["required"]["checkpoint"][0] == ["memo/memo"]
+    assert info["MemoAudioEncoderLoader"]["input"]["required"]["audio_encoder"][0] == ["audio_encoders/wav2vec2-base-960h"]
+    assert info["MemoEmotionModelLoader"]["input"]["required"]["emotion2vec"][0] == ["emotion2vec/emotion2vec_plus_large"]
+    assert info["MemoFaceModelLoader"]["input"]["required"]["face_models"][0][0] == "memo/memo"
+    assert "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx" in info["MemoVocalSeparation"]["input"]["required"]["model"][0]
+    assert S.VAE_FILE in info["VAELoader"]["input"]["required"]["vae_name"][0]
+
+
+def test_core_node_inputs_used_by_the_workflows_match_the_server(served):
+    """The hand-copied core node table of tests/test_workflows.py, against the live /object_info."""
+    spec = importlib.util.spec_from_file_location("memo_test_workflows", live.REPO_ROOT / "tests" / "test_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = served.object_info()
+    for name, table in module.CORE_NODES.items():
+        entry = info[name]
+        assert list(entry["input"]["required"]) == list(table["required"]), name
+        assert list(entry["input"].get("optional", {})) == list(table["optional"]), name
+        assert entry["output"] == table["outputs"], name
+        for input_name, kind in table["required"].items():
+            if isinstance(kind, list):
+                served_kind = entry["input"]["required"][input_name]
+                choices = served_kind[0] if isinstance(served_kind[0], list) else served_kind[1].get("options")
+                assert choices == kind, (name, input_name)  # V3 nodes list a COMBO's choices under "options"
+
+
+@pytest.mark.parametrize("name, video_node, size", [
+    ("memo_talking_video", "13", 64),
+    ("memo_schedule_paste_back", "13", 128),
+    ("memo_long_audio_to_file", "11", 128),
+])
+def test_shipped_workflow_runs(served, name, video_node, size):
+    from comfyui_memo.memo_pipeline.video_io import read_video_info
+
+    prompt = small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    entry = served.queue_and_wait(prompt, timeout=600)
+    files = served.output_files(entry)
+    assert [f["node_id"] for f in files] == [video_node], files
+    path = served.local_path(files[0])
+    assert path.suffix == ".mp4" and entry["outputs"][video_node]["animated"] == [True]
+    info = read_video_info(path)
+    assert (info["frames"], info["width"], info["height"]) == (EXPECTED_FRAMES, size, size)
+    assert info["fps"] == 30.0 and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["audio_duration"] == pytest.approx(SECONDS, abs=0.05)
+
+
+def test_bad_input_is_reported_by_comfyui_with_our_message(served):
+    prompt = small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt["2"]["inputs"]["audio"] = "silence.wav"
+    with pytest.raises(live.ComfyError) as caught:
+        served.queue_and_wait(prompt, timeout=300)
+    message = str(caught.value)
+    assert "MemoAudioEncode" in message and "audio: the track is silent" in message
+
+
+def test_unknown_model_name_is_rejected_at_queue_time(served):
+    prompt = small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt["4"]["inputs"]["checkpoint"] = "memo/not-there"
+    with pytest.raises(live.ComfyError) as caught:
+        served.queue(prompt)
+    assert "value_not_in_list" in json.dumps(caught.value.payload)
+
+
+def test_cancel_stops_the_sampler_between_steps(served):
+    """POST /interrupt while MEMO Sampler runs 3 x 200 steps: it stops within a few steps, at the sampler."""
+    import time
+
+    prompt = small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt["11"]["inputs"]["steps"] = 200
+    prompt_id = served.queue(prompt)
+    deadline = time.monotonic() + 120
+    while not served.get_json("/queue")["queue_running"]:
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.2)
+    time.sleep(8)  # loaders, audio and emotion take a few seconds; then the sampler runs for minutes
+    served.post_json("/interrupt", {})
+    stopped = time.monotonic()
+    with pytest.raises(live.ComfyError) as caught:
+        served.wait(prompt_id, timeout=60)
+    assert time.monotonic() - stopped < 30
+    assert "prompt interrupted at node 11" in str(caught.value)
+
+
+PROBE = r'''
+import json, os, sys, importlib.util
+comfy_dir, repo, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sys.argv = [sys.argv[0]]
+sys.path.insert(0, comfy_dir)
+from comfy.cli_args import args
+args.cpu = True
+import folder_paths, torch, comfy.sd
+spec = importlib.util.spec_from_file_location("memo_probe_pack", os.path.join(repo, "__init__.py"),
+                                              submodule_search_locations=[repo])
+pack = importlib.util.module_from_spec(spec); sys.modules["memo_probe_pack"] = pack; spec.loader.exec_module(pack)
+from memo_probe_pack.nodes import host, vae_bridge
+from memo_probe_pack.memo_pipeline.vae import DiffusersVAE
+from diffusers import AutoencoderKL
+torch.manual_seed(0)
+dvae = AutoencoderKL(**config).eval()
+cvae = comfy.sd.VAE(sd={k: v.clone() for k, v in dvae.state_dict().items()})
+bridge, ref = vae_bridge.ComfyVAEBridge(cvae), DiffusersVAE(dvae)
+frames = torch.rand(2, 3, 64, 64) * 2 - 1
+with torch.inference_mode():
+    ours, theirs = bridge.encode(frames), ref.encode(frames)
+    back_ours, back_theirs = bridge.decode(theirs), ref.decode(theirs)
+print("PROBE " + json.dumps({
+    "host": host.get_host().name, "in_comfyui": host.in_comfyui(),
+    "encode_shape": list(ours.shape), "encode_diff": float((ours - theirs).abs().max()),
+    "decode_shape": list(back_ours.shape), "decode_diff": float((back_ours - back_theirs).abs().max()),
+    "latent_std": float(theirs.std()), "nodes": len(pack.NODE_CLASS_MAPPINGS)}))
+'''
+
+
+def test_vae_bridge_on_comfyuis_own_vae_class(tmp_path):
+    comfy_dir = live.comfyui_path()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(live.comfyui_python(comfy_dir)), "-c", PROBE, str(comfy_dir), str(live.REPO_ROOT),
+                           json.dumps(SD_VAE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert lines, f"probe failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads(lines[-1][len("PROBE "):])
+    assert report["host"] == "comfyui" and report["in_comfyui"] and report["nodes"] == 15
+    assert report["encode_shape"] == [2, 4, 8, 8] and report["decode_shape"] == [2, 3, 64, 64]
+    assert report["latent_std"] > 1e-3
+    assert report["encode_diff"] < 1e-4, report
+    assert report["decode_diff"] < 1e-4, report
