@@ -126,8 +126,9 @@ def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
         if isinstance(host, host_mod.ComfyHost):
             import torch
 
-            chosen = host.adapter.model_dtype(supported=(torch.bfloat16, torch.float16, torch.float32))
-            return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(chosen, "fp32")
+            # bf16 (the release dtype) where the device has it, else fp32: MEMO is not known to be fp16-safe.
+            chosen = host.adapter.model_dtype(supported=(torch.bfloat16, torch.float32))
+            return "bf16" if chosen == torch.bfloat16 else "fp32"
         return "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"input '{input_name}' must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
@@ -148,8 +149,8 @@ class MemoModelLoader:
         return {"required": {
             "checkpoint": combo(_safe_list(memo_checkpoints), "A MEMO checkpoint folder under models/memo/ "
                                 "(holding reference_net/, diffusion_net/, image_proj/, audio_proj/)."),
-            "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: ComfyUI's choice for this device (bf16 on recent "
-                           "GPUs, fp32 on the CPU). The release runs in bf16; fp16 may overflow.", "auto"),
+            "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: bf16 where ComfyUI finds the device supports it "
+                           "(the release dtype), else fp32 (the CPU, older GPUs). fp16 may overflow.", "auto"),
             "attention": combo(ATTENTION_BACKENDS, "Attention kernels: PyTorch SDPA, or xformers (needs the xformers "
                                "package and a CUDA GPU).", "sdpa"),
         }}

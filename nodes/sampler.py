@@ -249,12 +249,17 @@ class MemoSampler:
                emotion=None, state=None, max_clips=0):
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
                            resolution, emotion, state, max_clips)
-        chunks, last = [], None
+        count = plan.stop_frame - plan.start_frame
+        images = torch.empty(count, plan.resolution, plan.resolution, 3)  # filled clip by clip: no second copy
+        filled, last = 0, None
         for clip in run_clips(plan):
-            chunks.append(frames_to_image(clip.frames))
+            frames = frames_to_image(clip.frames)
+            images[filled:filled + frames.shape[0]] = frames
+            filled += frames.shape[0]
             last = clip
-        images = torch.cat(chunks)
-        segment = plan.audio.as_comfy_audio(plan.start_frame, plan.start_frame + images.shape[0])
+        if filled != count:
+            raise RuntimeError(f"MEMO sampler produced {filled} frames where {count} were expected")
+        segment = plan.audio.as_comfy_audio(plan.start_frame, plan.start_frame + count)
         return (images, float(plan.audio.fps), memo_state_from(last, plan), segment)
 
 
@@ -303,6 +308,11 @@ def _video_audio(audio, plan: RunPlan):
             raise ValueError("audio: the track ends before the frames this run generates; connect the audio the MEMO "
                              "audio was encoded from")
         waveform = waveform[:, first:]
+    needed = (plan.stop_frame - plan.start_frame - 1) / plan.audio.fps
+    if waveform.shape[1] / rate < needed:
+        raise ValueError(f"audio: {waveform.shape[1] / rate:.2f} s from frame {plan.start_frame} on, but the video "
+                         f"needs {needed:.2f} s; connect the audio the MEMO audio was encoded from (or leave it "
+                         "unconnected to use that track)")
     if waveform.shape[0] > 2:
         waveform = waveform.mean(dim=0, keepdim=True)
     return waveform.contiguous(), int(rate)

@@ -555,6 +555,13 @@ def test_generate_to_file_pastes_back(loaded, vae, encoded, face, memo_host):
         generate_to_file(loaded, vae, encoded, face, crop=crop)
 
 
+def test_generate_to_file_refuses_audio_shorter_than_the_video(loaded, vae, encoded, face, memo_host, tmp_path):
+    short = {"waveform": encoded[1]["waveform"][..., : RATE // 2], "sample_rate": RATE}
+    with pytest.raises(ValueError, match=r"audio: 0.50 s from frame 0 on, but the video needs 1.10 s"):
+        generate_to_file(loaded, vae, encoded, face, audio=short)
+    assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
 def test_generate_to_file_keeps_work_when_cancelled_and_resumes(loaded, vae, encoded, face, models_root, tmp_path):
     steps = {"n": 0}
 
