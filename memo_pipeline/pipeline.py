@@ -21,8 +21,11 @@ resumed. Every number follows the official pipeline (architecture notes §1, §4
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -36,6 +39,25 @@ from .models.motion_memory import MotionMemory
 from .vae import VAEAdapter
 
 UNCONDITIONAL_EMOTION = NUM_EMOTION_CLASSES  # the extra embedding row used for CFG
+
+
+def _libc_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand heap memory freed by the last clip back to the OS (glibc keeps it otherwise, and its
+    heap then creeps upwards over a long generation). No-op where glibc is absent."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class GenerationCancelled(Exception):
@@ -265,6 +287,8 @@ class MemoPipeline:
                     on_step(StepInfo(clip, step, clip * settings.steps + step + 1, total, float(t), latents, output))
 
             video = self.vae.decode(latents[0].transpose(0, 1)).cpu()
+            del latents, output, velocity, ref_features, audio_tokens
+            release_freed_memory()
             keep = min(frames, audio.num_frames - start)
             state = GenerationState(memory, video[-min(settings.past_frames, frames):].clone(), clip + 1, generator.get_state())
             yield ClipOutput(clip, start, video[:keep], state, video)
