@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio.emotions import emotion_index, schedule_frame_labels
+from .audio.emotions import EMOTION_LABELS, emotion_index, schedule_frame_labels
 from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
 from .face.image import load_image
 from .face.resize import resize_frames
 from .loading import MemoModels, resolve_dtype
-from .pipeline import GenerationSettings, MemoPipeline, reference_pixels
+from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .vae import DiffusersVAE
 from .video_io import VideoWriter, read_video_info
 
@@ -97,7 +97,10 @@ def _emotion_labels(job: Job, models: MemoModels, samples: np.ndarray, frames: i
         if models.emotion_classifier is None:
             raise SystemExit("error: emotion detection needs misc/audio_emotion_classifier in the checkpoint")
         backbone = Emotion2Vec.from_checkpoint(job.emotion2vec)
-        return detect_emotions(samples, frames, backbone, models.emotion_classifier.float())
+        labels = detect_emotions(samples, frames, backbone, models.emotion_classifier.float())
+        per_clip = [EMOTION_LABELS[clip_emotion(chunk)] for chunk in labels.split(job.settings.frames_per_clip)]
+        logger.info("detected emotion per clip: %s", ", ".join(per_clip))
+        return labels
     logger.info("no --emotion or --emotion2vec: using 'neutral' for every clip")
     return torch.full((frames,), emotion_index("neutral"), dtype=torch.long)
 
@@ -177,7 +180,7 @@ def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, 
             checkpoint=paths["memo"], vae=paths["vae"], wav2vec=paths["wav2vec2"],
             image=make_test_portrait(tmp / "portrait.png"), audio=make_test_tone(tmp / "tone.wav", seconds), out=out,
             settings=GenerationSettings(steps=steps, seed=seed, frames_per_clip=16, past_frames=16, init_past_frames=16),
-            resolution=resolution, emotion="0:neutral, 1:happy", allow_no_face=True, progress=progress,
+            resolution=resolution, emotion2vec=paths["emotion2vec"], allow_no_face=True, progress=progress,
         )
         return run(job)
 

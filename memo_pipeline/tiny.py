@@ -4,8 +4,10 @@ runs on machines without the real weights.
     python -m memo_pipeline.tiny OUT_DIR [--seed N]
 
 writes `OUT_DIR/memo/` (all five MEMO sub-models), `OUT_DIR/vae/` (a diffusers AutoencoderKL with
-the SD 8x downsampling) and `OUT_DIR/wav2vec2/` (a transformers Wav2Vec2Model with the real
-convolutional front end, so audio runs at the real 50 Hz feature rate). The networks are the
+the SD 8x downsampling), `OUT_DIR/wav2vec2/` (a transformers Wav2Vec2Model with the real
+convolutional front end, so audio runs at the real 50 Hz feature rate) and `OUT_DIR/emotion2vec/`
+(our emotion2vec with the released 1024-wide features but one block, as funasr's config.yaml +
+model.safetensors). The networks are the
 real classes with small widths; weights are drawn from a seeded generator (no zero-initialised
 layers, so every path carries signal). Their output is noise-like video: this exercises the
 machinery, not the quality.
@@ -106,11 +108,47 @@ def write_tiny_wav2vec(folder: str | Path, seed: int = 200) -> Path:
     return Path(folder)
 
 
+TINY_EMOTION2VEC_YAML = """\
+model_conf:
+  embed_dim: 1024
+  depth: 1
+  num_heads: 16
+  mlp_ratio: 0.25
+  modalities:
+    audio:
+      feature_encoder_spec: '[(8, 10, 5)] + [(8, 3, 2)] * 4 + [(8, 2, 2)] * 2'
+      extractor_mode: layer_norm
+      conv_pos_width: 3
+      conv_pos_depth: 1
+      conv_pos_groups: 16
+      prenet_depth: 1
+      num_extra_tokens: 2
+      num_alibi_heads: 16
+"""
+
+
+def write_tiny_emotion2vec(folder: str | Path, seed: int = 300) -> Path:
+    """funasr-style `config.yaml` + `model.safetensors` of a tiny emotion2vec (1024-d output, as the
+    MEMO classifier expects); returns the weights file."""
+    from safetensors.torch import save_file
+
+    from .audio.emotion2vec import Emotion2Vec, Emotion2VecConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(TINY_EMOTION2VEC_YAML)
+    model = randomize(Emotion2Vec(Emotion2VecConfig.from_yaml(folder / "config.yaml")), seed, scale=0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder / "model.safetensors"
+
+
 def write_tiny_bundle(folder: str | Path, seed: int = 0) -> dict[str, Path]:
-    """`memo/`, `vae/` and `wav2vec2/` under `folder`; returns their paths."""
+    """`memo/`, `vae/`, `wav2vec2/` and `emotion2vec/` under `folder`; returns their paths
+    (for emotion2vec, the weights file)."""
     folder = Path(folder)
     return {"memo": write_tiny_memo(folder / "memo", seed), "vae": write_tiny_vae(folder / "vae", seed + 100),
-            "wav2vec2": write_tiny_wav2vec(folder / "wav2vec2", seed + 200)}
+            "wav2vec2": write_tiny_wav2vec(folder / "wav2vec2", seed + 200),
+            "emotion2vec": write_tiny_emotion2vec(folder / "emotion2vec", seed + 300)}
 
 
 def main(argv=None) -> int:

@@ -168,39 +168,15 @@ def build_vocal_model(path, gain: float = 0.5) -> str:
 
 # ----------------------------------------------------------------------------- emotion2vec
 
-TINY_E2V_YAML = """\
-model_conf:
-  embed_dim: 1024
-  depth: 1
-  num_heads: 16
-  mlp_ratio: 0.25
-  modalities:
-    audio:
-      feature_encoder_spec: '[(8, 10, 5)] + [(8, 3, 2)] * 4 + [(8, 2, 2)] * 2'
-      extractor_mode: layer_norm
-      conv_pos_width: 3
-      conv_pos_depth: 1
-      conv_pos_groups: 16
-      prenet_depth: 1
-      num_extra_tokens: 2
-      num_alibi_heads: 16
-"""
-
-
 def write_tiny_emotion2vec(folder, seed: int = 3) -> Path:
-    """A 1024-wide, two-block emotion2vec with random weights: model.safetensors + config.yaml."""
-    from safetensors.torch import save_file
-
+    """The tiny emotion2vec of `memo_pipeline.tiny` (config.yaml + model.safetensors), through the loaded pack."""
     pack = load_pack()
-    e2v = sys.modules[f"{pack.__name__}.memo_pipeline.audio.emotion2vec"]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(TINY_E2V_YAML)
-    config = e2v.Emotion2VecConfig.from_yaml(folder / "config.yaml")
-    torch.manual_seed(seed)
-    model = e2v.Emotion2Vec(config)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    return folder
+    tiny = sys.modules.get(f"{pack.__name__}.memo_pipeline.tiny")
+    if tiny is None:
+        import importlib
+
+        tiny = importlib.import_module(f"{pack.__name__}.memo_pipeline.tiny")
+    return Path(tiny.write_tiny_emotion2vec(folder, seed)).parent
 
 
 # ----------------------------------------------------------------------------- a full models folder
