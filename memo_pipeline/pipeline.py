@@ -102,20 +102,29 @@ class GenerationState:
     next_clip: int
     rng_state: torch.Tensor  # CPU generator state for the remaining noise draws
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        """safetensors file; `metadata` (strings) is stored alongside, e.g. what generation this continues."""
         tensors = {f"memory.{k}": v.detach().cpu().contiguous() for k, v in self.memory.state_dict().items()}
         tensors["rng_state"] = self.rng_state.clone()
         if self.past_frames is not None:
             tensors["past_frames"] = self.past_frames.detach().cpu().float().contiguous()
-        meta = {"format": "memo-generation-state", "next_clip": str(self.next_clip), "decay": repr(self.memory.decay)}
+        meta = {**(metadata or {}), "format": "memo-generation-state", "next_clip": str(self.next_clip),
+                "decay": repr(self.memory.decay)}
         save_file(tensors, os.fspath(path), metadata=meta)
+
+    @staticmethod
+    def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="pt") as f:
+                return dict(f.metadata() or {})
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cannot read generation state {path}: {err}") from err
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GenerationState":
-        from safetensors import safe_open
-
-        with safe_open(os.fspath(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = cls.read_metadata(path)
         if meta.get("format") != "memo-generation-state":
             raise ValueError(f"{path} is not a saved MEMO generation state")
         tensors = load_file(os.fspath(path))

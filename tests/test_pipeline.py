@@ -113,7 +113,8 @@ def test_resume_from_saved_state_equals_uninterrupted_run(pipeline, tmp_path):
     stream = pipeline.generate(pixels, face, audio, 3, settings)
     head = [next(stream), next(stream)]
     stream.close()
-    head[-1].state.save(tmp_path / "state.safetensors")
+    head[-1].state.save(tmp_path / "state.safetensors", metadata={"seed": "7"})
+    assert GenerationState.read_metadata(tmp_path / "state.safetensors")["seed"] == "7"
     in_memory = list(pipeline.generate(pixels, face, audio, 3, settings, state=head[-1].state))
     assert torch.equal(torch.cat([c.frames for c in head + in_memory]), full)
     state = GenerationState.load(tmp_path / "state.safetensors")
