@@ -17,6 +17,7 @@ temporary model folder without ComfyUI's ``folder_paths``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import re
@@ -52,14 +53,15 @@ class Progress:
             self.preview = preview_image
 
 
-class Host:
+class Host(abc.ABC):
     """What the nodes need from their surroundings (see the module docstring)."""
 
     name = "abstract"
 
     # -- model folders
+    @abc.abstractmethod
     def model_roots(self, folder: str) -> list[str]:
-        raise NotImplementedError
+        """Folders searched for models of kind `folder` (e.g. "memo", "audio_encoders")."""
 
     def list_model_dirs(self, folder: str, marker: str) -> list[str]:
         return comfy_helpers.find_model_dirs(self.model_roots(folder), marker)
