@@ -58,12 +58,7 @@ class MemoFaceCrop:
     def crop(self, face_model, image, resolution=512, scale=2.5, shift_y=0.25, face_index=0, no_face="error"):
         from ..memo_pipeline.face import crop_face, crop_with_info, select_face, whole_image_crop_info
 
-        model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
-        if no_face not in NO_FACE_CHOICES:
-            raise ValueError(f"input 'no_face' must be one of {NO_FACE_CHOICES}, got {no_face!r}")
-        picture = single_image(image, "image").numpy()
-        with user_errors("image"):
-            faces = model.analyzer.detect(picture, "image")
+        model, picture, faces = _detect(face_model, image, no_face)
         if not faces and no_face != "error":
             with user_errors("image"):
                 info = whole_image_crop_info(picture.shape[1], picture.shape[0], int(resolution))
@@ -75,6 +70,17 @@ class MemoFaceCrop:
                 cropped, info = crop_face(picture, chosen, float(scale), int(resolution), float(shift_y), name="image")
             face = _embed(model, picture, chosen, "image")
         return (torch.from_numpy(cropped)[None].contiguous(), info, face)
+
+
+def _detect(face_model, image, no_face):
+    """The checked face model, the picture as an array and the faces found in it (largest first)."""
+    model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
+    if no_face not in NO_FACE_CHOICES:
+        raise ValueError(f"input 'no_face' must be one of {NO_FACE_CHOICES}, got {no_face!r}")
+    picture = single_image(image, "image").numpy()
+    with user_errors("image"):
+        faces = model.analyzer.detect(picture, "image")
+    return model, picture, faces
 
 
 class MemoFaceEmbed:
@@ -99,12 +105,7 @@ class MemoFaceEmbed:
     def embed(self, face_model, image, face_index=0, no_face="error"):
         from ..memo_pipeline.face import select_face
 
-        model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
-        if no_face not in NO_FACE_CHOICES:
-            raise ValueError(f"input 'no_face' must be one of {NO_FACE_CHOICES}, got {no_face!r}")
-        picture = single_image(image, "image").numpy()
-        with user_errors("image"):
-            faces = model.analyzer.detect(picture, "image")
+        model, picture, faces = _detect(face_model, image, no_face)
         if not faces and no_face != "error":
             return (_zero_face("no face found in the image; going on without identity"),)
         with user_errors("image"):
