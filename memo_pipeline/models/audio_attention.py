@@ -53,9 +53,11 @@ class JointAudioBlock(nn.Module):
         self.norm2 = EmotionAdaLayerNorm(dim, dropout_prob=emo_drop_rate)
         self.audio_norm2 = EmotionAdaLayerNorm(audio_dim, dropout_prob=emo_drop_rate)
         self.attn2 = Attention(
-            query_dim=dim, cross_attention_dim=dim, added_kv_proj_dim=audio_dim, out_dim=dim, out_context_dim=audio_dim,
+            query_dim=dim, cross_attention_dim=dim, added_kv_proj_dim=audio_dim, out_dim=dim,
             context_pre_only=is_final_block, processor=JointAttnProcessor2_0(), **attention,
         )
+        if not is_final_block:  # audio output projection back to the audio width (set here: older diffusers size it to `dim`)
+            self.attn2.to_add_out = nn.Linear(self.attn2.inner_dim, audio_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
         if not is_final_block:
