@@ -182,3 +182,15 @@ def test_clip_emotion_is_mode_with_ties_to_smallest():
     assert clip_emotion(torch.tensor([3, 3, 5, 1])) == 3
     assert clip_emotion(torch.tensor([2, 7, 7, 2])) == 2
     assert clip_emotion(torch.tensor([8])) == 8
+
+
+def test_bf16_models_run_and_stay_close_to_fp32(tiny_bundle, pipeline):
+    models = MemoModels.load(tiny_bundle["memo"], dtype="bf16")
+    assert models.dtype == torch.bfloat16
+    half = MemoPipeline(models, DiffusersVAE.from_pretrained(tiny_bundle["vae"], dtype=torch.bfloat16, batch_size=8))
+    settings = GenerationSettings(**dict(FAST, steps=1))
+    pixels, face, audio = _inputs(4)
+    low = next(half.generate(pixels, face, audio, 3, settings)).frames
+    full = next(pipeline.generate(pixels, face, audio, 3, settings)).frames
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert (low - full).abs().mean() < 0.05
