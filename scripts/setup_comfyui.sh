@@ -9,7 +9,8 @@
 #   COMFY_DIR       where the ComfyUI work tree goes (created if missing; an existing
 #                   ComfyUI tree there is kept as it is).
 #   --source SRC    a git repository (bare or not) or a plain ComfyUI folder to copy.
-#                   Default: $COMFYUI_SOURCE, else /work/.mirror/pollockjj+ComfyUI/repo.
+#                   Default: $COMFYUI_SOURCE; one of the two is required (the script
+#                   downloads nothing).
 #   --ref REF       commit/tag/branch to check out from a git source (default HEAD).
 #   --venv DIR      the virtual environment for ComfyUI (default COMFY_DIR/venv, which
 #                   ComfyUI's own .gitignore already ignores).
@@ -39,7 +40,7 @@ die() { echo "setup_comfyui: error: $*" >&2; exit 1; }
 say() { echo "setup_comfyui: $*"; }
 
 COMFY_DIR=""
-SOURCE="${COMFYUI_SOURCE:-/work/.mirror/pollockjj+ComfyUI/repo}"
+SOURCE="${COMFYUI_SOURCE:-}"
 REF="HEAD"
 VENV=""
 PY="python3"
@@ -75,6 +76,8 @@ if is_comfy_tree "$COMFY_DIR"; then
   say "ComfyUI already present in $COMFY_DIR; leaving it as it is"
 elif [ -n "$(ls -A "$COMFY_DIR" 2>/dev/null | grep -v '^venv$' || true)" ]; then
   die "$COMFY_DIR is not empty and holds no ComfyUI; choose an empty or new folder"
+elif [ -z "$SOURCE" ]; then
+  die "no ComfyUI source: pass --source (a ComfyUI git repository or folder) or set COMFYUI_SOURCE"
 elif git -C "$SOURCE" rev-parse --git-dir >/dev/null 2>&1; then
   commit="$(git -C "$SOURCE" rev-parse --verify "$REF^{commit}")" || die "no commit '$REF' in $SOURCE"
   say "checking out ComfyUI $commit from $SOURCE"
