@@ -118,7 +118,7 @@ class MemoEmotionDetect:
         }}
 
     def detect(self, emotion_model, audio):
-        from ..memo_pipeline.audio.emotion_detect import classify_window, emotion_windows
+        from ..memo_pipeline.audio.emotion_detect import emotion_windows, sample_emotion_labels
         from ..memo_pipeline.audio.emotions import EMOTION_LABELS
         from ..memo_pipeline.audio.io import load_audio
 
@@ -132,19 +132,14 @@ class MemoEmotionDetect:
                              f"detection (needs {model.backbone.min_input_samples} samples at 16 kHz)")
         host = host_mod.get_host()
         host.load_to_device([model.backbone, model.classifier])
-        plan = emotion_windows(samples.numel())
-        bar = host.progress(len(plan))
-        labels = torch.empty(samples.numel(), dtype=torch.int8)
-        decided: dict[tuple[int, int], int] = {}
-        # The official window loop (emotion_detect.sample_emotion_labels), step by step so that the
-        # progress bar moves and Cancel is honoured on long tracks.
-        for i, (w0, w1, l0, l1) in enumerate(plan):
+        bar = host.progress(len(emotion_windows(samples.numel())))
+
+        def progress(done, total):
+            bar.set(done)
             host.check_interrupt()
-            if (w0, w1) not in decided:
-                with user_errors("audio"):
-                    decided[(w0, w1)] = classify_window(samples[w0:w1], model.backbone, model.classifier)
-            labels[l0:l1] = decided[(w0, w1)]
-            bar.set(i + 1)
+
+        with user_errors("audio"):
+            labels = sample_emotion_labels(samples, model.backbone, model.classifier, on_window=progress).to(torch.int8)
         summary = describe_segments(labels[:: clip.sample_rate // 100], 0.01, EMOTION_LABELS)
         return (MemoEmotion("detected", sample_labels=labels, duration_s=clip.duration_s, summary=summary), summary)
 

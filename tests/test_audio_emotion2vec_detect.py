@@ -92,6 +92,26 @@ def test_identical_windows_are_classified_once():
     assert probe.calls == [(0, 2 * S), (0, 3 * S), (S, 3 * S), (2 * S, 3 * S), (3 * S, 2 * S)]
 
 
+def test_progress_callback_sees_every_window_and_can_cancel():
+    seen = []
+    sample_emotion_labels(torch.arange(5 * S, dtype=torch.float64), WindowProbe(), ProbeClassifier(),
+                          on_window=lambda done, total: seen.append((done, total)))
+    total = len(emotion_windows(5 * S))
+    assert seen == [(i, total) for i in range(1, total + 1)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Stop
+
+    probe = WindowProbe()
+    with pytest.raises(Stop):
+        sample_emotion_labels(torch.arange(5 * S, dtype=torch.float64), probe, ProbeClassifier(), on_window=stop_after_two)
+    assert len(probe.calls) == 2
+
+
 @pytest.mark.parametrize("n,num_frames", [(5 * S + 123, 96), (20000, 32), (2 * S, 7), (50000, 1), (3 * S, 90)])
 def test_frame_labels_are_nearest_samples(n, num_frames):
     signal = torch.arange(n, dtype=torch.float64)

@@ -62,8 +62,11 @@ def classify_window(window: torch.Tensor, backbone, classifier) -> int:
 
 
 @torch.inference_mode()
-def sample_emotion_labels(samples_16k, backbone, classifier) -> torch.Tensor:
-    """Per-sample labels ``IntTensor[N]`` (int32, as the official code keeps them)."""
+def sample_emotion_labels(samples_16k, backbone, classifier, on_window=None) -> torch.Tensor:
+    """Per-sample labels ``IntTensor[N]`` (int32, as the official code keeps them).
+
+    ``on_window(done, total)`` is called after every window (progress); it may raise to cancel.
+    """
     samples = _as_mono_samples(samples_16k)
     if samples.numel() < backbone.min_input_samples:
         raise ValueError(
@@ -72,10 +75,13 @@ def sample_emotion_labels(samples_16k, backbone, classifier) -> torch.Tensor:
         )
     labels = torch.empty(samples.numel(), dtype=torch.int32)
     decided: dict[tuple[int, int], int] = {}  # identical windows give identical labels
-    for w0, w1, l0, l1 in emotion_windows(samples.numel()):
+    plan = emotion_windows(samples.numel())
+    for done, (w0, w1, l0, l1) in enumerate(plan, start=1):
         if (w0, w1) not in decided:
             decided[(w0, w1)] = classify_window(samples[w0:w1], backbone, classifier)
         labels[l0:l1] = decided[(w0, w1)]
+        if on_window is not None:
+            on_window(done, len(plan))
     return labels
 
 
