@@ -241,6 +241,9 @@ class MemoPipeline:
                              "the same frames_per_clip")
         labels = self._frame_labels(emotion, num_clips * settings.frames_per_clip)
         use_cfg = settings.guidance_scale > 1
+        if use_cfg and not models.diffusion_net.config.emo_drop_rate > 0:
+            raise ValueError("this diffusion_net has no unconditional emotion row (emo_drop_rate = 0), so classifier-free "
+                             "guidance is impossible; use guidance_scale <= 1")
         copies = 2 if use_cfg else 1
 
         face = torch.zeros(1, self.models.image_proj.config.clip_embeddings_dim) if face_embedding is None else face_embedding

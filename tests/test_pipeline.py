@@ -178,6 +178,23 @@ def test_bad_settings_and_labels(pipeline):
         next(pipeline.generate(pixels, face, audio, None, GenerationSettings(**dict(FAST, frames_per_clip=8))))
 
 
+def test_cfg_needs_the_unconditional_emotion_row(pipeline):
+    import dataclasses
+
+    from memo_pipeline.loading import build_model
+    from memo_pipeline.models.diffusion_net import DiffusionNet
+    from memo_pipeline.tiny import TINY_CONFIGS, randomize
+
+    net = randomize(build_model(DiffusionNet, dict(TINY_CONFIGS["diffusion_net"], emo_drop_rate=0.0)), seed=1).eval()
+    assert net.state_dict()["up_blocks.1.audio_modules.0.transformer_blocks.0.norm1.class_embedder.embedding_table.weight"].shape[0] == 9
+    nine_rows = MemoPipeline(dataclasses.replace(pipeline.models, diffusion_net=net), pipeline.vae)
+    pixels, face, audio = _inputs(4)
+    with pytest.raises(ValueError, match="no unconditional emotion row"):
+        next(nine_rows.generate(pixels, face, audio, 3, GenerationSettings(**FAST)))
+    clip = next(nine_rows.generate(pixels, face, audio, 3, GenerationSettings(**dict(FAST, guidance_scale=1.0, steps=1))))
+    assert torch.isfinite(clip.frames).all()
+
+
 def test_clip_emotion_is_mode_with_ties_to_smallest():
     assert clip_emotion(torch.tensor([3, 3, 5, 1])) == 3
     assert clip_emotion(torch.tensor([2, 7, 7, 2])) == 2
