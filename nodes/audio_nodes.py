@@ -37,6 +37,17 @@ from .memo_types import (
 MAX_FRAMES_PER_CLIP = 64
 
 
+
+def fraction_progress(host, resolution: int = 100):
+    """A `fraction -> None` callback for long audio steps: moves a progress bar, honours Cancel."""
+    bar = host.progress(resolution)
+
+    def report(fraction: float) -> None:
+        bar.set(round(fraction * resolution))
+        host.check_interrupt()
+
+    return report
+
 class MemoAudioEncode:
     DESCRIPTION = ("Turns an AUDIO track into MEMO's speech features: wav2vec2 layer outputs resampled to the "
                    "video frame rate, padded to whole clips, as the official preprocessing does. Optionally cuts a "
@@ -91,7 +102,8 @@ class MemoAudioEncode:
         host = host_mod.get_host()
         host.load_to_device([encoder.encoder.model])
         with user_errors("audio"):
-            features = extract_audio_features(encoder.encoder, clip, fps=float(fps), frames_per_clip=int(frames_per_clip))
+            features = extract_audio_features(encoder.encoder, clip, fps=float(fps), frames_per_clip=int(frames_per_clip),
+                                              on_progress=fraction_progress(host))
         memo_audio = MemoAudio(features, int(frames_per_clip), waveform, rate, encoder.name)
         trimmed = {"waveform": waveform[None].contiguous(), "sample_rate": rate}
         logger.info("MEMO audio: %.2f s -> %d frames at %g fps (%d clips of %d)", features.duration_s,
@@ -214,7 +226,8 @@ class MemoVocalSeparation:
         try:
             separator = MDXVocalSeparator(path)
             with user_errors("audio"):
-                stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize))
+                stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize),
+                                          on_progress=fraction_progress(host))
         except VocalSeparationUnavailable as exc:
             raise ValueError(f"vocal separation unavailable: {exc}. Without it, connect the audio straight to MEMO "
                              "Audio Encode.") from exc

@@ -242,3 +242,22 @@ def test_windowed_features_stay_close_to_one_pass():
     short = extract_audio_features(encoder, speech_like(5.0), max_pass_seconds=20).layer_features
     exact = extract_audio_features(encoder, speech_like(5.0), max_pass_seconds=None).layer_features
     assert torch.equal(short, exact)  # below the threshold the official single pass runs
+
+
+def test_progress_reaches_one_and_a_raise_cancels():
+    encoder = tiny_encoder()
+    audio = speech_like(12.0)
+    seen = []
+    extract_audio_features(encoder, audio, max_pass_seconds=4, context_seconds=1, on_progress=seen.append)
+    assert seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 4  # several windows in each half
+    assert any(0 < f <= 0.5 for f in seen) and any(0.5 < f < 1 for f in seen)
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_transformer(fraction):
+        if fraction > 0.5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        extract_audio_features(encoder, audio, max_pass_seconds=4, context_seconds=1, on_progress=stop_in_transformer)

@@ -381,3 +381,18 @@ def test_bad_output_rate(tmp_path):
     model = identity_model(tmp_path / "id_small.onnx", SMALL.dim_f, SMALL.dim_t)
     with pytest.raises(ValueError, match="output_sample_rate"):
         MDXVocalSeparator(model, SMALL).separate(np.zeros(100), SR, output_sample_rate=-1)
+
+
+def test_progress_per_chunk_and_cancel(tmp_path):
+    model = identity_model(tmp_path / "id_progress.onnx", SMALL.dim_f, SMALL.dim_t)
+    x = np.stack([tones([1300], 1.3, SR), tones([1500], 1.3, SR)]) * 0.4
+    params = MDXParams(n_fft=256, dim_f=100, dim_t=64, compensate=1.0, hop=64, overlap=0.25)
+    seen = []
+    MDXVocalSeparator(model, params).separate(x, SR, on_progress=seen.append)
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 1.0
+
+    def cancel(fraction):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MDXVocalSeparator(model, params).separate(x, SR, on_progress=cancel)

@@ -132,7 +132,7 @@ class Wav2Vec2AudioEncoder:
         return length
 
     @torch.no_grad()
-    def conv_features(self, waveform: np.ndarray, max_samples: int | None = None) -> torch.Tensor:
+    def conv_features(self, waveform: np.ndarray, max_samples: int | None = None, on_progress=None) -> torch.Tensor:
         """Conv front-end output ``[conv_frames, conv_dim]`` (float32, CPU); windowed above ``max_samples``."""
         extractor = self.model.feature_extractor
         total = self.conv_output_length(len(waveform))
@@ -146,7 +146,8 @@ class Wav2Vec2AudioEncoder:
         group_stats = self._first_layer_stats(waveform, max_samples) if self.model.config.feat_extract_norm == "group" else None
         frames_per_window = max(1, (max_samples - self.receptive_field) // self.total_stride + 1)
         pieces = []
-        for begin in range(0, total, frames_per_window):
+        begins = range(0, total, frames_per_window)
+        for index, begin in enumerate(begins, start=1):
             end = min(begin + frames_per_window, total)
             chunk = waveform[begin * self.total_stride : (end - 1) * self.total_stride + self.receptive_field]
             hidden = self._to_model(chunk)[None, None]
@@ -159,6 +160,8 @@ class Wav2Vec2AudioEncoder:
             for layer in extractor.conv_layers[1:]:
                 hidden = layer(hidden)
             pieces.append(hidden[0].T.float().cpu())
+            if on_progress is not None:
+                on_progress(index / len(begins))
         return torch.cat(pieces)
 
     def _first_layer_stats(self, waveform: np.ndarray, max_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,7 +190,8 @@ class Wav2Vec2AudioEncoder:
         return tuple(t[:, None].to(self.device, self.dtype) for t in (mean, scale, shift))
 
     @torch.no_grad()
-    def encode(self, frame_features: torch.Tensor, max_frames: int | None = None, context_frames: int = 0) -> torch.Tensor:
+    def encode(self, frame_features: torch.Tensor, max_frames: int | None = None, context_frames: int = 0,
+               on_progress=None) -> torch.Tensor:
         """Transformer layer outputs ``[frames, layers, hidden]`` for conv features already at the frame rate.
 
         With ``max_frames`` set, longer inputs run in windows of at most ``max_frames``,
@@ -201,12 +205,15 @@ class Wav2Vec2AudioEncoder:
         if core < 1:
             raise ValueError(f"max_frames={max_frames} leaves no room for context_frames={context_frames} on both sides")
         pieces = []
-        for start in range(0, frames, core):
+        starts = range(0, frames, core)
+        for index, start in enumerate(starts, start=1):
             stop = min(start + core, frames)
             low = max(0, min(start - context_frames, frames - max_frames))
             high = min(frames, low + max_frames)
             window = self._encode_window(frame_features[low:high])
             pieces.append(window[start - low : stop - low])
+            if on_progress is not None:
+                on_progress(index / len(starts))
         return torch.cat(pieces)
 
     def _encode_window(self, frame_features: torch.Tensor) -> torch.Tensor:
@@ -249,11 +256,14 @@ def extract_audio_features(
     frames_per_clip: int | None = 16,
     max_pass_seconds: float | None = 60.0,
     context_seconds: float = 5.0,
+    on_progress=None,
 ) -> AudioFeatures:
     """MEMO's audio features for a 16 kHz mono track (see module docstring).
 
     ``frames_per_clip=None`` disables the padding to whole clips. ``max_pass_seconds=None``
     forces a single pass however long the audio is (exactly the official behaviour).
+    ``on_progress(fraction)`` is called as windows finish (conv front end: first half, transformer:
+    second half); it may raise to cancel.
     """
     if isinstance(audio, AudioClip):
         if audio.sample_rate != TARGET_SAMPLE_RATE:
@@ -303,9 +313,12 @@ def extract_audio_features(
         max_frames = max(1, round(max_pass_seconds * fps))
         context_frames = round(context_seconds * fps)
 
-    conv = encoder.conv_features(values, max_samples=max_samples)
+    report = (lambda low: (lambda fraction: on_progress(low + fraction / 2))) if on_progress else (lambda low: None)
+    conv = encoder.conv_features(values, max_samples=max_samples, on_progress=report(0.0))
     resampled = F.interpolate(conv.T[None], size=padded_frames, mode="linear", align_corners=True)[0].T
-    layers = encoder.encode(resampled, max_frames=max_frames, context_frames=context_frames)
+    layers = encoder.encode(resampled, max_frames=max_frames, context_frames=context_frames, on_progress=report(0.5))
+    if on_progress is not None:
+        on_progress(1.0)
     return AudioFeatures(
         layer_features=layers,
         num_frames=num_frames,

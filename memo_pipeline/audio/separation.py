@@ -375,7 +375,7 @@ class MDXVocalSeparator:
             pred = self._run(spec)
         return mdx_istft(pred, p.n_fft, p.hop)[0]
 
-    def _demix(self, mix: np.ndarray) -> np.ndarray:
+    def _demix(self, mix: np.ndarray, on_progress=None) -> np.ndarray:
         """Chunked, Hann-blended inference over a ``[2, N]`` 44.1 kHz mix."""
         p = self.params
         n = mix.shape[-1]
@@ -387,7 +387,8 @@ class MDXVocalSeparator:
         total = padded.shape[-1]
         acc = np.zeros((2, total), dtype=np.float32)
         weight = np.zeros(total, dtype=np.float32)
-        for start in range(0, total, p.step):
+        starts = range(0, total, p.step)
+        for index, start in enumerate(starts, start=1):
             end = min(start + p.chunk_size, total)
             chunk = padded[:, start:end]
             if chunk.shape[-1] < p.chunk_size:
@@ -396,6 +397,8 @@ class MDXVocalSeparator:
             w = (np.hanning(end - start) if p.overlap > 0 else np.ones(end - start)).astype(np.float32)
             acc[:, start:end] += estimate * w
             weight[start:end] += w
+            if on_progress is not None:
+                on_progress(index / len(starts))
         blended = np.divide(acc, weight, out=np.zeros_like(acc), where=weight > 0)
         return blended[:, p.trim : p.trim + n]
 
@@ -406,8 +409,11 @@ class MDXVocalSeparator:
         *,
         output_sample_rate: int | None = None,
         peak_normalize: bool = True,
+        on_progress=None,
     ) -> np.ndarray:
         """Vocal stem of ``waveform`` (``[N]`` or ``[C, N]``, C in 1..2, float).
+
+        ``on_progress(fraction)`` is called after every model chunk; it may raise to cancel.
 
         Returns float32 with the input's layout (1-D stays 1-D, mono is the
         mean of the model's two output channels) at ``output_sample_rate``
@@ -430,7 +436,7 @@ class MDXVocalSeparator:
         if channels == 1:
             mix = np.repeat(mix, 2, axis=0)
         mix, gain = _peak_normalize(mix)
-        vocals = self._demix(mix) * self.params.compensate
+        vocals = self._demix(mix, on_progress) * self.params.compensate
         if peak_normalize:
             vocals, _ = _peak_normalize(vocals)
         else:
