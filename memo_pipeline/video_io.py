@@ -17,7 +17,6 @@ import math
 import os
 import uuid
 from fractions import Fraction
-from typing import Iterable
 
 import numpy as np
 

@@ -9,7 +9,6 @@ roots point at a temporary models/ folder.
 import importlib.util
 import inspect
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.pipeline import GenerationCancelled  # noqa: E402
 from comfyui_memo.memo_pipeline.vae import DiffusersVAE  # noqa: E402
 from comfyui_memo.memo_pipeline.video_io import read_video_info  # noqa: E402
-from comfyui_memo.nodes import common, host, memo_types, preview, sampler, vae_bridge  # noqa: E402
+from comfyui_memo.nodes import common, host, memo_types, preview, vae_bridge  # noqa: E402
 
 NODES = PACK.NODE_CLASS_MAPPINGS
 NATIVE_TYPES = {"IMAGE", "AUDIO", "VAE", "INT", "FLOAT", "STRING", "BOOLEAN"}

@@ -6,7 +6,6 @@ ours) and asserts on the JSON report it prints.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,4 @@
 """scripts/queue_workflow.py as a user runs it, against the live ComfyUI."""
-import io
 import json
 import math
 import struct
