@@ -201,6 +201,17 @@ def build_models_dir(root, tiny_bundle: dict, with_onnx: bool = True) -> dict[st
                                                   "vocal_separator", "vae")}
 
 
+def small(prompt: dict) -> dict:
+    """The shipped prompt with CI-sized sampling: 2 steps at 64x64 (everything else as shipped)."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        if node["class_type"] in ("MemoSampler", "MemoGenerateToFile"):
+            node["inputs"].update(steps=2, resolution=64)
+        if node["class_type"] == "MemoFaceCrop":
+            node["inputs"]["resolution"] = 64
+    return prompt
+
+
 # ----------------------------------------------------------------------------- media
 
 def speech_like(seconds: float = 1.2, rate: int = 22050, channels: int = 2, seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,6 @@ CreateVideo, SaveVideo). The live tests check the same workflows against a runni
 """
 
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path
@@ -239,17 +238,6 @@ def execute(prompt: dict, core: CoreStandIns) -> dict:
     return results
 
 
-def small(prompt: dict) -> dict:
-    """The shipped prompt with CI-sized sampling: 2 steps at 64x64 (everything else as shipped)."""
-    prompt = json.loads(json.dumps(prompt))
-    for node in prompt.values():
-        if node["class_type"] in ("MemoSampler", "MemoGenerateToFile"):
-            node["inputs"].update(steps=2, resolution=64)
-        if node["class_type"] == "MemoFaceCrop":
-            node["inputs"]["resolution"] = 64
-    return prompt
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_bundle):
     pytest.importorskip("onnx")
@@ -267,7 +255,7 @@ def _run(name, workspace):
     output.mkdir(parents=True)
     core = CoreStandIns(root / "input", output, bundle["vae"])
     with host.use_host(host.StandaloneHost(roots, output_dir=output)):
-        results = execute(small(S.json_file(WORKFLOWS / f"{name}_api.json")), core)
+        results = execute(S.small(S.json_file(WORKFLOWS / f"{name}_api.json")), core)
     return results, core, output
 
 
