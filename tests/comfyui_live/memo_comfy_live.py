@@ -6,8 +6,8 @@ Configuration (environment):
                          COMFYUI_PATH/../venv/bin/python (scripts/setup_comfyui.sh makes the first).
   COMFYUI_START_TIMEOUT  seconds to wait for the server (default 240).
   COMFYUI_EXTRA_ARGS     extra main.py arguments, e.g. "--extra-model-paths-config /x.yaml".
-  COMFYUI_LINK_PACK      "0" to not link this repo into custom_nodes (default: link it
-                         when the repo root has __init__.py).
+  COMFYUI_LINK_PACK      "0" to run the core server without this pack (default: the repo
+                         is linked into custom_nodes).
 
 Tests for our own nodes need only a few lines, e.g.
     def test_memo_nodes_register(comfy):
@@ -110,7 +110,7 @@ class ComfyServer:
         self.log_path = self.base / "comfyui.log"
         self.proc: subprocess.Popen | None = None
         if link_pack is None:
-            link_pack = os.environ.get("COMFYUI_LINK_PACK", "1") != "0" and (REPO_ROOT / "__init__.py").exists()
+            link_pack = os.environ.get("COMFYUI_LINK_PACK", "1") != "0"
         self.pack_linked = bool(link_pack)
 
     def dirs(self) -> dict[str, Path]:
