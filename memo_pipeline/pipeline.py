@@ -154,6 +154,8 @@ class StepInfo:
     timestep: float
     latents: torch.Tensor  # after this step, (1, 4, F, h, w)
     model_output: torch.Tensor  # raw diffusion-net output before guidance, (b, 4, F, h, w)
+    velocity: torch.Tensor  # the guided velocity the step used, (1, 4, F, h, w)
+    sigma_next: float  # noise level of `latents`: the denoised estimate is latents - sigma_next * velocity
 
 
 class AudioSource(Protocol):
@@ -296,7 +298,8 @@ class MemoPipeline:
                     velocity = output
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if on_step is not None:
-                    on_step(StepInfo(clip, step, clip * settings.steps + step + 1, total, float(t), latents, output))
+                    on_step(StepInfo(clip, step, clip * settings.steps + step + 1, total, float(t), latents, output,
+                                     velocity, float(scheduler.sigmas[step + 1])))
 
             video = self.vae.decode(latents[0].transpose(0, 1)).cpu()
             del latents, output, velocity, ref_features, audio_tokens

@@ -4,7 +4,8 @@ No VAE call: SD1.5 latents (already times 0.18215) map to rough RGB with ComfyUI
 `latent_rgb_factors` for SD15 (`comfy/latent_formats.py`, ComfyUI 0.8.0), then `(x + 1) / 2`.
 For the flow-matching Euler sampler MEMO uses, `x_t = (1 - sigma) x_0 + sigma * noise` and the
 network predicts `v = noise - x_0`, so after a step to `sigma_next` the estimate is
-`x_0 = x_next - sigma_next * v` (v with classifier-free guidance applied, as the step used it).
+`x_0 = x_next - sigma_next * v` (v with classifier-free guidance applied, as the pipeline's
+`StepInfo` reports it).
 """
 
 from __future__ import annotations
@@ -28,31 +29,9 @@ def latents_to_rgb(latent: torch.Tensor) -> torch.Tensor:
     return ((rgb + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def guided_velocity(model_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """The velocity the sampler stepped with: `u + g (c - u)` when the batch holds both branches."""
-    if model_output.shape[0] == 2 and guidance_scale > 1:
-        uncond, cond = model_output.float().chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
-    return model_output[-1:].float()
-
-
-def step_preview(latents: torch.Tensor, model_output: torch.Tensor, sigma_next: float, guidance_scale: float,
-                 frame: int | None = None) -> torch.Tensor:
-    """`(h, w, 3)` preview of the denoised estimate after a step; `latents` `(1, 4, F, h, w)`."""
+def step_preview(latents: torch.Tensor, velocity: torch.Tensor, sigma_next: float, frame: int | None = None) -> torch.Tensor:
+    """`(h, w, 3)` preview of the denoised estimate after a step; `latents`, `velocity` `(1, 4, F, h, w)`."""
     frames = latents.shape[2]
     index = frames // 2 if frame is None else max(0, min(frames - 1, frame))
-    velocity = guided_velocity(model_output, guidance_scale)
-    estimate = latents[0, :, index].float() - float(sigma_next) * velocity[0, :, index].to(latents.device)
+    estimate = latents[0, :, index].float() - float(sigma_next) * velocity[0, :, index].float().to(latents.device)
     return latents_to_rgb(estimate)
-
-
-def flow_sigmas(steps: int, scheduler=None) -> list[float]:
-    """Sigmas of `scheduler` (default: MEMO's `FlowMatchEulerDiscreteScheduler()`) for `steps` steps,
-    trailing 0 included; the scheduler itself is not changed."""
-    import copy
-
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = copy.deepcopy(scheduler) if scheduler is not None else FlowMatchEulerDiscreteScheduler()
-    scheduler.set_timesteps(steps)
-    return [float(s) for s in scheduler.sigmas]

@@ -45,7 +45,7 @@ from .memo_types import (
     MemoState,
     expect,
 )
-from .preview import flow_sigmas, step_preview
+from .preview import step_preview
 from .vae_bridge import ComfyVAEBridge
 
 STATE_SUFFIX = ".state.safetensors"
@@ -191,12 +191,10 @@ def run_clips(plan: RunPlan):
     settings = plan.settings
     total = plan.num_clips * settings.steps
     bar = host.progress(total)
-    sigmas = flow_sigmas(settings.steps, plan.pipeline.scheduler)
     offset = plan.first_clip * settings.steps
 
     def on_step(info):
-        preview = step_preview(info.latents, info.model_output, sigmas[info.step + 1], settings.guidance_scale)
-        bar.set(info.done - offset, preview)
+        bar.set(info.done - offset, step_preview(info.latents, info.velocity, info.sigma_next))
 
     def should_cancel():
         host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI

@@ -134,6 +134,15 @@ def test_guidance_one_runs_a_single_conditional_pass(pipeline):
     assert set(shapes) == {1} and video.shape == (8, 3, 64, 64) and torch.isfinite(video).all()
 
 
+def test_step_info_reports_guided_velocity_and_next_sigma(pipeline):
+    infos = []
+    _video(pipeline, settings=GenerationSettings(**dict(FAST, steps=3)), on_step=infos.append)
+    assert [round(i.sigma_next, 4) for i in infos[:3]] == [0.5005, 0.001, 0.0]
+    for info in infos:
+        uncond, cond = info.model_output.chunk(2)
+        torch.testing.assert_close(info.velocity, uncond + 3.5 * (cond - uncond))
+
+
 def test_cfg_batch_is_used_above_one(pipeline):
     shapes = []
     _video(pipeline, on_step=lambda info: shapes.append(info.model_output.shape[0]))
