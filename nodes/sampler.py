@@ -262,32 +262,26 @@ class MemoSampler:
 
 
 def save_memo_state(memo_state: MemoState, path: str) -> str:
-    """Write `path` (`*.state.safetensors`) and its `.json` description; returns the safetensors path."""
-    memo_state.state.save(path)
-    description = {"format": "comfyui-memo-state", "num_frames": memo_state.num_frames, "fps": memo_state.fps,
-                   "frames_per_clip": memo_state.frames_per_clip, "resolution": memo_state.resolution,
-                   "next_clip": memo_state.next_clip, **memo_state.info}
-    with open(path[: -len(".safetensors")] + ".json", "w", encoding="utf-8") as f:
-        json.dump(description, f, indent=2)
+    """Write `path` (`*.state.safetensors`); what the state belongs to goes into its metadata."""
+    description = {"format_node": "comfyui-memo-state", "num_frames": memo_state.num_frames, "fps": memo_state.fps,
+                   "frames_per_clip": memo_state.frames_per_clip, "resolution": memo_state.resolution, **memo_state.info}
+    memo_state.state.save(path, metadata={key: json.dumps(value) for key, value in description.items()})
     return path
 
 
 def load_memo_state(path: str) -> MemoState:
     from ..memo_pipeline.pipeline import GenerationState
 
-    sidecar = path[: -len(".safetensors")] + ".json" if path.endswith(".safetensors") else path + ".json"
     if not os.path.isfile(path):
         raise ValueError(f"state file not found: {path}")
     try:
-        with open(sidecar, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format") != "comfyui-memo-state":
-            raise ValueError("not a comfyui-memo state description")
+        meta = {key: json.loads(value) for key, value in GenerationState.read_metadata(path).items()
+                if key not in ("format", "next_clip", "decay")}
+        if meta.get("format_node") != "comfyui-memo-state":
+            raise ValueError("not saved by comfyui-memo")
         state = GenerationState.load(path)
         return MemoState(state, int(meta["num_frames"]), float(meta["fps"]), int(meta["frames_per_clip"]),
                          int(meta["resolution"]), {k: meta[k] for k in ("clips_done", "clips_total", "seed") if k in meta})
-    except FileNotFoundError:
-        raise ValueError(f"state {path}: its description {os.path.basename(sidecar)} is missing") from None
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise ValueError(f"state {path} cannot be read: {exc}") from exc
 

@@ -607,8 +607,11 @@ def test_save_state_node_round_trip(loaded, vae, encoded, face, memo_host, tmp_p
     a, *_ = sample(loaded, vae, encoded, face, state=state)
     b, *_ = sample(loaded, vae, encoded, face, state=loaded_state)
     torch.testing.assert_close(a, b)
-    Path(path[: -len(".safetensors")] + ".json").unlink()
-    with pytest.raises(ValueError, match="description .* is missing"):
+    state.state.save(path)  # a bare pipeline state: nothing says which audio/resolution it belongs to
+    with pytest.raises(ValueError, match="not saved by comfyui-memo"):
+        run("MemoLoadState", "states/run_00001_.state.safetensors")
+    Path(path).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot be read"):
         run("MemoLoadState", "states/run_00001_.state.safetensors")
 
 
