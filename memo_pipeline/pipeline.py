@@ -102,6 +102,12 @@ class GenerationState:
     next_clip: int
     rng_state: torch.Tensor  # CPU generator state for the remaining noise draws
 
+    def to(self, device=None) -> "GenerationState":
+        """A detached copy on `device`: continuing the generation never changes it (tensors are
+        replaced, not modified in place, so unchanged ones may be shared)."""
+        past = None if self.past_frames is None else self.past_frames.to(device).clone()
+        return GenerationState(self.memory.to(device), past, self.next_clip, self.rng_state.clone())
+
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """safetensors file; `metadata` (strings) is stored alongside, e.g. what generation this continues."""
         tensors = {f"memory.{k}": v.detach().cpu().contiguous() for k, v in self.memory.state_dict().items()}
@@ -257,7 +263,7 @@ class MemoPipeline:
             generator = torch.Generator().manual_seed(settings.seed)
             state = GenerationState(MotionMemory(), None, 0, generator.get_state())
         else:
-            state = GenerationState(state.memory.to(device), state.past_frames, state.next_clip, state.rng_state.clone())
+            state = state.to(device)
         generator = torch.Generator()
         generator.set_state(state.rng_state)
         memory = state.memory

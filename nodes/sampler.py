@@ -116,7 +116,7 @@ def _check_int(value, name: str, low: int, high: int) -> int:
 
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                 emotion=None, state=None, max_clips=0) -> RunPlan:
-    from ..memo_pipeline.pipeline import GenerationSettings, GenerationState, MemoPipeline, reference_pixels
+    from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
 
     model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
     audio = expect(memo_audio, MemoAudio, "memo_audio", MEMO_AUDIO)
@@ -160,9 +160,7 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     generation_state, first_clip = None, 0
     if state is not None:
         state.check_compatible(audio, resolution)
-        src = state.state
-        generation_state = GenerationState(src.memory.copy(), None if src.past_frames is None else src.past_frames.clone(),
-                                           src.next_clip, src.rng_state.clone())
+        generation_state = state.state  # generate() works on its own copy
         first_clip = state.next_clip
     stop_clip = audio.num_clips if max_clips == 0 else min(audio.num_clips, first_clip + max_clips)
 
@@ -216,14 +214,10 @@ def run_clips(plan: RunPlan):
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:
-    from ..memo_pipeline.pipeline import GenerationState
-
-    src = clip.state
-    state = GenerationState(src.memory.to("cpu"), None if src.past_frames is None else src.past_frames.cpu().clone(),
-                            src.next_clip, src.rng_state.clone())
+    state = clip.state.to("cpu")
     audio = plan.audio
     return MemoState(state, audio.num_frames, audio.fps, audio.frames_per_clip, plan.resolution,
-                     {"clips_done": src.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
+                     {"clips_done": state.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
 
 
 class MemoSampler:
