@@ -113,7 +113,7 @@ class MemoAudioEncode:
 
 class MemoEmotionDetect:
     DESCRIPTION = ("Detects the emotion of the speech over time, as MEMO does: emotion2vec + MEMO's classifier on "
-                   "overlapping one-second windows. Feed it the original (not vocal-separated) audio, cut like the "
+                   "3-second windows, one label per second (2-second windows at the ends). Feed it the original (not vocal-separated) audio, cut like the "
                    "MEMO audio (the 'audio' output of MEMO Audio Encode).")
     CATEGORY = CATEGORY_AUDIO
     FUNCTION = "detect"
