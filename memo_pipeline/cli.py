@@ -222,11 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--steps", type=int, default=3)
     dem.add_argument("--seed", type=int, default=42)
     dem.add_argument("--no-progress", action="store_true")
+
+    from .models_cli import add_parser as add_models_parser
+
+    add_models_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from .models_cli import run as run_models
+
+        return run_models(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "demo":

@@ -1,0 +1,235 @@
+"""Download exactly the model files MEMO needs from their public Hugging Face repositories.
+
+    python -m memo_pipeline models fetch [--comfyui DIR | --models DIR] [--only core|emotion|face|vocals] [--yes]
+
+Only this command touches the network; no node, no ``generate`` run and no import of the pack
+calls it. What it does:
+
+1. checks what is already there (``model_files.check_models``) and plans the files of every item
+   that is missing or unusable - single files, never whole repositories;
+2. asks the server for each file's size and checksum (HTTP HEAD through ``huggingface_hub``),
+   prints the list and the total and asks for confirmation (``--yes`` skips the question);
+3. downloads each file to ``<models>/.memo-fetch/<path>.part`` with ``huggingface_hub``'s HTTP
+   client. A ``.part`` file left by an interrupted run is continued with an HTTP Range request.
+   The finished file's SHA-256 (LFS files) or git blob hash (small files) must equal what the
+   server announced, else it is deleted and reported as corrupted;
+4. when all files of an item are downloaded, runs the same check as ``models check`` on them
+   in the staging folder and only then renames them into place (same file system, so each rename
+   is atomic; configs last, so a loader never sees a config without its weights). The staging
+   folder starts with a dot, so no loader lists it.
+
+``HF_ENDPOINT`` (a mirror), ``HF_TOKEN`` and the usual proxy variables (``HTTPS_PROXY``,
+``NO_PROXY``, ...) are honoured: they are read when the command runs. A network failure prints one
+line; files that finished stay and the next run continues where this one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model_files import FEATURES, FileProblem, Item, check_item, check_item_at, format_size, items_for
+
+STAGING = ".memo-fetch"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class FetchError(RuntimeError):
+    """A download that could not be completed; the message is one line for the user."""
+
+
+@dataclass
+class PlannedFile:
+    item: Item
+    repo_path: str
+    dest: Path
+    url: str = ""
+    size: int | None = None
+    etag: str | None = None
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _token():
+    from huggingface_hub import get_token
+
+    return get_token()  # HF_TOKEN, else the token saved by `hf auth login`
+
+
+def plan(models: Path, features=FEATURES) -> tuple[list[PlannedFile], list]:
+    """Files to download for every item of `features` that is not usable yet, and the statuses of all."""
+    statuses = [check_item(item, models) for item in items_for(features)]
+    files = []
+    for status in statuses:
+        if status.ok:
+            continue
+        for repo_path, local in status.item.files:
+            files.append(PlannedFile(status.item, repo_path, Path(models) / local))
+    return files, statuses
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def resolve_metadata(files: list[PlannedFile]) -> None:
+    """Size and checksum of each file from the server (HEAD requests)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    base, token = endpoint(), _token()
+    for f in files:
+        source = f.item.source
+        f.url = hf_hub_url(source.repo_id, f.repo_path, revision=source.revision, endpoint=base)
+        try:
+            meta = get_hf_file_metadata(f.url, token=token, endpoint=base)
+        except Exception as err:  # noqa: BLE001 - httpx, HTTP status and OS errors all end the same way
+            raise FetchError(f"cannot reach {f.url}: {_short(err)}") from None
+        f.size, f.etag = meta.size, meta.etag
+
+
+def file_digest_matches(path: Path, etag: str | None) -> tuple[bool, str]:
+    """Compare a downloaded file with the server's ETag: SHA-256 for LFS files, the git blob SHA-1
+    for files kept in git. Unknown ETag formats are not compared (the model check still runs)."""
+    if not etag:
+        return True, "no checksum announced"
+    etag = etag.strip('"').lower()
+    if len(etag) == 64:
+        digest = hashlib.sha256()
+        kind = "sha256"
+    elif len(etag) == 40:
+        digest = hashlib.sha1()
+        digest.update(b"blob %d\0" % path.stat().st_size)
+        kind = "git sha1"
+    else:
+        return True, f"checksum format of {etag!r} unknown"
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    return actual == etag, f"{kind} {actual}" + ("" if actual == etag else f", server says {etag}")
+
+
+def _staging_path(models: Path, dest: Path) -> Path:
+    return Path(models) / STAGING / dest.relative_to(models)
+
+
+def download_file(models: Path, f: PlannedFile, log=print) -> Path:
+    """Download `f` into the staging folder (resuming a `.part` file) and verify its checksum."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    done = _staging_path(models, f.dest)
+    part = done.with_name(done.name + ".part")
+    done.parent.mkdir(parents=True, exist_ok=True)
+    if done.is_file() and (f.size is None or done.stat().st_size == f.size) and file_digest_matches(done, f.etag)[0]:
+        return done
+    resume = part.stat().st_size if part.is_file() else 0
+    if f.size is not None and resume > f.size:
+        part.unlink()
+        resume = 0
+    if resume:
+        log(f"  resuming {f.repo_path} at {format_size(resume)} of {format_size(f.size)}")
+    headers = build_hf_headers(token=_token())
+    try:
+        with open(part, "ab") as handle:
+            http_get(f.url, handle, resume_size=resume, headers=headers, expected_size=f.size,
+                     displayed_filename=f.repo_path)
+    except Exception as err:  # noqa: BLE001 - network and HTTP errors; the .part file is kept for the next run
+        raise FetchError(f"download of {f.item.source.repo_id}/{f.repo_path} failed: {_short(err)}") from None
+    ok, detail = file_digest_matches(part, f.etag)
+    if not ok:
+        part.unlink()
+        raise FetchError(f"{f.item.source.repo_id}/{f.repo_path} arrived corrupted ({detail}); it was deleted "
+                         "and not installed - run the command again")
+    os.replace(part, done)
+    return done
+
+
+def install_item(models: Path, item: Item, files: list[PlannedFile]) -> str:
+    """Check an item's downloaded files in the staging folder, then move them into place."""
+    models = Path(models)
+    staged_item = _staging_path(models, models / item.dest)
+    try:
+        detail, _ = check_item_at(item, staged_item)
+    except (FileProblem, OSError) as err:
+        for f in files:
+            _staging_path(models, f.dest).unlink(missing_ok=True)
+        raise FetchError(f"{item.title}: the downloaded files do not load ({_short(err)}); they were deleted and "
+                         "not installed") from None
+    # weights before configs: a loader that finds the config finds the weights too
+    for f in sorted(files, key=lambda f: f.dest.suffix in (".json", ".yaml")):
+        f.dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(_staging_path(models, f.dest), f.dest)
+    return detail
+
+
+def _confirm(question: str) -> bool:
+    try:
+        answer = input(question)
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def fetch(models: str | os.PathLike, features=FEATURES, assume_yes: bool = False, log=print) -> int:
+    """The `models fetch` command. Returns the exit code (0: everything asked for is installed)."""
+    models = Path(models)
+    files, statuses = plan(models, features)
+    if not files:
+        log(f"nothing to fetch: everything for {', '.join(features)} is in {models} and loads")
+        return 0
+    try:
+        resolve_metadata(files)
+    except FetchError as err:
+        log(f"error: {err} (nothing was downloaded; check the network, HF_ENDPOINT and proxy settings)")
+        return 1
+    total = sum(f.size or 0 for f in files)
+    log(f"will download {len(files)} files, {format_size(total)} in total, into {models}:")
+    for f in files:
+        log(f"  {format_size(f.size):>10s}  {f.item.source.repo_id}/{f.repo_path} -> {f.dest.relative_to(models)}")
+    sources = {f.item.source for f in files}
+    for source in sorted(sources, key=lambda s: s.repo_id):
+        log(f"  licence of {source.repo_id}: {source.licence} ({source.page})")
+    if not assume_yes and not _confirm("continue? [y/N] "):
+        log("nothing downloaded")
+        return 1
+    by_item: dict[str, list[PlannedFile]] = {}
+    for f in files:
+        by_item.setdefault(f.item.key, []).append(f)
+    installed = []
+    for key, item_files in by_item.items():
+        item = item_files[0].item
+        try:
+            for f in item_files:
+                download_file(models, f, log)
+            detail = install_item(models, item, item_files)
+        except FetchError as err:
+            kept = f"; installed so far: {', '.join(installed)}" if installed else ""
+            log(f"error: {err}{kept}. Run the same command again to continue.")
+            return 1
+        installed.append(item.title)
+        log(f"installed {item.title} in {models / item.dest} ({detail})")
+    staging = models / STAGING
+    if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
+        shutil.rmtree(staging, ignore_errors=True)
+    from .model_files import check_models, format_report
+
+    report = check_models(models, features)
+    log(format_report(report, verbose=False))
+    return 0 if all(s.ok for s in report.items) else 1
+
+
+def main_fetch(models: Path, only: str | None, assume_yes: bool) -> int:
+    features = (only,) if only else FEATURES
+    try:
+        return fetch(models, features, assume_yes)
+    except KeyboardInterrupt:
+        print("interrupted; finished files are kept, run the same command again to continue", file=sys.stderr)
+        return 130

@@ -1,0 +1,612 @@
+"""Which model files each MEMO feature needs, where they are looked for, and whether they load.
+
+    python -m memo_pipeline models check [--comfyui DIR | --models DIR]
+
+One registry (:data:`ITEMS`) lists every file the pack reads, grouped by feature:
+
+* ``core``    - generation: MEMO's reference/diffusion nets and projections, the SD VAE, wav2vec2;
+* ``emotion`` - automatic emotions: emotion2vec_plus_large and MEMO's emotion classifier;
+* ``face``    - identity embedding and face crop: SCRFD + ArcFace (glintr100) ONNX files;
+* ``vocals``  - vocal separation: Kim_Vocal_2.onnx.
+
+Each item knows its Hugging Face source (used by ``models fetch``, see ``model_fetch.py``), the
+place under ComfyUI's ``models/`` folder where the fetcher and the workflows put it, and the other
+layouts people already have (any MEMO checkpoint folder under ``memo/``, a single VAE file in
+``vae/``, a single wav2vec2 file in ``audio_encoders/``, insightface's ``antelopev2`` folder, a
+Hugging Face cache ``models--org--name/snapshots/<rev>/`` folder in the model folder or as the
+models folder itself).
+
+Checking never loads weights into memory: safetensors headers are parsed (and their byte ranges
+checked against the file size, which catches truncated downloads), the networks are built from
+the found ``config.json`` on the meta device and compared key by key and shape by shape; ONNX files
+are opened with onnxruntime by the same classes that run them; emotion2vec's ``config.yaml`` and
+``model.pt`` go through the run-time safe loader (``torch.load(weights_only=True)``, memory-mapped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FEATURES = ("core", "emotion", "face", "vocals")
+FEATURE_TITLES = {
+    "core": "core generation",
+    "emotion": "emotion detection",
+    "face": "face embedding / crop",
+    "vocals": "vocal separation",
+}
+
+FIX_CHECK = "python -m memo_pipeline models check --comfyui COMFYUI_DIR"
+FIX_FETCH = "python -m memo_pipeline models fetch --comfyui COMFYUI_DIR"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A public Hugging Face model repository (licence as the repository states it)."""
+
+    repo_id: str
+    licence: str
+    revision: str = "main"
+
+    @property
+    def page(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}"
+
+    @property
+    def cache_name(self) -> str:
+        return "models--" + self.repo_id.replace("/", "--")
+
+
+MEMO_SOURCE = Source("memoavatar/memo", "Apache-2.0")
+VAE_SOURCE = Source("stabilityai/sd-vae-ft-mse-original", "MIT")
+WAV2VEC_SOURCE = Source("facebook/wav2vec2-base-960h", "Apache-2.0")
+EMOTION2VEC_SOURCE = Source("emotion2vec/emotion2vec_plus_large", "other (model-license, see the FunASR repository)")
+
+MEMO_DIR = "memo/memo"
+VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
+WAV2VEC_DIR = "audio_encoders/wav2vec2-base-960h"
+EMOTION2VEC_DIR = "emotion2vec/emotion2vec_plus_large"
+DETECTOR_FILE = "scrfd_10g_bnkps.onnx"
+RECOGNIZER_FILE = "glintr100.onnx"
+KIM_VOCAL_FILE = "Kim_Vocal_2.onnx"
+MEMO_MARKER = "diffusion_net/config.json"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing a loader reads: a model folder or a single file.
+
+    ``dest`` is where it goes under ``models/`` (a folder or a file path); ``files`` maps each file
+    to fetch from ``source`` (its path in the repository) to its path under ``models/``.
+    """
+
+    key: str
+    feature: str
+    kind: str
+    title: str
+    dest: str
+    source: Source
+    files: tuple[tuple[str, str], ...]
+    component: str = ""  # MEMO sub-model name (loading.COMPONENTS) for kind "memo"
+
+
+def _memo_item(key: str, feature: str, name: str, sub: str, title: str) -> Item:
+    files = tuple((f"{sub}/{f}", f"{MEMO_DIR}/{sub}/{f}") for f in ("config.json", "diffusion_pytorch_model.safetensors"))
+    return Item(key, feature, "memo", title, f"{MEMO_DIR}/{sub}", MEMO_SOURCE, files, component=name)
+
+
+ITEMS: tuple[Item, ...] = (
+    _memo_item("reference_net", "core", "reference_net", "reference_net", "MEMO reference net"),
+    _memo_item("diffusion_net", "core", "diffusion_net", "diffusion_net", "MEMO diffusion net"),
+    _memo_item("image_proj", "core", "image_proj", "image_proj", "MEMO image projection"),
+    _memo_item("audio_proj", "core", "audio_proj", "audio_proj", "MEMO audio projection"),
+    Item("vae", "core", "vae", "SD VAE (sd-vae-ft-mse)", f"vae/{VAE_FILE}", VAE_SOURCE,
+         ((VAE_FILE, f"vae/{VAE_FILE}"),)),
+    Item("wav2vec2", "core", "wav2vec2", "wav2vec2-base-960h speech encoder", WAV2VEC_DIR, WAV2VEC_SOURCE,
+         tuple((f, f"{WAV2VEC_DIR}/{f}") for f in ("config.json", "model.safetensors", "preprocessor_config.json"))),
+    _memo_item("emotion_classifier", "emotion", "emotion_classifier", "misc/audio_emotion_classifier",
+               "MEMO emotion classifier"),
+    Item("emotion2vec", "emotion", "emotion2vec", "emotion2vec_plus_large", EMOTION2VEC_DIR, EMOTION2VEC_SOURCE,
+         tuple((f, f"{EMOTION2VEC_DIR}/{f}") for f in ("config.yaml", "model.pt"))),
+    Item("face_detector", "face", "scrfd", "SCRFD face detector", f"{MEMO_DIR}/misc/face_analysis/models/{DETECTOR_FILE}",
+         MEMO_SOURCE, ((f"misc/face_analysis/models/{DETECTOR_FILE}", f"{MEMO_DIR}/misc/face_analysis/models/{DETECTOR_FILE}"),)),
+    Item("face_recognizer", "face", "arcface", "ArcFace identity (glintr100)",
+         f"{MEMO_DIR}/misc/face_analysis/models/{RECOGNIZER_FILE}", MEMO_SOURCE,
+         ((f"misc/face_analysis/models/{RECOGNIZER_FILE}", f"{MEMO_DIR}/misc/face_analysis/models/{RECOGNIZER_FILE}"),)),
+    Item("vocal_separator", "vocals", "mdx", "Kim_Vocal_2 vocal separator", f"{MEMO_DIR}/misc/vocal_separator/{KIM_VOCAL_FILE}",
+         MEMO_SOURCE, ((f"misc/vocal_separator/{KIM_VOCAL_FILE}", f"{MEMO_DIR}/misc/vocal_separator/{KIM_VOCAL_FILE}"),)),
+)
+ITEMS_BY_KEY = {item.key: item for item in ITEMS}
+
+
+def items_for(features) -> list[Item]:
+    features = set(features)
+    unknown = features - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))}; choose from {', '.join(FEATURES)}")
+    return [item for item in ITEMS if item.feature in features]
+
+
+class FileProblem(ValueError):
+    """A model file that exists but cannot be used; the message says why."""
+
+
+# ------------------------------------------------------------------ safetensors headers
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header, after checking that the header is valid and
+    that the byte ranges it describes exactly cover the file (so a truncated or padded download is
+    caught). No tensor data is read."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise FileProblem(f"{path}: {size} bytes, too short for a safetensors file (truncated download?)")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, _MAX_HEADER):
+            raise FileProblem(f"{path}: not a safetensors file (header length {length} does not fit a {size}-byte file)")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FileProblem(f"{path}: safetensors header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise FileProblem(f"{path}: safetensors header is not a JSON object")
+    shapes, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise FileProblem(f"{path}: malformed safetensors entry for {name!r}") from None
+        if dtype not in _DTYPE_BYTES:
+            raise FileProblem(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if stop - start != math.prod(shape) * _DTYPE_BYTES[dtype] or start < 0:
+            raise FileProblem(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
+        shapes[name] = tuple(shape)
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise FileProblem(f"{path}: the header describes {8 + length + end} bytes but the file has {size} "
+                          f"({'truncated download?' if size < 8 + length + end else 'trailing data'})")
+    return shapes
+
+
+def _meta_tensors(shapes: dict[str, tuple[int, ...]]):
+    import torch
+
+    return {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+
+
+def compare_shapes(expected: dict, found: dict, source: str, what: str, ignore: set = frozenset(), limit: int = 4) -> None:
+    """Raise FileProblem naming the first missing / unexpected / mis-shaped keys."""
+    exp = {k: tuple(v) for k, v in expected.items()}
+    got = {k: tuple(v) for k, v in found.items()}
+    missing = sorted(set(exp) - set(got) - ignore)
+    unexpected = sorted(set(got) - set(exp) - ignore)
+    wrong = [f"{k} {got[k]} (wants {exp[k]})" for k in sorted(set(exp) & set(got)) if exp[k] != got[k]]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    if problems:
+        raise FileProblem(f"{source} does not match {what}: " + "; ".join(problems))
+
+
+def _shape_dict(module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _file_size(paths) -> int:
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+
+
+# ------------------------------------------------------------------ per-kind checks (return (detail, files))
+
+def check_memo_component(folder: Path, component: str) -> tuple[str, list[Path]]:
+    from .loading import COMPONENTS, CheckpointError, _weight_files, build_model, read_config
+
+    _, cls, _ = COMPONENTS[component]
+    try:
+        config = read_config(folder)
+        weights = _weight_files(folder)
+        model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
+    except CheckpointError as err:
+        raise FileProblem(str(err)) from None
+    shapes = {}
+    for path in weights:
+        if not path.is_file():
+            raise FileProblem(f"{path} is listed in the safetensors index but missing")
+        shapes.update(safetensors_shapes(path))
+    compare_shapes(_shape_dict(model), shapes, ", ".join(map(os.fspath, weights)), cls.__name__)
+    return f"{cls.__name__}, {len(shapes)} tensors match config.json", [folder / "config.json", *weights]
+
+
+def _vae_config_from_ldm(shapes: dict, source: str) -> dict:
+    """diffusers AutoencoderKL config read off an original-layout (LDM) VAE's tensor shapes."""
+    try:
+        levels = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down.")})
+        widths = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in levels]
+        blocks = len({k.split(".")[4] for k in shapes if k.startswith("encoder.down.0.block.")})
+        latent = shapes["quant_conv.weight"][0] // 2
+        groups_width = shapes["encoder.conv_in.weight"][0]
+    except (KeyError, IndexError, ValueError):
+        raise FileProblem(f"{source} is not a Stable Diffusion VAE in the original layout (no encoder.down.* / quant_conv)") from None
+    return {
+        "in_channels": shapes["encoder.conv_in.weight"][1], "out_channels": shapes["decoder.conv_out.weight"][0],
+        "latent_channels": latent, "block_out_channels": widths, "layers_per_block": blocks,
+        "down_block_types": ["DownEncoderBlock2D"] * len(widths), "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+        "norm_num_groups": 32 if groups_width % 32 == 0 else math.gcd(groups_width, 32),
+    }
+
+
+def check_vae(path: Path) -> tuple[str, list[Path]]:
+    import torch
+    from diffusers import AutoencoderKL
+
+    if path.is_dir():
+        config_path = path / "config.json"
+        weights = path / "diffusion_pytorch_model.safetensors"
+        if not config_path.is_file():
+            raise FileProblem(f"{path} has no config.json (a diffusers VAE folder needs it)")
+        if not weights.is_file():
+            raise FileProblem(f"{path} has no diffusion_pytorch_model.safetensors")
+        try:
+            config = json.loads(config_path.read_text())
+            with torch.device("meta"):
+                model = AutoencoderKL.from_config(config)
+        except Exception as err:  # noqa: BLE001 - any config problem is reported as such
+            raise FileProblem(f"{config_path}: cannot build AutoencoderKL ({err})") from None
+        shapes = safetensors_shapes(weights)
+        compare_shapes(_shape_dict(model), shapes, os.fspath(weights), "AutoencoderKL")
+        return f"diffusers AutoencoderKL, {len(shapes)} tensors match config.json", [config_path, weights]
+    if path.suffix != ".safetensors":
+        raise FileProblem(f"{path}: only .safetensors VAE files are read")
+    shapes = safetensors_shapes(path)
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    prefixed = [k for k in shapes if k.startswith("first_stage_model.")]
+    if prefixed:
+        shapes = {k[len("first_stage_model."):]: v for k, v in shapes.items() if k.startswith("first_stage_model.")}
+    config = _vae_config_from_ldm(shapes, os.fspath(path))
+    try:
+        with torch.device("meta"):
+            model = AutoencoderKL(**config)
+        converted = convert_ldm_vae_checkpoint(_meta_tensors(shapes), dict(model.config))
+    except Exception as err:  # noqa: BLE001
+        raise FileProblem(f"{path}: cannot be converted to a diffusers VAE ({err})") from None
+    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in converted.items()}, os.fspath(path),
+                   f"AutoencoderKL(block_out_channels={config['block_out_channels']})")
+    return f"single-file SD VAE, {len(shapes)} tensors, widths {config['block_out_channels']}", [path]
+
+
+def check_wav2vec2(path: Path) -> tuple[str, list[Path]]:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from .audio.wav2vec2_weights import _TRAINING_ONLY, Wav2Vec2WeightsError, infer_config, normalize_state_dict
+
+    files = []
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileProblem(f"wav2vec2 folder {path} has no config.json")
+        try:
+            config = Wav2Vec2Config.from_dict(json.loads(config_path.read_text()))
+        except Exception as err:  # noqa: BLE001
+            raise FileProblem(f"{config_path}: invalid wav2vec2 config ({err})") from None
+        files.append(config_path)
+        weights = path / "model.safetensors"
+        if weights.is_file():
+            shapes = safetensors_shapes(weights)
+        elif (path / "pytorch_model.bin").is_file():
+            weights = path / "pytorch_model.bin"
+            try:
+                data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # noqa: BLE001
+                raise FileProblem(f"{weights}: not readable with torch.load(weights_only=True) ({err})") from None
+            shapes = {k: tuple(v.shape) for k, v in data.items()}
+        else:
+            raise FileProblem(f"wav2vec2 folder {path} has no model.safetensors (or pytorch_model.bin)")
+        files.append(weights)
+        if (path / "preprocessor_config.json").is_file():
+            files.append(path / "preprocessor_config.json")
+    else:
+        if path.suffix != ".safetensors":
+            raise FileProblem(f"{path}: a single wav2vec2 file must be .safetensors")
+        weights, shapes, config = path, safetensors_shapes(path), None
+        files.append(path)
+    try:
+        state = normalize_state_dict(_meta_tensors(shapes), os.fspath(weights))
+        if config is None:
+            config = infer_config(state, os.fspath(weights))
+    except Wav2Vec2WeightsError as err:
+        raise FileProblem(str(err)) from None
+    with torch.device("meta"):
+        model = Wav2Vec2Model(config)
+    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in state.items()}, os.fspath(weights),
+                   "Wav2Vec2Model", ignore=set(_TRAINING_ONLY))
+    return f"Wav2Vec2Model hidden {config.hidden_size} x {config.num_hidden_layers} layers", files
+
+
+def emotion2vec_weights(folder: Path) -> Path | None:
+    for name in ("model.pt", "model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def check_emotion2vec(folder: Path) -> tuple[str, list[Path]]:
+    import torch
+
+    from .audio.emotion2vec import Emotion2Vec, Emotion2VecConfig, match_checkpoint_keys, read_checkpoint
+
+    config_path = folder / "config.yaml"
+    weights = emotion2vec_weights(folder)
+    if weights is None:
+        raise FileProblem(f"{folder} holds neither model.pt nor model.safetensors")
+    if not config_path.is_file():
+        raise FileProblem(f"{folder} has no config.yaml (emotion2vec's architecture is read from it)")
+    try:
+        config = Emotion2VecConfig.from_yaml(config_path)
+    except Exception as err:  # noqa: BLE001 - YAML and value errors
+        raise FileProblem(f"{config_path}: not a usable emotion2vec config ({err})") from None
+    with torch.device("meta"):
+        model = Emotion2Vec(config)
+    if weights.suffix == ".safetensors":
+        tensors = _meta_tensors(safetensors_shapes(weights))
+    else:
+        try:
+            tensors = read_checkpoint(weights)  # the run-time loader: torch.load(weights_only=True), memory-mapped
+        except ValueError as err:
+            raise FileProblem(str(err)) from None
+    try:
+        match_checkpoint_keys(tensors, model.state_dict(), os.fspath(weights))
+    except ValueError as err:
+        raise FileProblem(str(err)) from None
+    return f"emotion2vec {config.embed_dim}-d, {config.prenet_depth}+{config.depth} blocks", [config_path, weights]
+
+
+def check_onnx(path: Path, kind: str) -> tuple[str, list[Path]]:
+    providers = ["CPUExecutionProvider"]
+    try:
+        if kind == "scrfd":
+            from .face.scrfd import ScrfdDetector
+
+            model = ScrfdDetector(path, providers=providers)
+            detail = f"SCRFD, input {model.session.get_inputs()[0].shape}, {len(model.output_names)} outputs"
+        elif kind == "arcface":
+            from .face.arcface import ArcFaceEmbedder
+
+            model = ArcFaceEmbedder(path, providers=providers)
+            detail = f"ArcFace, {model.input_size}x{model.input_size} face -> 512-d embedding"
+        else:
+            from .audio.separation import MDXVocalSeparator
+
+            model = MDXVocalSeparator(path, providers=providers)
+            detail = f"MDX-Net, input [batch, 4, {model.params.dim_f}, {model.params.dim_t}]"
+    except ImportError as err:
+        raise FileProblem(f"{path}: cannot be checked without onnxruntime ({err})") from None
+    except (ValueError, RuntimeError) as err:  # FaceModelError / VocalSeparationUnavailable are ValueError/RuntimeError
+        raise FileProblem(str(err)) from None
+    return detail, [path]
+
+
+def check_item_at(item: Item, path: Path) -> tuple[str, list[Path]]:
+    """Check one found location of `item`; raises FileProblem when it cannot be used."""
+    if item.kind == "memo":
+        return check_memo_component(path, item.component)
+    if item.kind == "vae":
+        return check_vae(path)
+    if item.kind == "wav2vec2":
+        return check_wav2vec2(path)
+    if item.kind == "emotion2vec":
+        return check_emotion2vec(path)
+    return check_onnx(path, item.kind)
+
+
+# ------------------------------------------------------------------ where things are looked for
+
+def hf_snapshots(folder: Path, source: Source) -> list[Path]:
+    """Snapshot folders of `source` in a Hugging Face cache folder (refs/<revision> first)."""
+    repo = folder / source.cache_name
+    snaps = repo / "snapshots"
+    if not snaps.is_dir():
+        return []
+    found = []
+    ref = repo / "refs" / source.revision
+    if ref.is_file():
+        pinned = snaps / ref.read_text().strip()
+        if pinned.is_dir():
+            found.append(pinned)
+    found += sorted((p for p in snaps.iterdir() if p.is_dir() and p not in found), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    return found
+
+
+def _dirs_with(root: Path, marker: str, depth: int = 2) -> list[Path]:
+    out = []
+    if depth <= 0 or not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        if (child / marker).is_file():
+            out.append(child)
+        else:
+            out += _dirs_with(child, marker, depth - 1)
+    return out
+
+
+def memo_roots(models: Path) -> list[Path]:
+    roots = [models / MEMO_DIR]
+    roots += _dirs_with(models / "memo", MEMO_MARKER)
+    roots += hf_snapshots(models / "memo", MEMO_SOURCE) + hf_snapshots(models, MEMO_SOURCE)
+    if (models / MEMO_MARKER).is_file():
+        roots.append(models)
+    return list(dict.fromkeys(roots))
+
+
+def candidates(item: Item, models: Path) -> list[Path]:
+    """Every place `item` is looked for under the models folder, the preferred one first."""
+    models = Path(models)
+    if item.kind == "memo":
+        sub = item.dest[len(MEMO_DIR) + 1:]
+        return [root / sub for root in memo_roots(models)]
+    if item.kind in ("scrfd", "arcface"):
+        name = DETECTOR_FILE if item.kind == "scrfd" else RECOGNIZER_FILE
+        places = [root / "misc/face_analysis/models" / name for root in memo_roots(models)]
+        face = models / "insightface"
+        places += [face / "models/antelopev2" / name, face / "antelopev2" / name, face / "models" / name, face / name]
+        places += [d / name for d in _dirs_with(face, name, depth=3)]
+        return list(dict.fromkeys(places))
+    if item.kind == "mdx":
+        places = [root / "misc/vocal_separator" / KIM_VOCAL_FILE for root in memo_roots(models)]
+        return places + [models / "vocal_separator" / KIM_VOCAL_FILE]
+    if item.kind == "vae":
+        folder = models / "vae"
+        places = [folder / VAE_FILE, folder / "sd-vae-ft-mse"]
+        places += [s / VAE_FILE for s in hf_snapshots(folder, VAE_SOURCE) + hf_snapshots(models, VAE_SOURCE)]
+        diffusers_vae = Source("stabilityai/sd-vae-ft-mse", "MIT")
+        places += hf_snapshots(folder, diffusers_vae) + hf_snapshots(models, diffusers_vae)
+        places += _dirs_with(folder, "diffusion_pytorch_model.safetensors", depth=1)
+        return list(dict.fromkeys(places))
+    if item.kind == "wav2vec2":
+        folder = models / "audio_encoders"
+        places = [models / WAV2VEC_DIR]
+        places += hf_snapshots(folder, WAV2VEC_SOURCE) + hf_snapshots(models, WAV2VEC_SOURCE)
+        places += [d for d in _dirs_with(folder, "config.json", depth=2) if "wav2vec2" in d.name.lower()]
+        if folder.is_dir():
+            places += sorted(p for p in folder.glob("*.safetensors") if "wav2vec2" in p.name.lower())
+        return list(dict.fromkeys(places))
+    if item.kind == "emotion2vec":
+        folder = models / "emotion2vec"
+        places = [models / EMOTION2VEC_DIR]
+        places += hf_snapshots(folder, EMOTION2VEC_SOURCE) + hf_snapshots(models, EMOTION2VEC_SOURCE)
+        places += _dirs_with(folder, "config.yaml", depth=2)
+        return list(dict.fromkeys(places))
+    raise ValueError(f"unknown item kind {item.kind!r}")
+
+
+# ------------------------------------------------------------------ results
+
+@dataclass
+class ItemStatus:
+    item: Item
+    status: str  # "found" | "missing" | "unusable"
+    path: Path | None
+    expected: Path
+    searched: list[Path] = field(default_factory=list)
+    size: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "found"
+
+
+def check_item(item: Item, models: Path) -> ItemStatus:
+    models = Path(models)
+    places = candidates(item, models)
+    expected = models / item.dest
+    for place in places:
+        if not place.exists():
+            continue
+        try:
+            detail, files = check_item_at(item, place)
+        except FileProblem as err:
+            return ItemStatus(item, "unusable", place, expected, places, _file_size(_files_in(place)), str(err))
+        except OSError as err:
+            return ItemStatus(item, "unusable", place, expected, places, None, f"{place}: {err}")
+        return ItemStatus(item, "found", place, expected, places, _file_size(files), detail)
+    return ItemStatus(item, "missing", None, expected, places, None, "not found")
+
+
+def _files_in(path: Path) -> list[Path]:
+    if path.is_dir():
+        return [p for p in path.iterdir() if p.is_file()]
+    return [path]
+
+
+@dataclass
+class Report:
+    models: Path
+    items: list[ItemStatus]
+
+    def feature_ok(self, feature: str) -> bool:
+        return all(s.ok for s in self.items if s.item.feature == feature)
+
+    @property
+    def core_ok(self) -> bool:
+        return self.feature_ok("core")
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for feature in FEATURES:
+            states = [s for s in self.items if s.item.feature == feature]
+            if not states:
+                continue
+            bad = [s for s in states if not s.ok]
+            if not bad:
+                lines.append(f"{feature:8s} OK       {FEATURE_TITLES[feature]}: all {len(states)} found and loadable")
+            else:
+                what = ", ".join(f"{s.item.title} {s.status}" for s in bad)
+                verdict = "MISSING" if all(s.status == "missing" for s in bad) else "BROKEN"
+                lines.append(f"{feature:8s} {verdict:8s} {FEATURE_TITLES[feature]}: {what}")
+        return lines
+
+
+def check_models(models: str | os.PathLike, features=FEATURES) -> Report:
+    models = Path(models)
+    return Report(models, [check_item(item, models) for item in items_for(features)])
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1000
+    return f"{size:.2f} GB"
+
+
+def format_report(report: Report, verbose: bool = True) -> str:
+    lines = [f"model folder: {report.models}"]
+    if verbose:
+        for s in report.items:
+            head = f"[{s.status:8s}] {s.item.feature:7s} {s.item.title}"
+            if s.ok:
+                lines.append(f"{head}: {s.path} ({format_size(s.size)}; {s.detail})")
+                continue
+            lines.append(f"{head}: {s.detail}" if s.status == "unusable" else head)
+            if s.path is not None:
+                lines.append(f"    at {s.path} ({format_size(s.size)})")
+            lines.append(f"    should be at {s.expected}  (from {s.item.source.page})")
+            if s.status == "missing":
+                shown = s.searched[:6]
+                more = f" and {len(s.searched) - len(shown)} more" if len(s.searched) > len(shown) else ""
+                lines.append("    looked in: " + ", ".join(map(os.fspath, shown)) + more)
+    lines += report.summary_lines()
+    if not report.core_ok:
+        lines.append("core generation cannot run; `python -m memo_pipeline models fetch` downloads the missing files")
+    return "\n".join(lines)
+
+
+def missing_hint(files: str, searched, feature: str) -> str:
+    """The sentence loaders append when they cannot find their files."""
+    where = ", ".join(map(os.fspath, searched)) if searched else "(no folder registered)"
+    return (f"needs {files}; searched {where}. Run `{FIX_CHECK}` to see what is missing and where it goes, "
+            f"or `{FIX_FETCH} --only {feature}` to download it")
