@@ -42,8 +42,6 @@ FEATURE_TITLES = {
     "vocals": "vocal separation",
 }
 
-FIX_CHECK = "python -m memo_pipeline models check --comfyui COMFYUI_DIR"
-FIX_FETCH = "python -m memo_pipeline models fetch --comfyui COMFYUI_DIR"
 
 
 @dataclass(frozen=True)
@@ -395,8 +393,11 @@ def check_onnx(path: Path, kind: str) -> tuple[str, list[Path]]:
         else:
             from .audio.separation import MDXVocalSeparator
 
+            from .audio.separation import KIM_VOCAL_2_HASH, uvr_model_hash
+
             model = MDXVocalSeparator(path, providers=providers)
-            detail = f"MDX-Net, input [batch, 4, {model.params.dim_f}, {model.params.dim_t}]"
+            known = "the Kim_Vocal_2 release" if uvr_model_hash(path) == KIM_VOCAL_2_HASH else "not the Kim_Vocal_2 release file"
+            detail = f"MDX-Net, input [batch, 4, {model.params.dim_f}, {model.params.dim_t}], {known}"
     except ImportError as err:
         raise FileProblem(f"{path}: cannot be checked without onnxruntime ({err})") from None
     except (ValueError, RuntimeError) as err:  # FaceModelError / VocalSeparationUnavailable are ValueError/RuntimeError
@@ -552,6 +553,15 @@ class Report:
     def core_ok(self) -> bool:
         return self.feature_ok("core")
 
+    @property
+    def broken(self) -> list[ItemStatus]:
+        return [s for s in self.items if s.status == "unusable"]
+
+    @property
+    def exit_code(self) -> int:
+        """0: core generation can run and no file that was found is broken; 1 otherwise."""
+        return 0 if self.core_ok and not self.broken else 1
+
     def summary_lines(self) -> list[str]:
         lines = []
         for feature in FEATURES:
@@ -600,13 +610,19 @@ def format_report(report: Report, verbose: bool = True) -> str:
                 more = f" and {len(s.searched) - len(shown)} more" if len(s.searched) > len(shown) else ""
                 lines.append("    looked in: " + ", ".join(map(os.fspath, shown)) + more)
     lines += report.summary_lines()
+    fetch = f"python -m memo_pipeline models fetch --models {os.fspath(report.models)}"
     if not report.core_ok:
-        lines.append("core generation cannot run; `python -m memo_pipeline models fetch` downloads the missing files")
+        lines.append(f"core generation cannot run; `{fetch}` downloads what is missing or broken")
+    elif report.broken:
+        lines.append(f"core generation can run, but some files are broken; `{fetch}` replaces them")
     return "\n".join(lines)
 
 
-def missing_hint(files: str, searched, feature: str) -> str:
-    """The sentence loaders append when they cannot find their files."""
-    where = ", ".join(map(os.fspath, searched)) if searched else "(no folder registered)"
-    return (f"needs {files}; searched {where}. Run `{FIX_CHECK}` to see what is missing and where it goes, "
-            f"or `{FIX_FETCH} --only {feature}` to download it")
+def missing_hint(files: str, searched, feature: str, models_dir: str | os.PathLike | None = None) -> str:
+    """The sentence loaders append when they cannot find their files: which files, the folders
+    searched and the two commands (with the real models folder when it is known)."""
+    where = ", ".join(map(os.fspath, searched)) if searched else "(no model folder registered)"
+    target = f"--models {os.fspath(models_dir)}" if models_dir else "--comfyui COMFYUI_DIR"
+    return (f"needs {files}; searched {where}. Run `python -m memo_pipeline models check {target}` to see what is "
+            f"missing and where it goes, or `python -m memo_pipeline models fetch {target} --only {feature}` "
+            "to download it")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         report = check_models(models)
         print(format_report(report, verbose=not args.quiet))
-        return 0 if report.core_ok else 1
+        return report.exit_code
     from .model_fetch import main_fetch
 
     return main_fetch(models, args.only, args.yes)

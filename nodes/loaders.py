@@ -35,22 +35,47 @@ AUDIO_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 EMOTION2VEC_FILES = ("model.safetensors", "model.pt")
 
 
-def split_choice(choice: str, input_name: str) -> tuple[str, str]:
+# What each loader input needs (named in the error when it is not found) and the `models fetch --only` feature.
+NEEDED_FILES = {
+    "checkpoint": ("the MEMO release folder memo/memo (reference_net/, diffusion_net/, image_proj/, audio_proj/ "
+                   "of memoavatar/memo)", "core"),
+    "audio_encoder": ("wav2vec2-base-960h (config.json, model.safetensors, preprocessor_config.json) in "
+                      "audio_encoders/wav2vec2-base-960h", "core"),
+    "emotion2vec": ("emotion2vec_plus_large (config.yaml + model.pt) in emotion2vec/emotion2vec_plus_large", "emotion"),
+    "classifier_checkpoint": ("misc/audio_emotion_classifier/ of the MEMO release", "emotion"),
+    "face_models": ("scrfd_10g_bnkps.onnx and glintr100.onnx (misc/face_analysis/models/ of the MEMO release, "
+                    "or insightface/models/antelopev2/)", "face"),
+    "model": ("Kim_Vocal_2.onnx (misc/vocal_separator/ of the MEMO release, or vocal_separator/)", "vocals"),
+}
+
+
+def missing_files_hint(input_name: str, folders: tuple[str, ...]) -> str:
+    """Which files the input needs, the folders searched and the commands that find / fetch them."""
+    from ..memo_pipeline.model_files import missing_hint
+
+    files, feature = NEEDED_FILES.get(input_name, ("its model files", "core"))
+    roots = [root for folder in folders for root in _safe_list(lambda f=folder: host_mod.get_host().model_roots(f))]
+    models_dir = os.path.dirname(os.path.normpath(roots[0])) if roots else None
+    return missing_hint(files, roots, feature, models_dir)
+
+
+def split_choice(choice: str, input_name: str, allowed: tuple[str, ...] = ()) -> tuple[str, str]:
     """'folder/rest' -> ('folder', 'rest'); a bare 'folder' means the folder itself ('.')."""
     if not isinstance(choice, str) or not choice.strip():
-        raise ValueError(f"input '{input_name}' is empty; pick a model from the list")
+        raise ValueError(f"input '{input_name}' is empty: no model was found to pick from the list; "
+                         + missing_files_hint(input_name, allowed))
     folder, _, rest = choice.strip().partition("/")
     return folder, rest or "."
 
 
 def resolve_choice(choice: str, input_name: str, allowed: tuple[str, ...], kind: str = "any") -> str:
-    folder, rest = split_choice(choice, input_name)
+    folder, rest = split_choice(choice, input_name, allowed)
     if folder not in allowed:
         raise ValueError(f"input '{input_name}': '{choice}' is not under models/{' or models/'.join(allowed)}")
     try:
         return host_mod.get_host().resolve(folder, rest, kind)
     except ValueError as exc:
-        raise ValueError(f"input '{input_name}': {exc}") from exc
+        raise ValueError(f"input '{input_name}': {exc}. It {missing_files_hint(input_name, (folder,))}") from exc
 
 
 def _safe_list(fn) -> list[str]:
@@ -237,7 +262,8 @@ class MemoEmotionModelLoader:
         if os.path.isdir(folder):
             found = [os.path.join(folder, n) for n in EMOTION2VEC_FILES if os.path.isfile(os.path.join(folder, n))]
             if not found:
-                raise ValueError(f"input 'emotion2vec': {folder} holds neither {' nor '.join(EMOTION2VEC_FILES)}")
+                raise ValueError(f"input 'emotion2vec': {folder} holds neither {' nor '.join(EMOTION2VEC_FILES)}; it "
+                                 + missing_files_hint("emotion2vec", (host_mod.EMOTION2VEC_FOLDER,)))
             weights = found[0]
         device, torch_dtype = host_mod.get_host().offload_device(), resolve_dtype(dtype)
         with user_errors(f"emotion2vec '{emotion2vec}'"):
@@ -246,7 +272,8 @@ class MemoEmotionModelLoader:
         sub, cls, _ = COMPONENTS["emotion_classifier"]
         with user_errors(f"classifier_checkpoint '{classifier_checkpoint}'"):
             if not os.path.isdir(os.path.join(root, sub)):
-                raise ValueError(f"{root} has no {sub}/ (the emotion classifier of the MEMO release)")
+                raise ValueError(f"{root} has no {sub}/ (the emotion classifier of the MEMO release); it "
+                                 + missing_files_hint("classifier_checkpoint", (host_mod.MEMO_FOLDER,)))
             classifier = load_component(os.path.join(root, sub), cls, dtype=torch_dtype, device=device)
         return (MemoEmotionModel(backbone, classifier, f"{emotion2vec} + {classifier_checkpoint}"),)
 
@@ -283,7 +310,8 @@ class MemoFaceModelLoader:
         detector, recognizer = find_face_models(root)
         if detector is None or recognizer is None:
             raise ValueError(f"input 'face_models': {root} lacks "
-                             f"{'scrfd_10g_bnkps.onnx' if detector is None else 'glintr100.onnx'}")
+                             f"{'scrfd_10g_bnkps.onnx' if detector is None else 'glintr100.onnx'}; it "
+                             + missing_files_hint("face_models", (host_mod.MEMO_FOLDER, host_mod.FACE_FOLDER)))
         if detection_size % 32:
             raise ValueError(f"input 'detection_size' must be a multiple of 32, got {detection_size}")
         with user_errors(f"face_models '{face_models}'"):
