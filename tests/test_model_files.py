@@ -302,3 +302,23 @@ def test_nothing_but_the_fetch_command_imports_the_fetcher():
     assert users == ["memo_pipeline/models_cli.py"]
     source = (root / "memo_pipeline/models_cli.py").read_text()
     assert source.count("from .model_fetch import") == 1 and "    from .model_fetch import main_fetch" in source
+
+
+def test_editor_workflows_carry_the_vae_download_metadata_the_frontend_reads():
+    """Frontend 1.35.9 (ComfyUI 0.8.0) collects node.properties.models entries whose `name` is one of
+    the node's string widget values, and offers a download only for https://huggingface.co/ URLs of
+    .safetensors files into a known model `directory`."""
+    root = Path(__file__).resolve().parents[1] / "workflows"
+    vae = mf.ITEMS_BY_KEY["vae"]
+    (repo_path, local), = vae.files
+    editors = sorted(p for p in root.glob("*.json") if not p.name.endswith("_api.json"))
+    assert editors
+    for path in editors:
+        graph = json.loads(path.read_text())
+        offered = []
+        for node in graph["nodes"]:
+            names = {v for v in node["widgets_values"] if isinstance(v, str) and v.strip()}
+            offered += [m for m in node["properties"].get("models", []) if m["name"] in names]
+        assert offered == [{"name": Path(local).name, "directory": local.split("/")[0],
+                            "url": f"https://huggingface.co/{vae.source.repo_id}/resolve/{vae.source.revision}/{repo_path}"}]
+        assert offered[0]["url"].startswith("https://huggingface.co/") and offered[0]["name"].endswith(".safetensors")

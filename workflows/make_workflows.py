@@ -46,6 +46,12 @@ VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
 WAV2VEC = "audio_encoders/wav2vec2-base-960h"
 EMOTION2VEC = "emotion2vec/emotion2vec_plus_large"
 KIM_VOCAL = f"{MEMO}/misc/vocal_separator/Kim_Vocal_2.onnx"
+# Download metadata the ComfyUI frontend reads from a node's properties.models (frontend 1.35.9, the one ComfyUI
+# 0.8.0 pins: entries whose name equals one of the node's widget values are offered in its "Missing Models"
+# dialog when models/<directory> lacks that file; only https://huggingface.co/ URLs and .safetensors names are
+# downloadable there). Only single-file models qualify: the VAE. The folder models stay with `models fetch`.
+VAE_DOWNLOAD = {"name": VAE_FILE, "directory": "vae",
+                "url": f"https://huggingface.co/stabilityai/sd-vae-ft-mse-original/resolve/main/{VAE_FILE}"}
 
 
 def L(node: int, slot: int = 0) -> tuple:  # noqa: N802 - reads like a link in the tables below
@@ -53,15 +59,15 @@ def L(node: int, slot: int = 0) -> tuple:  # noqa: N802 - reads like a link in t
     return ("link", node, slot)
 
 
-def N(node_type: str, pos, inputs: dict, title: str | None = None, size=(320, 120)) -> dict:  # noqa: N802
-    return {"type": node_type, "pos": list(pos), "inputs": inputs, "title": title, "size": list(size)}
+def N(node_type: str, pos, inputs: dict, title: str | None = None, size=(320, 120), models=None) -> dict:  # noqa: N802
+    return {"type": node_type, "pos": list(pos), "inputs": inputs, "title": title, "size": list(size), "models": models}
 
 
 def _common_loaders(x0: int = 0) -> dict[int, dict]:
     return {
         1: N("LoadImage", (x0, 0), {"image": "portrait.png"}, "Portrait", (320, 340)),
         2: N("LoadAudio", (x0, 380), {"audio": "speech.wav"}, "Speech", (320, 140)),
-        3: N("VAELoader", (x0, 560), {"vae_name": VAE_FILE}, None, (320, 60)),
+        3: N("VAELoader", (x0, 560), {"vae_name": VAE_FILE}, None, (320, 60), models=[VAE_DOWNLOAD]),
         4: N("MemoModelLoader", (x0, 660), {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
         5: N("MemoAudioEncoderLoader", (x0, 820), {"audio_encoder": WAV2VEC, "dtype": "fp32"}, None, (320, 90)),
     }
@@ -263,6 +269,8 @@ def to_editor(nodes: dict[int, dict], pack, name: str, description: str) -> dict
         entry = {"id": nid, "type": node["type"], "pos": node["pos"], "size": node["size"], "flags": {},
                  "order": order[nid], "mode": 0, "inputs": inputs, "outputs": outputs,
                  "properties": {"Node name for S&R": node["type"]}, "widgets_values": widgets}
+        if node.get("models"):
+            entry["properties"]["models"] = node["models"]
         if node["title"]:
             entry["title"] = node["title"]
         editor_nodes.append(entry)
