@@ -232,22 +232,73 @@ def check_memo_component(folder: Path, component: str) -> tuple[str, list[Path]]
     return f"{cls.__name__}, {len(shapes)} tensors match config.json", [folder / "config.json", *weights]
 
 
-def _vae_config_from_ldm(shapes: dict, source: str) -> dict:
-    """diffusers AutoencoderKL config read off an original-layout (LDM) VAE's tensor shapes."""
+LDM_PREFIX = "first_stage_model."
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict:
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(length)).get("__metadata__") or {}
+
+
+def ldm_vae_config(shapes: dict, metadata: dict, source: str) -> dict:
+    """diffusers AutoencoderKL config of an original-layout (LDM) VAE, read off its tensor shapes.
+
+    Shapes cannot tell the GroupNorm group count: Stable Diffusion VAEs use 32 (all their widths are
+    multiples of 32); a file with other widths must say it in its metadata (`norm_num_groups`)."""
     try:
         levels = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down.")})
         widths = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in levels]
         blocks = len({k.split(".")[4] for k in shapes if k.startswith("encoder.down.0.block.")})
-        latent = shapes["quant_conv.weight"][0] // 2
-        groups_width = shapes["encoder.conv_in.weight"][0]
+        config = {
+            "in_channels": shapes["encoder.conv_in.weight"][1], "out_channels": shapes["decoder.conv_out.weight"][0],
+            "latent_channels": shapes["quant_conv.weight"][0] // 2, "block_out_channels": widths,
+            "layers_per_block": blocks, "down_block_types": ["DownEncoderBlock2D"] * len(widths),
+            "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+        }
     except (KeyError, IndexError, ValueError):
         raise FileProblem(f"{source} is not a Stable Diffusion VAE in the original layout (no encoder.down.* / quant_conv)") from None
-    return {
-        "in_channels": shapes["encoder.conv_in.weight"][1], "out_channels": shapes["decoder.conv_out.weight"][0],
-        "latent_channels": latent, "block_out_channels": widths, "layers_per_block": blocks,
-        "down_block_types": ["DownEncoderBlock2D"] * len(widths), "up_block_types": ["UpDecoderBlock2D"] * len(widths),
-        "norm_num_groups": 32 if groups_width % 32 == 0 else math.gcd(groups_width, 32),
-    }
+    if "norm_num_groups" in metadata:
+        config["norm_num_groups"] = int(metadata["norm_num_groups"])
+    elif all(w % 32 == 0 for w in widths):
+        config["norm_num_groups"] = 32
+    else:
+        raise FileProblem(f"{source}: widths {widths} are not those of a Stable Diffusion VAE and the file does not "
+                          "say its GroupNorm group count (metadata 'norm_num_groups')")
+    return config
+
+
+def _ldm_vae(path: Path, tensors: dict, device: str):
+    """AutoencoderKL built for the single-file VAE at `path` and its converted state dict."""
+    import torch
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if any(k.startswith(LDM_PREFIX) for k in tensors):
+        tensors = {k[len(LDM_PREFIX):]: v for k, v in tensors.items() if k.startswith(LDM_PREFIX)}
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    config = ldm_vae_config(shapes, safetensors_metadata(path), os.fspath(path))
+    try:
+        with torch.device(device):
+            model = AutoencoderKL(**config)
+        converted = convert_ldm_vae_checkpoint(tensors, dict(model.config))
+    except Exception as err:  # noqa: BLE001
+        raise FileProblem(f"{path}: cannot be converted to a diffusers VAE ({err})") from None
+    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in converted.items()}, os.fspath(path),
+                   f"AutoencoderKL(block_out_channels={config['block_out_channels']})")
+    return model, converted, config
+
+
+def load_single_file_vae(path: str | os.PathLike):
+    """An original-layout single-file VAE (as kept in ComfyUI's models/vae) as a diffusers AutoencoderKL,
+    built from its own shapes: no config is downloaded (diffusers' from_single_file fetches one)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    safetensors_shapes(path)  # a clear error for truncated files
+    model, converted, _ = _ldm_vae(path, load_file(os.fspath(path)), "cpu")
+    model.load_state_dict({k: v.reshape(model.state_dict()[k].shape) for k, v in converted.items()}, strict=True)
+    return model
 
 
 def check_vae(path: Path) -> tuple[str, list[Path]]:
@@ -273,20 +324,7 @@ def check_vae(path: Path) -> tuple[str, list[Path]]:
     if path.suffix != ".safetensors":
         raise FileProblem(f"{path}: only .safetensors VAE files are read")
     shapes = safetensors_shapes(path)
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    prefixed = [k for k in shapes if k.startswith("first_stage_model.")]
-    if prefixed:
-        shapes = {k[len("first_stage_model."):]: v for k, v in shapes.items() if k.startswith("first_stage_model.")}
-    config = _vae_config_from_ldm(shapes, os.fspath(path))
-    try:
-        with torch.device("meta"):
-            model = AutoencoderKL(**config)
-        converted = convert_ldm_vae_checkpoint(_meta_tensors(shapes), dict(model.config))
-    except Exception as err:  # noqa: BLE001
-        raise FileProblem(f"{path}: cannot be converted to a diffusers VAE ({err})") from None
-    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in converted.items()}, os.fspath(path),
-                   f"AutoencoderKL(block_out_channels={config['block_out_channels']})")
+    _, _, config = _ldm_vae(path, _meta_tensors(shapes), "meta")
     return f"single-file SD VAE, {len(shapes)} tensors, widths {config['block_out_channels']}", [path]
 
 

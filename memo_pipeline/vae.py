@@ -46,7 +46,9 @@ class DiffusersVAE:
         if os.path.isdir(path):
             vae = AutoencoderKL.from_pretrained(path, use_safetensors=True, local_files_only=True)
         elif path.endswith(".safetensors") and os.path.isfile(path):
-            vae = AutoencoderKL.from_single_file(path, local_files_only=True)
+            from .model_files import load_single_file_vae  # config from the file's shapes: nothing downloaded
+
+            vae = load_single_file_vae(path)
         else:
             raise ValueError(f"VAE '{path}' is neither a diffusers folder nor a .safetensors file")
         torch.nn.Module.to(vae, device=device, dtype=dtype)

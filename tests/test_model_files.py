@@ -149,9 +149,9 @@ def test_hugging_face_cache_inside_a_comfyui_model_folder(tree, tmp_path):
 # ------------------------------------------------------------------ broken files
 
 def _rewrite(path: Path, edit) -> None:
-    tensors = load_file(str(path))
+    tensors, metadata = load_file(str(path)), mf.safetensors_metadata(path)
     edit(tensors)
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata or None)
 
 
 def _expect_broken(models, key, *needles, capsys=None):
@@ -322,3 +322,22 @@ def test_editor_workflows_carry_the_vae_download_metadata_the_frontend_reads():
         assert offered == [{"name": Path(local).name, "directory": local.split("/")[0],
                             "url": f"https://huggingface.co/{vae.source.repo_id}/resolve/{vae.source.revision}/{repo_path}"}]
         assert offered[0]["url"].startswith("https://huggingface.co/") and offered[0]["name"].endswith(".safetensors")
+
+
+def test_single_file_vae_loads_offline_and_equals_the_diffusers_folder(tmp_path, monkeypatch):
+    """The file `models fetch` installs in models/vae is usable by `generate` without a download:
+    built from its own shapes, it decodes exactly like the same weights in a diffusers folder."""
+    from memo_pipeline.tiny import write_tiny_vae
+    from memo_pipeline.vae import DiffusersVAE
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    single = DiffusersVAE.from_pretrained(write_tiny_vae_single_file(tmp_path / "vae.safetensors", seed=5))
+    folder = DiffusersVAE.from_pretrained(write_tiny_vae(tmp_path / "vae", seed=5))
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(single.decode(latents), folder.decode(latents))
+    frames = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert torch.equal(single.encode(frames), folder.encode(frames))
+    plain = tmp_path / "no_groups.safetensors"
+    save_file(load_file(str(tmp_path / "vae.safetensors")), str(plain))
+    with pytest.raises(ValueError, match="GroupNorm group count"):
+        DiffusersVAE.from_pretrained(plain)
