@@ -3,10 +3,11 @@ and the ONNX stand-ins of the face / separation tests (shared by test_model_file
 
 from __future__ import annotations
 
-import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -106,6 +107,15 @@ def repo_contents(models: Path) -> dict[str, dict[str, bytes]]:
     return repos
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Any connection to something other than 127.0.0.1 fails the test."""
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

@@ -23,7 +23,7 @@ import pytest
 
 from memo_pipeline import model_files as mf
 from memo_pipeline.cli import main
-from model_trees import repo_contents, write_release_tree
+from model_trees import loopback_only, repo_contents, write_release_tree  # noqa: F401 - autouse fixture
 
 pytest.importorskip("onnx")
 
@@ -126,18 +126,9 @@ class FakeHub:
         self.server.server_close()
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Any connection to something other than 127.0.0.1 fails the test."""
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to connect to {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+def test_the_socket_guard_refuses_other_hosts():
+    with socket.socket() as sock, pytest.raises(AssertionError, match="192.0.2.1"):
+        sock.connect(("192.0.2.1", 443))  # TEST-NET-1: refused by the guard before any packet is sent
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from memo_pipeline import model_files as mf
 from memo_pipeline.cli import main
-from model_trees import repo_contents, write_release_tree, write_tiny_vae_single_file
+from model_trees import loopback_only, repo_contents, write_release_tree, write_tiny_vae_single_file  # noqa: F401
 
 pytest.importorskip("onnx")
 
