@@ -26,13 +26,10 @@ are opened with onnxruntime by the same classes that run them; emotion2vec's ``c
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 FEATURES = ("core", "emotion", "face", "vocals")
 FEATURE_TITLES = {
