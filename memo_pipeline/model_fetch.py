@@ -185,6 +185,9 @@ def fetch(models: str | os.PathLike, features=FEATURES, assume_yes: bool = False
     if not files:
         log(f"nothing to fetch: everything for {', '.join(features)} is in {models} and loads")
         return 0
+    from huggingface_hub import close_session
+
+    close_session()  # a fresh HTTP client, so this run's proxy variables apply
     try:
         resolve_metadata(files)
     except FetchError as err:

@@ -17,7 +17,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -68,7 +68,9 @@ class FakeHub:
                 hub.log.append((self.command, unquote(self.path), rng, self.headers.get("Authorization")))
                 if hub.down:
                     return self.reply(503, body=b"service unavailable")
-                parts = unquote(self.path).lstrip("/").split("/")
+                # a request sent through an HTTP proxy names the whole URL (the server doubles as the proxy)
+                path = urlsplit(self.path).path if self.path.startswith("http://") else self.path
+                parts = unquote(path).lstrip("/").split("/")
                 if len(parts) < 5 or parts[2] != "resolve":
                     return self.reply(404)
                 repo, name = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
@@ -149,6 +151,7 @@ def hub(release, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     yield server
     server.close()
+    huggingface_hub.close_session()  # no HTTP client configured by one test leaks into the next
 
 
 def fetch(capsys, comfy: Path, *args) -> tuple[int, str]:
@@ -301,3 +304,15 @@ def test_already_complete_tree_needs_no_network(release, tmp_path, capsys, monke
     shutil.copytree(release, comfy / "models")
     code, out = fetch(capsys, comfy, "--yes")
     assert code == 0 and "nothing to fetch" in out
+
+
+def test_proxy_settings_are_honoured(hub, comfy, capsys, monkeypatch):
+    """With HTTP_PROXY set, every request goes to the proxy (here the fake hub itself, on 127.0.0.1),
+    naming a mirror host that is never resolved or contacted directly."""
+    mirror = "http://mirror.example.invalid"
+    monkeypatch.setenv("HF_ENDPOINT", mirror)
+    monkeypatch.setenv("HTTP_PROXY", hub.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+    assert code == 0, out
+    assert hub.log and all(path.startswith(f"{mirror}/memoavatar/memo/resolve/main/") for _, path, _, _ in hub.log)
