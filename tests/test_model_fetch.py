@@ -194,6 +194,20 @@ def test_fetch_installs_exactly_the_needed_files_and_check_passes(hub, comfy, re
     hub.log.clear()
     code, out = fetch(capsys, comfy, "--yes")
     assert code == 0 and "nothing to fetch" in out and hub.log == []
+    # the fetched files are what `generate` reads (single-file VAE, wav2vec2 folder, emotion2vec model.pt),
+    # and generating touches no network (the socket guard refuses anything but 127.0.0.1, the hub sees nothing)
+    from memo_pipeline.cli import make_test_portrait, make_test_tone
+    from memo_pipeline.video_io import read_video_info
+
+    work = comfy.parent / "work"
+    (work / "no-face-models").mkdir(parents=True)
+    video = work / "out.mp4"
+    code = main(["generate", "--checkpoint", str(models / mf.MEMO_DIR), "--vae", str(models / "vae" / mf.VAE_FILE),
+                 "--wav2vec", str(models / mf.WAV2VEC_DIR), "--emotion2vec", str(models / mf.EMOTION2VEC_DIR / "model.pt"),
+                 "--image", str(make_test_portrait(work / "portrait.png", 64)),
+                 "--audio", str(make_test_tone(work / "tone.wav", 1.0)), "--out", str(video), "--resolution", "64",
+                 "--steps", "1", "--face-models", str(work / "no-face-models"), "--allow-no-face", "--no-progress"])
+    assert code == 0 and read_video_info(video)["frames"] == 30 and hub.log == []
 
 
 def test_only_fetches_only_its_files(hub, comfy, capsys):
