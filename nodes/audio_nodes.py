@@ -21,7 +21,7 @@ from .common import (
     trim_audio,
     user_errors,
 )
-from .loaders import VOCAL_SUBPATH, resolve_choice, vocal_model_choices, _safe_list
+from .loaders import VOCAL_SUBPATH, choices_or_hint, resolve_choice, vocal_model_choices
 from .memo_types import (
     MEMO_AUDIO,
     MEMO_AUDIO_ENCODER,
@@ -208,7 +208,7 @@ class MemoVocalSeparation:
     def INPUT_TYPES(cls):
         return {"required": {
             "audio": ("AUDIO", {"tooltip": "The mix to separate."}),
-            "model": combo(_safe_list(vocal_model_choices),
+            "model": combo(choices_or_hint(vocal_model_choices, "model", (host_mod.VOCAL_FOLDER, host_mod.MEMO_FOLDER)),
                            f"Kim_Vocal_2.onnx under models/vocal_separator/ or a MEMO checkpoint's {VOCAL_SUBPATH}."),
             "peak_normalize": ("BOOLEAN", {"default": True, "tooltip": "Scale the stem to a 0.6-0.9 peak as MEMO's "
                                            "audio-separator does; off keeps the input's level."}),

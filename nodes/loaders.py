@@ -59,10 +59,20 @@ def missing_files_hint(input_name: str, folders: tuple[str, ...]) -> str:
     return missing_hint(files, roots, feature, models_dir)
 
 
+NOT_FOUND = "(none found) "
+
+
+def choices_or_hint(fn, input_name: str, folders: tuple[str, ...]) -> list[str]:
+    """The model list, or, when it is empty, one entry saying what is missing, where it was searched and
+    the command that fetches it: ComfyUI checks a workflow's value against this list before the node
+    runs, and its "Value not in list" error prints the list."""
+    return _safe_list(fn) or [NOT_FOUND + input_name + " " + missing_files_hint(input_name, folders)]
+
+
 def split_choice(choice: str, input_name: str, allowed: tuple[str, ...] = ()) -> tuple[str, str]:
     """'folder/rest' -> ('folder', 'rest'); a bare 'folder' means the folder itself ('.')."""
-    if not isinstance(choice, str) or not choice.strip():
-        raise ValueError(f"input '{input_name}' is empty: no model was found to pick from the list; "
+    if not isinstance(choice, str) or not choice.strip() or choice.startswith(NOT_FOUND):
+        raise ValueError(f"input '{input_name}': no model was found to pick from the list; "
                          + missing_files_hint(input_name, allowed))
     folder, _, rest = choice.strip().partition("/")
     return folder, rest or "."
@@ -172,7 +182,8 @@ class MemoModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": combo(_safe_list(memo_checkpoints), "A MEMO checkpoint folder under models/memo/ "
+            "checkpoint": combo(choices_or_hint(memo_checkpoints, "checkpoint", (host_mod.MEMO_FOLDER,)),
+                                "A MEMO checkpoint folder under models/memo/ "
                                 "(holding reference_net/, diffusion_net/, image_proj/, audio_proj/)."),
             "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: bf16 where ComfyUI finds the device supports it "
                            "(the release dtype), else fp32 (the CPU, older GPUs). fp16 may overflow.", "auto"),
@@ -218,7 +229,9 @@ class MemoAudioEncoderLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "audio_encoder": combo(_safe_list(audio_encoder_choices), "wav2vec2-base-960h under models/audio_encoders/: "
+            "audio_encoder": combo(choices_or_hint(audio_encoder_choices, "audio_encoder",
+                                                   (host_mod.AUDIO_ENCODER_FOLDER,)),
+                                   "wav2vec2-base-960h under models/audio_encoders/: "
                                    "its Hugging Face folder, or a single .safetensors file."),
             "dtype": combo(DTYPES, "Weight dtype of the encoder; fp32 matches the official features.", "fp32"),
         }}
@@ -246,9 +259,11 @@ class MemoEmotionModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "emotion2vec": combo(_safe_list(emotion2vec_choices), "emotion2vec_plus_large folder under models/emotion2vec/ "
+            "emotion2vec": combo(choices_or_hint(emotion2vec_choices, "emotion2vec", (host_mod.EMOTION2VEC_FOLDER,)),
+                                 "emotion2vec_plus_large folder under models/emotion2vec/ "
                                  "(model.pt or model.safetensors, with its config.yaml)."),
-            "classifier_checkpoint": combo(_safe_list(lambda: _memo_with(CLASSIFIER_SUBDIR)),
+            "classifier_checkpoint": combo(choices_or_hint(lambda: _memo_with(CLASSIFIER_SUBDIR), "classifier_checkpoint",
+                                                           (host_mod.MEMO_FOLDER,)),
                                            "The MEMO checkpoint whose misc/audio_emotion_classifier/ is used."),
             "dtype": combo(DTYPES, "Weight dtype of both networks.", "fp32"),
         }}
