@@ -90,7 +90,7 @@ def resolve_metadata(files: list[PlannedFile]) -> None:
         try:
             meta = get_hf_file_metadata(f.url, token=token, endpoint=base)
         except Exception as err:  # noqa: BLE001 - httpx, HTTP status and OS errors all end the same way
-            raise FetchError(f"cannot reach {f.url}: {_short(err)}") from None
+            raise FetchError(f"cannot get {f.url}: {_short(err)}") from None
         f.size, f.etag = meta.size, meta.etag
 
 

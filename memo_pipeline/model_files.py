@@ -495,6 +495,15 @@ def memo_roots(models: Path) -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
+def _has_wav2vec2_anchor(path: Path) -> bool:
+    from .audio.wav2vec2_weights import _ANCHOR
+
+    try:
+        return any(name.endswith(_ANCHOR) for name in safetensors_shapes(path))
+    except (FileProblem, OSError):
+        return "wav2vec2" in path.name.lower()  # a broken file named like one is reported, not skipped
+
+
 def candidates(item: Item, models: Path) -> list[Path]:
     """Every place `item` is looked for under the models folder, the preferred one first."""
     models = Path(models)
@@ -524,8 +533,8 @@ def candidates(item: Item, models: Path) -> list[Path]:
         places = [models / WAV2VEC_DIR]
         places += hf_snapshots(folder, WAV2VEC_SOURCE) + hf_snapshots(models, WAV2VEC_SOURCE)
         places += [d for d in _dirs_with(folder, "config.json", depth=2) if "wav2vec2" in d.name.lower()]
-        if folder.is_dir():
-            places += sorted(p for p in folder.glob("*.safetensors") if "wav2vec2" in p.name.lower())
+        if folder.is_dir():  # single files: only those holding a wav2vec2 (other audio encoders live here too)
+            places += sorted(p for p in folder.glob("*.safetensors") if _has_wav2vec2_anchor(p))
         return list(dict.fromkeys(places))
     if item.kind == "emotion2vec":
         folder = models / "emotion2vec"

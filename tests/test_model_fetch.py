@@ -297,7 +297,7 @@ def test_network_failure_is_one_line(hub, comfy, capsys, monkeypatch):
     code, out = fetch(capsys, comfy, "--only", "core", "--yes")
     assert code == 1
     lines = out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot reach http://127.0.0.1:") and "proxy" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot get http://127.0.0.1:") and "proxy" in lines[0]
     assert files_under(comfy / "models") == set()
 
 

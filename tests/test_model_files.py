@@ -107,10 +107,11 @@ def test_single_file_wav2vec2_in_audio_encoders(tree):
                             conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
     model = Wav2Vec2Model(config)
     tensors = {f"wav2vec2.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tree / "audio_encoders/wav2vec2-base.safetensors"))
+    save_file({"encoder.weight": torch.zeros(2)}, str(tree / "audio_encoders/a_whisper.safetensors"))  # not a wav2vec2
+    save_file(tensors, str(tree / "audio_encoders/speech_encoder_base.safetensors"))
     found = status(tree, "wav2vec2")
     assert found.ok, found.detail
-    assert found.path == tree / "audio_encoders/wav2vec2-base.safetensors"
+    assert found.path == tree / "audio_encoders/speech_encoder_base.safetensors"
     assert "hidden 64 x 1 layers" in found.detail
 
 
