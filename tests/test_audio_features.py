@@ -17,7 +17,7 @@ from memo_pipeline.audio.features import (
     normalize_waveform,
 )
 from memo_pipeline.audio.io import AudioClip, load_audio
-from memo_pipeline.audio.parity_case import audio_preprocess_case
+from memo_pipeline.parity.audio_case import audio_preprocess_case
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 

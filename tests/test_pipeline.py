@@ -18,7 +18,7 @@ from memo_pipeline.pipeline import (
     clip_emotion,
     reference_pixels,
 )
-from memo_pipeline.pipeline_parity import run_full_pipeline_case
+from memo_pipeline.parity.pipeline_case import run_full_pipeline_case
 from memo_pipeline.vae import DiffusersVAE
 
 FAST = dict(steps=2, frames_per_clip=4, past_frames=4, init_past_frames=4, seed=7)
