@@ -3,6 +3,7 @@
 Only the softmax attentions change kernel; the motion module's linear attention is plain matrix
 algebra and has no backend. xformers is optional: asking for it without the package installed
 (or without a CUDA device, which its kernels need) is a clear error, never a silent fallback.
+diffusers is imported only when kernels are switched, so the node pack can list `BACKENDS` cheaply.
 """
 
 from __future__ import annotations
@@ -10,13 +11,6 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from diffusers.models.attention_processor import (
-    Attention,
-    AttnProcessor2_0,
-    JointAttnProcessor2_0,
-    XFormersAttnProcessor,
-    XFormersJointAttnProcessor,
-)
 
 BACKENDS = ("sdpa", "xformers")
 
@@ -25,9 +19,23 @@ def xformers_available() -> bool:
     return importlib.util.find_spec("xformers") is not None and torch.cuda.is_available()
 
 
-def set_attention_backend(modules, backend: str = "sdpa") -> int:
-    """Set the kernel on every diffusers `Attention` below `modules` (a module, a list of them or
-    a `MemoModels`); returns how many attention layers were switched."""
+def use_attention_kernels(modules, backend: str = "sdpa") -> int:
+    """Give every diffusers `Attention` below `modules` (a module, a list of them or a `MemoModels`)
+    a fresh processor of `backend`'s kind; returns how many attention layers were switched.
+
+    Not to be confused with diffusers' `ModelMixin.set_attention_backend` (newer diffusers releases), which
+    picks a dispatcher backend for the attention functions of models written for it. MEMO's
+    networks run attention through processors (the joint audio attention needs its own), so the
+    processor is what this sets.
+    """
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor2_0,
+        JointAttnProcessor2_0,
+        XFormersAttnProcessor,
+        XFormersJointAttnProcessor,
+    )
+
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "xformers" and not xformers_available():
