@@ -75,6 +75,7 @@ def test_unknown_case_is_reported_as_failure(tmp_path, capsys):
     assert "could not run" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two threads on a shared CI machine: up to a minute
 @pytest.mark.parametrize("name", ["reference_net", "diffusion_net"])
 def test_unet_cases_also_hold_with_two_threads(name):
     import torch
