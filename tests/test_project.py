@@ -90,3 +90,70 @@ def test_live_tests_skip_without_comfyui_path_and_fail_with_a_broken_one(monkeyp
     monkeypatch.setenv("COMFYUI_PYTHON", str(tmp_path / "venv" / "bin" / "python"))  # a ComfyUI without its Python
     with pytest.raises(pytest.fail.Exception, match="no Python for ComfyUI"):
         live.skip_module_unless_comfyui()
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # standard library from Python 3.11 on
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _requirements(path: Path) -> dict[str, str]:
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return _by_name(line for line in lines if line)
+
+
+def _by_name(specs) -> dict[str, str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed = [Requirement(spec) for spec in specs]
+    return {canonicalize_name(r.name): f"{r.specifier}{';' + str(r.marker) if r.marker else ''}" for r in parsed}
+
+
+def test_requirement_files_and_pyproject_declare_the_same_dependencies():
+    project = _pyproject()["project"]
+    assert _requirements(REPO / "requirements.txt") == _by_name(project["dependencies"])
+    assert _requirements(REPO / "requirements-test.txt") == _by_name(project["optional-dependencies"]["test"])
+    declared = set(_by_name(project["dependencies"]))
+    assert not declared & {"torchvision", "torchaudio", "funasr", "insightface", "moviepy"}
+
+
+def test_registry_metadata_is_complete_and_valid():
+    data = _pyproject()
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert set(comfy) >= {"PublisherId", "DisplayName", "Icon", "includes"}
+    assert comfy["DisplayName"].strip()
+    assert isinstance(comfy["includes"], list) and all((REPO / path).exists() for path in comfy["includes"])
+    import re
+
+    assert re.fullmatch(r">=\d+\.\d+\.\d+", comfy["requires-comfyui"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*", project["name"]) and len(project["name"]) < 100
+    assert project["license"] == {"text": "Apache-2.0"}
+
+
+@pytest.mark.slow  # builds a wheel and a virtual environment
+def test_wheel_holds_the_library_and_imports_outside_the_checkout(tmp_path):
+    """`pip wheel .` works and the installed wheel gives `import memo_pipeline`, not the node pack."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"  # a copy, so the in-tree build folders do not land in the checkout
+    shutil.copytree(REPO / "memo_pipeline", source / "memo_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"memo_pipeline", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                   check=True, timeout=300, capture_output=True)
+    probe = subprocess.run([str(python), "-c", "import memo_pipeline.pipeline, memo_pipeline; print(memo_pipeline.__file__)"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert str(venv) in probe.stdout and str(REPO) not in probe.stdout
