@@ -229,3 +229,10 @@ def test_attention_kernels_are_set_on_every_softmax_attention(monkeypatch):
     monkeypatch.setattr(attention_backend, "xformers_available", lambda: False)
     with pytest.raises(RuntimeError, match="xformers"):
         attention_backend.use_attention_kernels(models, "xformers")
+    from diffusers.models import attention_processor
+
+    monkeypatch.setattr(attention_backend, "xformers_available", lambda: True)
+    monkeypatch.delattr(attention_processor, "XFormersJointAttnProcessor", raising=False)  # as in diffusers 0.31
+    with pytest.raises(RuntimeError, match="XFormersJointAttnProcessor"):
+        attention_backend.use_attention_kernels(models, "xformers")
+    assert all(isinstance(m.processor, JointAttnProcessor2_0) for m in joint)  # nothing was half switched
