@@ -24,12 +24,17 @@ import torch
 
 from .loading import COMPONENTS, MemoModels, build_model
 
+# wav2vec2 at toy widths with the released conv front end (seven layers, a 320-sample hop).
 TINY_WAV2VEC = dict(
     hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
     conv_dim=(16, 16, 16, 16, 16, 16, 16), conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
     vocab_size=32, apply_spec_augment=False,
 )
+# Only the first three conv layers (same kernels, a 20-sample hop): a few hundred samples make frames.
+SHORT_CONV = dict(conv_dim=(16, 16, 16), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2))
+# The "stable layer norm" layout of wav2vec2-large (layer-normed conv front end with conv biases).
+STABLE_LAYER_NORM = dict(conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True)
 
 TINY_UNET = dict(
     block_out_channels=[32, 32], layers_per_block=1, norm_num_groups=8, attention_head_dim=8, cross_attention_dim=24,
@@ -97,10 +102,18 @@ def write_tiny_vae(folder: str | Path, seed: int = 100) -> Path:
     return Path(folder)
 
 
-def write_tiny_wav2vec(folder: str | Path, seed: int = 200) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+def tiny_wav2vec2_config(stable: bool = False, **overrides):
+    """The one tiny wav2vec2 configuration: `TINY_WAV2VEC`, optionally in the stable-layer-norm
+    layout, with `overrides` (e.g. `**SHORT_CONV`, other widths) on top."""
+    from transformers import Wav2Vec2Config
 
-    model = randomize(Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC)), seed)
+    return Wav2Vec2Config(**{**TINY_WAV2VEC, **(STABLE_LAYER_NORM if stable else {}), **overrides})
+
+
+def write_tiny_wav2vec(folder: str | Path, seed: int = 200) -> Path:
+    from transformers import Wav2Vec2Model
+
+    model = randomize(Wav2Vec2Model(tiny_wav2vec2_config()), seed)
     model.save_pretrained(folder, safe_serialization=True)
     preprocessor = {"do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
                     "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False, "sampling_rate": 16000}

@@ -15,6 +15,7 @@ import os
 
 from . import host as host_mod
 from .common import CATEGORY_LOADERS, DTYPES, combo, int_input, logger, user_errors
+from ..memo_pipeline.attention_backend import BACKENDS as ATTENTION_BACKENDS
 from .comfy_helpers import MEMO_MARKER
 from .memo_types import (
     MEMO_AUDIO_ENCODER,
@@ -30,7 +31,6 @@ from .memo_types import (
 CLASSIFIER_SUBDIR = "misc/audio_emotion_classifier"
 VOCAL_SUBPATH = "misc/vocal_separator/Kim_Vocal_2.onnx"
 HAAR_CHOICE = "opencv-haar (crop only, no identity)"
-ATTENTION_BACKENDS = ["sdpa", "xformers"]
 AUDIO_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 EMOTION2VEC_FILES = ("model.safetensors", "model.pt")
 
@@ -205,14 +205,10 @@ class MemoModelLoader:
 
 
 def set_attention(models, backend: str) -> None:
+    from ..memo_pipeline.attention_backend import use_attention_kernels
+
     try:
-        from ..memo_pipeline.attention_backend import set_attention_backend
-    except ImportError:
-        if backend != "sdpa":
-            raise ValueError(f"attention '{backend}' is not available in this version of the pack; use sdpa") from None
-        return
-    try:
-        set_attention_backend(models, backend)
+        use_attention_kernels(models, backend)
     except RuntimeError as exc:  # xformers missing / no CUDA
         raise ValueError(f"input 'attention': {exc}") from exc
 

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden"
 SPEC = FIXTURES / "spec"
+
+
+def in_ci() -> bool:
+    """True on CI (`CI=true`, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def need(module: str):
+    """Import a package that requirements.txt / requirements-test.txt install.
+
+    Developers without it get a skip; on CI a missing package is an error, so that a broken
+    install cannot silently skip whole groups of tests.
+    """
+    if in_ci():
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 def golden_case(name: str) -> tuple[dict, dict]:

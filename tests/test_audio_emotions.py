@@ -9,6 +9,7 @@ from memo_pipeline.audio.emotions import (
     EMOTION_LABELS,
     NUM_EMOTION_CLASSES,
     UNCONDITIONAL_EMOTION,
+    clip_emotion,
     clip_labels,
     emotion_index,
     frame_labels_from_sample_labels,
@@ -122,3 +123,22 @@ def test_clip_labels_random_agrees_with_explicit_count():
 def test_clip_labels_rejects_partial_clip():
     with pytest.raises(ValueError, match="not a multiple"):
         clip_labels(torch.zeros(10, dtype=torch.long), 4)
+
+
+def test_clip_emotion_is_the_same_vote_for_one_clip():
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 9, (16 * 20,), generator=generator)
+    per_clip = clip_labels(labels, 16).tolist()
+    assert [clip_emotion(chunk) for chunk in labels.view(-1, 16)] == per_clip
+    assert clip_emotion(torch.tensor([2, 7, 7, 2], dtype=torch.int32)) == 2  # tie -> smallest, any int dtype
+    assert clip_emotion(torch.tensor([8])) == 8
+
+
+def test_networks_have_one_row_per_label_plus_the_unconditional_row():
+    from memo_pipeline.models.audio_attention import EmotionAdaLayerNorm
+    from memo_pipeline.models.emotion_classifier import AudioEmotionClassifier
+
+    classifier = AudioEmotionClassifier(num_classifier_layers=2, num_classifier_channels=8)
+    assert classifier(torch.zeros(1, 1024)).shape == (1, NUM_EMOTION_CLASSES)
+    table = EmotionAdaLayerNorm(8).class_embedder.embedding_table
+    assert table.num_embeddings == NUM_EMOTION_CLASSES + 1 and UNCONDITIONAL_EMOTION == table.num_embeddings - 1

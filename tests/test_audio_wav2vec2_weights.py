@@ -4,31 +4,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model
+from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
 
 from memo_pipeline.audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from memo_pipeline.audio.wav2vec2_weights import Wav2Vec2WeightsError, infer_config, load_wav2vec2, normalize_state_dict
+from memo_pipeline.tiny import SHORT_CONV, tiny_wav2vec2_config
 
 
 def tiny_config(stable=False, **overrides):
     """Tiny but published-layout wav2vec2: kernels 10/3/3 with strides 5/2/2, 64-dim heads."""
-    values = dict(
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16, 16),
-        conv_kernel=(10, 3, 3),
-        conv_stride=(5, 2, 2),
-        conv_bias=stable,
-        feat_extract_norm="layer" if stable else "group",
-        do_stable_layer_norm=stable,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        vocab_size=12,
-    )
-    values.update(overrides)
-    return Wav2Vec2Config(**values)
+    values = dict(SHORT_CONV, hidden_size=128, intermediate_size=64, num_conv_pos_embedding_groups=4, vocab_size=12)
+    return tiny_wav2vec2_config(stable, **{**values, **overrides})
 
 
 def seeded(model, seed=0):

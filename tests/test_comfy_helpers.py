@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import need
 
 NODES_DIR = Path(__file__).resolve().parents[1] / "nodes"
 
@@ -78,7 +79,7 @@ def test_resolve_in_roots_prefers_first_root_and_checks_kind(tmp_path):
 
 
 def test_to_preview_pil_converts_float_tensor_frames():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     frame = torch.zeros(4, 6, 3)
     frame[0, 0] = torch.tensor([1.0, 0.5, 0.0])
     frame[3, 5] = torch.tensor([2.0, -1.0, 0.25])  # clipped to 0..1

@@ -15,6 +15,7 @@ import pytest
 
 from memo_pipeline.face import ARCFACE_TEMPLATE, estimate_norm, norm_crop, umeyama_similarity
 from memo_pipeline.face.alignment import warp_affine
+from support import need
 
 KPS = np.array([[206.8, 104.9], [246.1, 107.3], [224.4, 127.6], [209.3, 146.2], [241.7, 147.9]], np.float32)
 KPS_REFERENCE = np.array(
@@ -67,7 +68,7 @@ def test_mirrored_landmarks_do_not_produce_a_reflection():
 
 
 def test_umeyama_agrees_with_scikit_image_on_random_sets():
-    transform = pytest.importorskip("skimage.transform")
+    transform = need("skimage.transform")
     rng = np.random.default_rng(3)
     for _ in range(20):
         src = rng.normal(size=(5, 2)) * 40 + 200
@@ -125,8 +126,8 @@ def test_norm_crop_puts_the_landmarks_on_the_template():
 
 
 def test_norm_crop_matches_opencv_warp_affine():
-    cv2 = pytest.importorskip("cv2")
-    data = pytest.importorskip("skimage.data")
+    cv2 = need("cv2")
+    data = need("skimage.data")
     photo = data.astronaut()
     ours = np.rint(norm_crop(photo.astype(np.float32), KPS))
     theirs = cv2.warpAffine(photo, KPS_REFERENCE, (112, 112), borderValue=0.0).astype(np.float32)

@@ -18,6 +18,7 @@ from memo_pipeline.face import (
     paste_back,
     whole_image_crop_info,
 )
+from support import need
 
 ONE_LEVEL = 1.0 / 255
 
@@ -152,7 +153,7 @@ def test_feather_mask_fades_only_inner_edges():
 
 
 def test_unchanged_crop_pastes_back_to_the_original_real_photo():
-    data = pytest.importorskip("skimage.data")
+    data = need("skimage.data")
     photo = data.astronaut()
     centred = Face(box=(177, 66, 272, 161), score=1.0)
     near_top = Face(box=(177, 20, 272, 115), score=1.0)  # without keep_inside the square leaves the image
@@ -175,7 +176,7 @@ def test_unchanged_crop_round_trip_with_resampling(scale, resolution):
 
 def test_resampled_round_trip_on_the_real_photo_is_close():
     """Shrinking then enlarging cannot keep fine detail exactly; measured, not hidden."""
-    data = pytest.importorskip("skimage.data")
+    data = need("skimage.data")
     photo = data.astronaut() / 255.0
     crop, info = crop_face(photo, Face(box=(177, 66, 272, 161), score=1.0), resolution=128)  # 238 px -> 128
     out = _collect(paste_back(crop[None], info, photo))[0]

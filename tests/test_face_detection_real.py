@@ -6,23 +6,14 @@ opencv-python (4.x). In CI both packages must be installed, so a missing one fai
 of silently skipping the only real-photo test.
 """
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import need
 
-
-def _need(module):
-    if os.environ.get("CI"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-_need("cv2")
-data = _need("skimage.data")
+need("cv2")
+data = need("skimage.data")
 
 from memo_pipeline.face import FaceAnalyzer, FaceImageError, HaarFaceDetector, NoFaceError  # noqa: E402
 

@@ -11,8 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+from support import need
 
-onnx = pytest.importorskip("onnx")
+onnx = need("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from memo_pipeline.face import (  # noqa: E402
@@ -163,7 +164,7 @@ def test_analyzer_orders_by_area_and_selects_by_index(scrfd_path):
 
 def test_scrfd_feeds_insightfaces_blob(scrfd_path):
     """Letterbox and normalisation match insightface's cv2-based preprocessing (to one 8-bit level)."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = need("cv2")
     detector = ScrfdDetector(scrfd_path, providers=["CPUExecutionProvider"], det_size=DET)
     seen = {}
     session = detector.session
@@ -229,7 +230,7 @@ KPS = np.array([[206.8, 104.9], [246.1, 107.3], [224.4, 127.6], [209.3, 146.2], 
 
 
 def _astronaut():
-    return pytest.importorskip("skimage.data").astronaut()
+    return need("skimage.data").astronaut()
 
 
 def test_embedding_equals_numpy_forward_of_the_aligned_face(arcface_parts):
@@ -248,14 +249,14 @@ def test_embedding_equals_numpy_forward_of_the_aligned_face(arcface_parts):
     assert np.abs(swapped - embedding).max() > 100 * 1e-4  # the check above would notice RGB/BGR mix-ups
 
     # Accepts the same picture as float and as a torch batch of one.
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     np.testing.assert_allclose(embedder.embed(torch.from_numpy(photo / 255.0)[None], face), embedding, atol=1e-4)
 
 
 def test_embedding_matches_insightfaces_procedure(arcface_parts):
     """Reference: skimage similarity fit + cv2.warpAffine on the BGR image + cv2 blob with swapRB."""
-    cv2 = pytest.importorskip("cv2")
-    transform = pytest.importorskip("skimage.transform")
+    cv2 = need("cv2")
+    transform = need("skimage.transform")
     path, weight, bias = arcface_parts
     photo = _astronaut()
     tform = transform.SimilarityTransform()

@@ -207,3 +207,32 @@ def test_unsupported_diffusion_net_options_are_rejected():
     config = dict(TINY_CONFIGS["diffusion_net"], use_inflated_groupnorm=False)
     with pytest.raises(CheckpointError, match="use_inflated_groupnorm=False"):
         build_model(COMPONENTS["diffusion_net"][1], config, "diffusion_net/config.json")
+
+
+def test_attention_kernels_are_set_on_every_softmax_attention(monkeypatch):
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0, JointAttnProcessor2_0
+
+    from memo_pipeline import attention_backend
+    from memo_pipeline.tiny import tiny_memo_models
+
+    models = tiny_memo_models(seed=3)
+    layers = [m for net in models.modules().values() for m in net.modules() if isinstance(m, Attention)]
+    joint = [m for m in layers if m.added_kv_proj_dim is not None]
+    assert joint and len(joint) < len(layers)
+    for layer in layers:
+        layer.set_processor(AttnProcessor2_0())  # scramble: the joint layers now have the wrong kind
+    assert attention_backend.use_attention_kernels(models, "sdpa") == len(layers)
+    assert all(isinstance(m.processor, JointAttnProcessor2_0) for m in joint)
+    assert all(type(m.processor) is AttnProcessor2_0 for m in layers if m not in joint)
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        attention_backend.use_attention_kernels(models, "flash")
+    monkeypatch.setattr(attention_backend, "xformers_available", lambda: False)
+    with pytest.raises(RuntimeError, match="xformers"):
+        attention_backend.use_attention_kernels(models, "xformers")
+    from diffusers.models import attention_processor
+
+    monkeypatch.setattr(attention_backend, "xformers_available", lambda: True)
+    monkeypatch.delattr(attention_processor, "XFormersJointAttnProcessor", raising=False)  # as in diffusers 0.31
+    with pytest.raises(RuntimeError, match="XFormersJointAttnProcessor"):
+        attention_backend.use_attention_kernels(models, "xformers")
+    assert all(isinstance(m.processor, JointAttnProcessor2_0) for m in joint)  # nothing was half switched

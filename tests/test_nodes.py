@@ -2,7 +2,7 @@
 the VAE bridge, previews, the sampler (progress, cancel, resume) and the streaming writer.
 
 Everything runs on tiny random checkpoints at 64x64 with a few steps; the pack is imported the
-way ComfyUI imports it (see test_nodes_support.load_pack) and runs on a StandaloneHost whose model
+way ComfyUI imports it (see pack_support.load_pack) and runs on a StandaloneHost whose model
 roots point at a temporary models/ folder.
 """
 
@@ -16,12 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("memo_nodes_support", Path(__file__).with_name("test_nodes_support.py"))
-S = sys.modules.get("memo_nodes_support")
-if S is None:
-    S = importlib.util.module_from_spec(_spec)
-    sys.modules["memo_nodes_support"] = S
-    _spec.loader.exec_module(S)
+import pack_support as S  # tests/ is on the import path (pyproject.toml), so this module loads once
+from support import need
 
 PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.pipeline import GenerationCancelled  # noqa: E402
@@ -44,7 +40,7 @@ def run(node_name, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory, tiny_bundle):
-    pytest.importorskip("onnx")
+    need("onnx")
     return S.build_models_dir(tmp_path_factory.mktemp("models"), tiny_bundle)
 
 
@@ -362,7 +358,7 @@ def test_face_crop_and_embed(loaded, face):
 
 
 def test_face_nodes_without_a_face(tmp_path, loaded):
-    pytest.importorskip("onnx")
+    need("onnx")
     from comfyui_memo.memo_pipeline.face import FaceAnalyzer
 
     det = S.build_scrfd(tmp_path / "none.onnx", faces=0)

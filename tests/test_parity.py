@@ -28,7 +28,7 @@ def test_json_output_lists_every_case(capsys):
 
 
 def test_changed_decay_fails(monkeypatch, capsys):
-    monkeypatch.setattr(parity, "MotionMemory", lambda: MotionMemory(decay=0.8))
+    monkeypatch.setattr(parity.modules, "MotionMemory", lambda: MotionMemory(decay=0.8))
     assert parity.main([str(GOLDEN), "--case", "memory_linear_attention", "--case", "memory_attention"]) == 1
     out = capsys.readouterr().out
     assert out.count("FAIL") == 2 and out.strip().endswith("0 passed, 2 failed")
@@ -75,6 +75,7 @@ def test_unknown_case_is_reported_as_failure(tmp_path, capsys):
     assert "could not run" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two threads on a shared CI machine: up to a minute
 @pytest.mark.parametrize("name", ["reference_net", "diffusion_net"])
 def test_unet_cases_also_hold_with_two_threads(name):
     import torch
@@ -82,3 +83,53 @@ def test_unet_cases_also_hold_with_two_threads(name):
     torch.set_num_threads(2)
     meta, tensors = golden_case(name)
     assert parity.run_case(meta, tensors).passed
+
+
+def _copy_case(name, folder, manifest=True):
+    shutil.copy(GOLDEN / f"{name}.json", folder / f"{name}.json")
+    shutil.copy(GOLDEN / f"{name}.safetensors", folder / f"{name}.safetensors")
+    if manifest:
+        entries = json.loads((GOLDEN / "manifest.json").read_text())["files"]
+        (folder / "manifest.json").write_text(json.dumps({"files": {name: entries[name]}}))
+
+
+def test_golden_files_match_their_manifest():
+    from memo_pipeline.parity.fixtures import checksum_problem, find_cases, read_manifest
+
+    manifest = read_manifest(GOLDEN)
+    cases = [p.stem for p in find_cases(GOLDEN)]
+    assert sorted(manifest) == sorted(cases) and len(cases) == 13
+    assert all(checksum_problem(GOLDEN / f"{c}.safetensors", manifest[c]) is None for c in cases)
+
+
+def test_changed_fixture_file_is_not_run(tmp_path, capsys):
+    _copy_case("image_proj", tmp_path)
+    assert parity.main([str(tmp_path)]) == 0
+    weights = tmp_path / "image_proj.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # same size, one bit of one stored number flipped
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert parity.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "fixture not run" in out and "sha256" in out and out.strip().endswith("0 passed, 1 failed")
+
+
+def test_fixture_missing_from_or_listed_in_manifest_fails(tmp_path, capsys):
+    _copy_case("image_proj", tmp_path)
+    _copy_case("audio_proj", tmp_path, manifest=False)  # present, but the manifest does not list it
+    entries = json.loads((tmp_path / "manifest.json").read_text())
+    entries["files"]["gone"] = {"bytes": 1, "sha256": "0" * 64}  # listed, but the files are absent
+    (tmp_path / "manifest.json").write_text(json.dumps(entries))
+    assert parity.main([str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "1 passed, 2 failed"
+    assert any(line.startswith("audio_proj") and "not listed in manifest.json" in line for line in lines)
+    assert any(line.startswith("gone") and "missing" in line for line in lines)
+
+
+def test_rounding_noise_from_tolerances_is_reported(capsys):
+    assert parity.main([str(GOLDEN), "--json", "--case", "diffusion_net"]) == 0
+    (case,) = json.loads(capsys.readouterr().out)["cases"]
+    recorded = json.loads((GOLDEN / "tolerances.json").read_text())["diffusion_net"]["fp64_vs_fp32"]["max_abs"]
+    assert case["official_fp64_vs_fp32"] == recorded

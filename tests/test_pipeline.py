@@ -18,7 +18,7 @@ from memo_pipeline.pipeline import (
     clip_emotion,
     reference_pixels,
 )
-from memo_pipeline.pipeline_parity import run_full_pipeline_case
+from memo_pipeline.parity.pipeline_case import run_full_pipeline_case
 from memo_pipeline.vae import DiffusersVAE
 
 FAST = dict(steps=2, frames_per_clip=4, past_frames=4, init_past_frames=4, seed=7)
@@ -158,7 +158,7 @@ def test_short_and_uneven_audio_is_trimmed(pipeline, frames, expected_clips):
     assert all(c.decoded.shape[0] == 4 for c in clips)
 
 
-@pytest.mark.parametrize("resolution", [96, 512])
+@pytest.mark.parametrize("resolution", [96, pytest.param(512, marks=pytest.mark.slow)])  # 512 px: about a minute
 def test_other_resolutions(pipeline, resolution):
     g = torch.Generator().manual_seed(1)
     pixels = reference_pixels(torch.rand(resolution, resolution, 3, generator=g))

@@ -9,18 +9,13 @@ CreateVideo, SaveVideo). The live tests check the same workflows against a runni
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("memo_nodes_support", Path(__file__).with_name("test_nodes_support.py"))
-S = sys.modules.get("memo_nodes_support")
-if S is None:
-    S = importlib.util.module_from_spec(_spec)
-    sys.modules["memo_nodes_support"] = S
-    _spec.loader.exec_module(S)
+import pack_support as S  # tests/ is on the import path (pyproject.toml), so this module loads once
+from support import need
 
 PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.video_io import VideoWriter, read_video_info  # noqa: E402
@@ -240,7 +235,7 @@ def execute(prompt: dict, core: CoreStandIns) -> dict:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_bundle):
-    pytest.importorskip("onnx")
+    need("onnx")
     root = tmp_path_factory.mktemp("workflow_run")
     roots = S.build_models_dir(root / "models", tiny_bundle)
     (root / "input").mkdir()

@@ -1,8 +1,7 @@
 """Per-frame emotion labels from audio, following MEMO's ``extract_audio_emotion_labels``.
 
-The 16 kHz signal is cut into windows. Each window's emotion2vec utterance feature goes through
-MEMO's classifier head, whose probabilities are softmaxed once more before the argmax (as the
-official code does). With ``S = 16000`` samples (one second) and ``N`` samples in all:
+The 16 kHz signal is cut into windows. Each window's emotion2vec utterance feature is labelled by
+MEMO's classifier head (`AudioEmotionClassifier.predict`, which follows the official extraction). With ``S = 16000`` samples (one second) and ``N`` samples in all:
 
 * the first ``2 S`` samples decide samples ``[0, S)``;
 * for ``i = S, 2S, ...`` while ``i < N - S``, the window ``[i - S, i + 2S)`` decides ``[i, i + S)``;
@@ -52,13 +51,12 @@ def _as_mono_samples(samples) -> torch.Tensor:
 
 @torch.inference_mode()
 def classify_window(window: torch.Tensor, backbone, classifier) -> int:
-    """Emotion class of one window: backbone utterance feature -> classifier -> softmax -> argmax."""
+    """Emotion class of one window: the backbone's utterance feature, labelled by the classifier's `predict`."""
     features = backbone.utterance_embedding(window)
     param = next(classifier.parameters(), None)
     if param is not None:
         features = features.to(device=param.device, dtype=param.dtype)
-    probs = classifier(features)
-    return int(torch.softmax(probs.float(), dim=-1).argmax(dim=-1)[0])
+    return int(classifier.predict(features)[0])
 
 
 @torch.inference_mode()
@@ -89,7 +87,7 @@ def detect_emotions(samples_16k, num_frames: int, backbone, classifier) -> torch
     """Per-frame emotion labels ``LongTensor[num_frames]`` for 16 kHz audio, as MEMO computes them.
 
     ``backbone``: an ``Emotion2Vec`` (or anything with ``utterance_embedding`` and
-    ``min_input_samples``); ``classifier``: MEMO's ``AudioEmotionClassifier`` (features -> probs).
+    ``min_input_samples``); ``classifier``: MEMO's ``AudioEmotionClassifier`` (its ``predict`` gives the labels).
     """
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")

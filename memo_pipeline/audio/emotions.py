@@ -201,6 +201,18 @@ def clip_labels(frame_labels: torch.Tensor, frames_per_clip: int) -> torch.Tenso
             f"frame_labels has {labels.numel()} frames, not a multiple of frames_per_clip={frames_per_clip}; "
             "pad the label track to whole clips first"
         )
-    per_clip = labels.view(-1, frames_per_clip)
+    return _vote(labels.view(-1, frames_per_clip))
+
+
+def clip_emotion(labels: torch.Tensor) -> int:
+    """The label of one clip: the most frequent of its frame labels, ties going to the smallest.
+
+    The pipeline conditions each clip on this single label (`torch.mode` in the official code).
+    """
+    return int(_vote(labels.long().flatten()[None])[0])
+
+
+def _vote(per_clip: torch.Tensor) -> torch.Tensor:
+    """`(clips, frames)` labels -> `(clips,)` most frequent label per row, the smallest on ties."""
     counts = F.one_hot(per_clip, NUM_EMOTION_CLASSES).sum(dim=1)
     return counts.argmax(dim=1)  # argmax returns the first maximum, i.e. the smallest label

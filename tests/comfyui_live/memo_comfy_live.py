@@ -1,7 +1,8 @@
 """Start a real ComfyUI on 127.0.0.1 and talk to it, for comfyui-memo's live tests.
 
 Configuration (environment):
-  COMFYUI_PATH           ComfyUI checkout (main.py, comfy/). Unset -> live tests skip.
+  COMFYUI_PATH           ComfyUI checkout (main.py, comfy/). Unset -> live tests skip;
+                         set but unusable (no ComfyUI there, no Python for it) -> they fail.
   COMFYUI_PYTHON         its interpreter; default COMFYUI_PATH/venv/bin/python, then
                          COMFYUI_PATH/../venv/bin/python (scripts/setup_comfyui.sh makes the first).
   COMFYUI_START_TIMEOUT  seconds to wait for the server (default 240).
@@ -83,10 +84,14 @@ def why_no_comfyui() -> str | None:
 
 
 def skip_module_unless_comfyui() -> None:
-    """Module-level skip for live test files when no ComfyUI is configured."""
+    """Module-level skip for live test files when COMFYUI_PATH is unset. A COMFYUI_PATH that is
+    set but unusable is a failure: whoever set it wanted these tests to run."""
     reason = why_no_comfyui()
-    if reason:
+    if reason is None:
+        return
+    if comfyui_path() is None:
         pytest.skip(f"live ComfyUI tests skipped: {reason}", allow_module_level=True)
+    pytest.fail(f"live ComfyUI tests cannot run: {reason}", pytrace=False)
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import wave
 import pytest
 
 import memo_comfy_live as live
+from support import need
 
 live.skip_module_unless_comfyui()
 
@@ -100,7 +101,7 @@ def test_uploaded_image_round_trips_through_load_image(comfy, queue_and_wait, up
 
 
 def test_audio_and_frames_make_an_mp4_with_sound(comfy, queue_and_wait, upload_file, tmp_path):
-    av = pytest.importorskip("av")
+    av = need("av")
     name = upload_file(_write_wav(tmp_path / "speech.wav", seconds=1.0))
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 8, "color": 0x2040F0}},

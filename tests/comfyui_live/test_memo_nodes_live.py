@@ -2,7 +2,7 @@
 models, errors as ComfyUI shows them, and the VAE bridge against ComfyUI's own VAE class.
 
 Models: the tiny random MEMO checkpoint, wav2vec2 and emotion2vec, synthetic SCRFD/ArcFace/MDX
-ONNX stand-ins (tests/test_nodes_support.py), and a random-weight VAE with the full SD1.5
+ONNX stand-ins (tests/pack_support.py), and a random-weight VAE with the full SD1.5
 architecture (ComfyUI's VAELoader only builds that architecture), laid out under the names the
 workflows use in the server's models/ folder. Sampling runs at 64x64 with 2 steps.
 """
@@ -11,24 +11,17 @@ import json
 import math
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import memo_comfy_live as live
+from support import need
 
 live.skip_module_unless_comfyui()
 
 pytestmark = pytest.mark.comfyui
 
-_spec = importlib.util.spec_from_file_location("memo_nodes_support",
-                                               Path(__file__).resolve().parents[1] / "test_nodes_support.py")
-S = sys.modules.get("memo_nodes_support")
-if S is None:
-    S = importlib.util.module_from_spec(_spec)
-    sys.modules["memo_nodes_support"] = S
-    _spec.loader.exec_module(S)
+import pack_support as S  # tests/ is on the import path (pyproject.toml), so this module loads once
 
 PACK = S.load_pack()
 WORKFLOWS = live.REPO_ROOT / "workflows"
@@ -55,7 +48,7 @@ def write_sd_vae(path, seed=0):
 @pytest.fixture(scope="module")
 def served(comfy, tiny_bundle):
     """The server with the workflows' models and input files in place."""
-    pytest.importorskip("onnx")
+    need("onnx")
     if not comfy.server.pack_linked:
         pytest.skip("COMFYUI_LINK_PACK=0: the server runs without this pack")
     dirs = comfy.server.dirs()

@@ -9,6 +9,7 @@ import wave
 import pytest
 
 import memo_comfy_live as live
+from support import need
 
 live.skip_module_unless_comfyui()
 
@@ -56,7 +57,7 @@ def workflow_file(tmp_path):
 
 def test_single_run_uploads_substitutes_and_downloads(comfy_server, workflow_file, tmp_path):
     from PIL import Image
-    av = pytest.importorskip("av")
+    av = need("av")
     out = tmp_path / "out"
     portrait = _png(tmp_path / "portrait.png", (200, 30, 90))
     res = run_script(workflow_file, "--server", comfy_server, "--set", f"Portrait.image=@{portrait}",

@@ -1,4 +1,4 @@
-"""Helpers for the node and workflow tests (no tests here; loaded by test_nodes*.py / test_workflows*.py).
+"""Helpers for the tests that load the node pack (`import pack_support`: test_nodes, test_workflows, the live tests).
 
 * `load_pack()` imports the repository root the way ComfyUI imports a custom node: as a package
   (named after its folder) whose `nodes/` subpackage uses relative imports.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import Wav2Vec2Config
 
-from .features import Wav2Vec2AudioEncoder, extract_audio_features
-from .wav2vec2_weights import build_model, normalize_state_dict
+from ..audio.features import Wav2Vec2AudioEncoder, extract_audio_features
+from ..audio.wav2vec2_weights import build_model, normalize_state_dict
 
 
 def audio_preprocess_case(fixture_json: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

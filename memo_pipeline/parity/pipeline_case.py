@@ -10,17 +10,17 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from .loading import MemoModels, build_model, load_weights_strict
-from .models.diffusion_net import DiffusionNet
-from .models.projections import AudioProjection, ImageProjection
-from .models.reference_net import ReferenceNet
-from .pipeline import GenerationSettings, MemoPipeline, WindowedAudio
-from .vae import DiffusersVAE
+from ..loading import MemoModels, build_model
+from ..models.diffusion_net import DiffusionNet
+from ..models.projections import AudioProjection, ImageProjection
+from ..models.reference_net import ReferenceNet
+from ..pipeline import GenerationSettings, MemoPipeline, WindowedAudio
+from ..vae import DiffusersVAE
+from .fixtures import load_strict
 
 
 def _load(model, tensors, prefix):
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    return load_weights_strict(model, state, f"fixture ({prefix}*)").float().eval()
+    return load_strict(model, tensors, prefix, "full_pipeline")
 
 
 def build_fixture_pipeline(meta: dict, tensors: dict, vae_batch_size: int = 1) -> MemoPipeline:
