@@ -53,7 +53,7 @@ def resolve_choice(choice: str, input_name: str, allowed: tuple[str, ...], kind:
         raise ValueError(f"input '{input_name}': {exc}") from exc
 
 
-def _safe_list(fn) -> list[str]:
+def safe_list(fn) -> list[str]:
     """Model lists are built when the editor asks for node definitions; a broken folder must not
     take every MEMO node down with it."""
     try:
@@ -122,14 +122,11 @@ def vocal_model_choices() -> list[str]:
 
 def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
     if dtype == "auto":
-        host = host_mod.get_host()
-        if isinstance(host, host_mod.ComfyHost):
-            import torch
+        import torch
 
-            # bf16 (the release dtype) where the device has it, else fp32: MEMO is not known to be fp16-safe.
-            chosen = host.adapter.model_dtype(supported=(torch.bfloat16, torch.float32))
-            return "bf16" if chosen == torch.bfloat16 else "fp32"
-        return "fp32"
+        # bf16 (the release dtype) where the host's device has it, else fp32: MEMO is not known to be fp16-safe.
+        chosen = host_mod.get_host().model_dtype((torch.bfloat16, torch.float32))
+        return "bf16" if chosen == torch.bfloat16 else "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"input '{input_name}' must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return dtype
@@ -147,7 +144,7 @@ class MemoModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": combo(_safe_list(memo_checkpoints), "A MEMO checkpoint folder under models/memo/ "
+            "checkpoint": combo(safe_list(memo_checkpoints), "A MEMO checkpoint folder under models/memo/ "
                                 "(holding reference_net/, diffusion_net/, image_proj/, audio_proj/)."),
             "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: bf16 where ComfyUI finds the device supports it "
                            "(the release dtype), else fp32 (the CPU, older GPUs). fp16 may overflow.", "auto"),
@@ -193,7 +190,7 @@ class MemoAudioEncoderLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "audio_encoder": combo(_safe_list(audio_encoder_choices), "wav2vec2-base-960h under models/audio_encoders/: "
+            "audio_encoder": combo(safe_list(audio_encoder_choices), "wav2vec2-base-960h under models/audio_encoders/: "
                                    "its Hugging Face folder, or a single .safetensors file."),
             "dtype": combo(DTYPES, "Weight dtype of the encoder; fp32 matches the official features.", "fp32"),
         }}
@@ -221,9 +218,9 @@ class MemoEmotionModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "emotion2vec": combo(_safe_list(emotion2vec_choices), "emotion2vec_plus_large folder under models/emotion2vec/ "
+            "emotion2vec": combo(safe_list(emotion2vec_choices), "emotion2vec_plus_large folder under models/emotion2vec/ "
                                  "(model.pt or model.safetensors, with its config.yaml)."),
-            "classifier_checkpoint": combo(_safe_list(lambda: _memo_with(CLASSIFIER_SUBDIR)),
+            "classifier_checkpoint": combo(safe_list(lambda: _memo_with(CLASSIFIER_SUBDIR)),
                                            "The MEMO checkpoint whose misc/audio_emotion_classifier/ is used."),
             "dtype": combo(DTYPES, "Weight dtype of both networks.", "fp32"),
         }}
@@ -264,7 +261,7 @@ class MemoFaceModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "face_models": combo(_safe_list(face_model_choices) or [HAAR_CHOICE],
+            "face_models": combo(safe_list(face_model_choices) or [HAAR_CHOICE],
                                  "Where scrfd_10g_bnkps.onnx and glintr100.onnx are: a MEMO checkpoint or a folder "
                                  "under models/insightface/."),
             "detection_size": int_input(640, 128, 1280, "Canvas side the detector runs at (multiple of 32); "
