@@ -192,9 +192,12 @@ def run_clips(plan: RunPlan):
         host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI
         return False
 
+    def load_one(network):
+        host.load_to_device([network])
+
     generator = plan.pipeline.generate(plan.pixels, plan.face, plan.audio.features, plan.labels, settings,
                                        state=plan.state, on_step=on_step, should_cancel=should_cancel)
-    load_one = lambda network: host.load_to_device([network])  # noqa: E731
+
     with plan.pipeline.models.load_on_demand(host.compute_device(), load_one):
         try:
             for clip in generator:
