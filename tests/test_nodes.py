@@ -192,6 +192,19 @@ def test_nodes_ask_the_host_and_the_library():
                 assert not private, f"{path.name}:{node.lineno} imports private {private}"
 
 
+def test_both_hosts_implement_the_whole_interface():
+    """ComfyHost cannot be imported here; its class body is read instead (the live tests run it)."""
+    import ast
+
+    tree = ast.parse((S.REPO / "nodes" / "comfy_adapter.py").read_text())
+    (comfy_host,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ComfyHost"]
+    assert [ast.unparse(base) for base in comfy_host.bases] == ["Host"]
+    defined = {n.name for n in comfy_host.body if isinstance(n, ast.FunctionDef)}
+    assert host.Host.__abstractmethods__ <= defined, host.Host.__abstractmethods__ - defined
+    assert "register_model_folders" in defined
+    assert not host.StandaloneHost.__abstractmethods__
+
+
 def test_standalone_host_answers_what_comfyui_would():
     h = host.StandaloneHost()
     h.register_model_folders()  # nothing to register outside ComfyUI
