@@ -13,12 +13,14 @@ Only safetensors are read: pickled `.bin`/`.pt` weights are refused rather than 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -223,10 +225,51 @@ class MemoModels:
             move(module, device, dtype)
         return self
 
+    _run_device = None  # set by `load_on_demand` (a class attribute, not a dataclass field)
+
     @property
     def device(self) -> torch.device:
-        return self.diffusion_net.device
+        """Where the networks run: the `load_on_demand` device inside that block, else the diffusion net's."""
+        return self._run_device if self._run_device is not None else self.diffusion_net.device
 
     @property
     def dtype(self) -> torch.dtype:
         return self.diffusion_net.dtype
+
+    # -- what callers outside the library may ask, instead of reading the networks' configs
+
+    @property
+    def audio_feature_shape(self) -> tuple[int, int]:
+        """(wav2vec2 layers, channels per layer) of the audio features this checkpoint takes."""
+        config = self.audio_proj.config
+        return int(config.blocks), int(config.channels)
+
+    @property
+    def face_embedding_size(self) -> int:
+        """Length of the face identity embedding (ArcFace: 512)."""
+        return int(self.image_proj.config.clip_embeddings_dim)
+
+    @property
+    def max_frames_per_clip(self) -> int | None:
+        """Most frames per clip the temporal position table covers; None when the checkpoint sets no limit."""
+        kwargs = dict(getattr(self.diffusion_net.config, "motion_module_kwargs", None) or {})
+        return kwargs.get("temporal_position_encoding_max_len") or None
+
+    @contextlib.contextmanager
+    def load_on_demand(self, device, load: Callable[[torch.nn.Module], None]):
+        """Within the block, call `load(network)` right before each network's forward runs, and report
+        `device` as `self.device` so the pipeline prepares its inputs there.
+
+        For model managers that keep only the running network on the GPU (ComfyUI's): `load` brings
+        that one network to `device`, offloading idle ones if memory is short. Implemented with
+        forward pre-hooks that are removed when the block ends, so the networks keep no state.
+        """
+        hooks = [network.register_forward_pre_hook(lambda network, _args: load(network))
+                 for network in self.modules().values()]
+        previous, self._run_device = self._run_device, torch.device(device)
+        try:
+            yield self
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self._run_device = previous

@@ -20,7 +20,7 @@ def register_with_comfyui() -> bool:
     """Register our model folders (models/memo, emotion2vec, ...) with ComfyUI; False outside ComfyUI."""
     if not in_comfyui():
         return False
-    get_host().adapter.register_model_folders()
+    get_host().register_model_folders()
     return True
 
 

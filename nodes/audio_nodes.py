@@ -95,12 +95,12 @@ class MemoAudioEncode:
             raise ValueError(f"audio: the track is {'silent' if rms == 0 else 'nearly silent'} (RMS {rms:.1e}); MEMO "
                              "animates the face from speech. Check the file, the cut (start/duration) or the vocal "
                              "separation.")
-        shortest = max(encoder.encoder.receptive_field / clip.sample_rate, 1.0 / float(fps))
+        shortest = max(encoder.receptive_field / clip.sample_rate, 1.0 / float(fps))
         if clip.duration_s < shortest:
             raise ValueError(f"audio: {clip.duration_s * 1000:.0f} ms is too short; MEMO needs at least "
                              f"{shortest * 1000:.0f} ms (one video frame, and the wav2vec2 window)")
         host = host_mod.get_host()
-        host.load_to_device([encoder.encoder.model])
+        host.load_to_device(encoder.networks())
         with user_errors("audio"):
             features = extract_audio_features(encoder.encoder, clip, fps=float(fps), frames_per_clip=int(frames_per_clip),
                                               on_progress=fraction_progress(host))

@@ -1,19 +1,22 @@
-"""The one module of comfyui-memo that imports ComfyUI.
+"""The one module of comfyui-memo that imports ComfyUI: `ComfyHost`, the nodes' host inside ComfyUI.
 
-Every other module stays importable (and testable) without ComfyUI; nodes import
-this module inside their functions. Written against ComfyUI 0.8.0.
+Every other module stays importable (and testable) without ComfyUI; `host.get_host()` imports
+this module on first use and falls back to the standalone host when the import fails. Written
+against ComfyUI 0.8.0.
 """
 from __future__ import annotations
 
 import os
+from typing import Iterable, Sequence
 
 try:
     import folder_paths
+    import latent_preview
+    import comfy.latent_formats as _latent_formats
     import comfy.model_management as _mm
     import comfy.model_patcher as _patcher
     import comfy.utils as _cutils
-    from comfy.cli_args import args as _comfy_args
-    from comfy_api.latest import InputImpl as _InputImpl, Types as _Types
+    from comfy.cli_args import LatentPreviewMethod as _PreviewMethod, args as _comfy_args
 except ImportError as _exc:  # pragma: no cover - exercised by tests outside ComfyUI
     raise ImportError(
         "comfyui-memo: nodes/comfy_adapter.py only works inside a running ComfyUI "
@@ -24,6 +27,7 @@ except ImportError as _exc:  # pragma: no cover - exercised by tests outside Com
 import torch
 
 from . import comfy_helpers as _helpers
+from .host import Host, HostError
 
 # name -> (sub-folder of models/, extensions ComfyUI lists for it; empty = folders only)
 MODEL_FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -35,164 +39,49 @@ MODEL_FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-# ------------------------------------------------------------------ folders and paths
+def _previews_enabled() -> bool:
+    """Whether progress previews are wanted (`--preview-method`, or the prompt's own override)."""
+    return _comfy_args.preview_method != _PreviewMethod.NoPreviews
 
-def register_model_folders() -> None:
-    """Make ComfyUI know our model folders; safe to call more than once.
 
-    Folders that ComfyUI or extra_model_paths.yaml already registered keep their
-    paths; we only add the default models/<sub> path and our extensions.
+class ComfyProgress:
+    """A node's progress bar in ComfyUI's UI, with previews as `--preview-method` asks.
+
+    Latent previews go through ComfyUI's own previewer (`latent_preview.get_previewer` for the SD1.5
+    latent format: latent2rgb, or TAESD when models/vae_approx holds taesd_decoder), made on the
+    first latent preview of the bar; decoded frames are shown as they are. With the preview method
+    `none` no preview is sent at all.
     """
-    for name, (sub, exts) in MODEL_FOLDERS.items():
-        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub))
-        known = folder_paths.folder_names_and_paths[name][1]
-        if exts and isinstance(known, set):
-            known.update(exts)
-
-
-def model_folder_paths(folder: str) -> list[str]:
-    """All paths registered for a model folder name (default first)."""
-    try:
-        return folder_paths.get_folder_paths(folder)
-    except KeyError:
-        raise KeyError(f"model folder '{folder}' is not registered; call register_model_folders()") from None
-
-
-def list_model_dirs(folder: str, marker: str) -> list[str]:
-    """Sub-folders of a registered model folder that contain `marker` (a relative file path)."""
-    return _helpers.find_model_dirs(model_folder_paths(folder), marker)
-
-
-def list_memo_checkpoints() -> list[str]:
-    """MEMO checkpoints: folders under models/memo holding diffusion_net/config.json."""
-    return list_model_dirs("memo", _helpers.MEMO_MARKER)
-
-
-def list_model_files(folder: str) -> list[str]:
-    """ComfyUI's own (cached, extension-filtered) file list for a model folder."""
-    return folder_paths.get_filename_list(folder)
-
-
-def resolve_path(folder: str, name: str, kind: str = "any") -> str:
-    """Absolute path of `name` (file or folder) inside a registered model folder."""
-    return _helpers.resolve_in_roots(model_folder_paths(folder), name, kind)
-
-
-def output_directory() -> str:
-    return folder_paths.get_output_directory()
-
-
-def temp_directory() -> str:
-    return folder_paths.get_temp_directory()
-
-
-def input_directory() -> str:
-    return folder_paths.get_input_directory()
-
-
-def save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
-    """(folder, base filename, next free counter, subfolder) for a new output file.
-
-    Same numbering as SaveImage/SaveVideo, so our files sort next to core outputs.
-    """
-    folder, filename, counter, subfolder, _prefix = folder_paths.get_save_image_path(
-        filename_prefix, output_directory(), width, height)
-    return folder, filename, counter, subfolder
-
-
-# ------------------------------------------------------------------ VIDEO values
-
-def make_video(images: torch.Tensor, fps: float, audio: dict | None = None):
-    """A core VIDEO value (what CreateVideo outputs): IMAGE [T,H,W,3] 0..1 frames,
-    optional AUDIO {'waveform': [1,C,S], 'sample_rate': int}, SaveVideo-compatible."""
-    from fractions import Fraction
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"video frames must be [T,H,W,3], got {tuple(images.shape)}")
-    components = _Types.VideoComponents(images=images, audio=audio,
-                                        frame_rate=Fraction(round(float(fps) * 1000), 1000))
-    return _InputImpl.VideoFromComponents(components)
-
-
-def video_parts(video) -> tuple[torch.Tensor, dict | None, float]:
-    """(frames [T,H,W,3], audio or None, fps) of any core VIDEO value (file or components)."""
-    parts = video.get_components()
-    return parts.images, parts.audio, float(parts.frame_rate)
-
-
-# ------------------------------------------------------------------ progress and interrupts
-
-class Progress:
-    """Node progress (and optional preview frame) shown in ComfyUI's UI."""
 
     def __init__(self, total: int):
         self._bar = _cutils.ProgressBar(int(total))
         self.total = int(total)
         self.current = 0
-
-    def update(self, n: int = 1, preview_image=None) -> None:
-        """Advance by `n` steps; `preview_image` is a PIL image or a [H,W,C] frame in 0..1."""
-        self.set(self.current + n, preview_image)
+        self._previewer = None
+        self._previewer_made = False
 
     def set(self, value: int, preview_image=None) -> None:
-        self.current = min(int(value), self.total)
+        """Move to `value`; `preview_image` is a PIL image or an `[H, W, C]` frame in 0..1."""
         preview = None
-        if preview_image is not None:
-            # ComfyUI's preview format: (image format, PIL image, longest side or None).
+        if preview_image is not None and _previews_enabled():
             preview = ("JPEG", _helpers.to_preview_pil(preview_image), _comfy_args.preview_size)
+        self._update(value, preview)
+
+    def set_latent(self, value: int, latent: torch.Tensor) -> None:
+        """Move to `value` with a preview of `latent`, a scaled SD1.5 latent `(4, h, w)`."""
+        if not self._previewer_made:
+            self._previewer = latent_preview.get_previewer(_mm.get_torch_device(), _latent_formats.SD15())
+            self._previewer_made = True
+        preview = None
+        if self._previewer is not None:
+            x0 = latent.detach()[None].to(_mm.get_torch_device(), torch.float32)
+            preview = self._previewer.decode_latent_to_preview_image("JPEG", x0)
+        self._update(value, preview)
+
+    def _update(self, value: int, preview) -> None:
+        self.current = min(int(value), self.total)
         self._bar.update_absolute(self.current, self.total, preview)
 
-
-def progress_bar(total: int) -> Progress:
-    return Progress(total)
-
-
-def throw_if_interrupted() -> None:
-    """Raise ComfyUI's interrupt exception if the user pressed Cancel; call between steps."""
-    _mm.throw_exception_if_processing_interrupted()
-
-
-def processing_interrupted() -> bool:
-    return _mm.processing_interrupted()
-
-
-# ------------------------------------------------------------------ devices and dtypes
-
-def torch_device() -> torch.device:
-    """Where models run (CUDA/MPS/..., or CPU under --cpu)."""
-    return _mm.get_torch_device()
-
-
-def offload_device() -> torch.device:
-    """Where idle model weights are parked (CPU unless --highvram/--gpu-only)."""
-    return _mm.unet_offload_device()
-
-
-def intermediate_device() -> torch.device:
-    """Where IMAGE/AUDIO/LATENT tensors passed between nodes live."""
-    return _mm.intermediate_device()
-
-
-def intermediate_dtype() -> torch.dtype:
-    """dtype of tensors passed between nodes; ComfyUI 0.8.0 uses float32 throughout."""
-    return torch.float32
-
-
-def model_dtype(device: torch.device | None = None, params: int = 0,
-                supported=(torch.float16, torch.bfloat16, torch.float32)) -> torch.dtype:
-    """ComfyUI's choice of weight dtype for a diffusion model on `device` (honours --fp16-unet etc.)."""
-    return _mm.unet_dtype(device=device or torch_device(), model_params=params,
-                          supported_dtypes=list(supported))
-
-
-def vae_dtype(device: torch.device | None = None) -> torch.dtype:
-    return _mm.vae_dtype(device or torch_device(), [torch.float16, torch.bfloat16, torch.float32])
-
-
-def soft_empty_cache() -> None:
-    _mm.soft_empty_cache()
-
-
-# ------------------------------------------------------------------ model loading
 
 class _Holder(torch.nn.Module):
     """ModelPatcher writes `.device` on its model; diffusers/transformers models expose a
@@ -207,49 +96,87 @@ class _Holder(torch.nn.Module):
 _PATCHER_ATTR = "_comfyui_memo_patcher"
 
 
-def patcher_for(module: torch.nn.Module):
-    """The ModelPatcher that manages `module` (created once, then reused).
+class ComfyHost(Host):
+    """The nodes' host inside ComfyUI: folder_paths, ProgressBar/latent_preview, model_management."""
 
-    Reusing one patcher per module lets ComfyUI recognise the model as already
-    loaded instead of unloading and reloading it on every call.
-    """
-    patcher = getattr(module, _PATCHER_ATTR, None)
-    if patcher is None:
-        current = next(module.parameters(), None)
-        device = current.device if current is not None else offload_device()
-        patcher = _patcher.ModelPatcher(_Holder(module, device), load_device=torch_device(),
-                                        offload_device=offload_device())
-        object.__setattr__(module, _PATCHER_ATTR, patcher)
-    return patcher
+    name = "comfyui"
 
+    # -- model folders
+    def register_model_folders(self) -> None:
+        """Folders that ComfyUI or extra_model_paths.yaml already registered keep their paths; only the
+        default models/<sub> path and our extensions are added."""
+        for name, (sub, exts) in MODEL_FOLDERS.items():
+            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub))
+            known = folder_paths.folder_names_and_paths[name][1]
+            if exts and isinstance(known, set):
+                known.update(exts)
 
-def load_models_to_gpu(modules, memory_required: int = 0) -> list:
-    """Move our torch modules to the compute device through ComfyUI's model manager.
+    def model_roots(self, folder: str) -> list[str]:
+        try:
+            return list(folder_paths.get_folder_paths(folder))
+        except KeyError:
+            return []
 
-    ComfyUI then counts them against VRAM, frees other models to make room, and
-    offloads ours when something else needs the space. Always a full load: our
-    modules use plain torch layers, which ComfyUI's partial (lowvram) loading
-    cannot cast on the fly. Returns the modules, now on torch_device().
-    """
-    modules = list(modules)
-    patchers = [patcher_for(m) for m in modules]
-    _mm.load_models_gpu(patchers, memory_required=int(memory_required), force_full_load=True)
-    return modules
+    def list_model_files(self, folder: str, suffixes: Sequence[str]) -> list[str]:
+        """ComfyUI's own (cached, extension-filtered) file list, narrowed to `suffixes`."""
+        try:
+            names = folder_paths.get_filename_list(folder)
+        except KeyError:
+            return []
+        return sorted((n.replace(os.sep, "/") for n in names if n.lower().endswith(tuple(suffixes))), key=str.lower)
 
+    def resolve(self, folder: str, name: str, kind: str = "any") -> str:
+        try:
+            return _helpers.resolve_in_roots(self.model_roots(folder), name, kind)
+        except FileNotFoundError as exc:
+            raise HostError(f"{exc}. Put the model there (see workflows/README.md) and press R in the editor "
+                            "to refresh the model lists") from None
 
-def unload_models(modules) -> int:
-    """Offload the given modules back to offload_device(); returns how many were loaded."""
-    wanted = {id(getattr(m, _PATCHER_ATTR, None)) for m in modules}
-    done = 0
-    for i in reversed(range(len(_mm.current_loaded_models))):
-        loaded = _mm.current_loaded_models[i]
-        if id(loaded.model) in wanted and loaded.model_unload():
-            _mm.current_loaded_models.pop(i)
-            done += 1
-    return done
+    # -- progress, cancel
+    def progress(self, total: int) -> ComfyProgress:
+        return ComfyProgress(total)
 
+    def check_interrupt(self) -> None:
+        _mm.throw_exception_if_processing_interrupted()
 
-def is_loaded(module: torch.nn.Module) -> bool:
-    """Whether ComfyUI currently lists `module` among its loaded models."""
-    patcher = getattr(module, _PATCHER_ATTR, None)
-    return patcher is not None and any(lm.model is patcher for lm in _mm.current_loaded_models)
+    # -- devices and model management
+    def compute_device(self) -> torch.device:
+        return _mm.get_torch_device()
+
+    def offload_device(self) -> torch.device:
+        return _mm.unet_offload_device()
+
+    def model_dtype(self, supported: Sequence) -> torch.dtype:
+        """ComfyUI's choice for a diffusion model on the compute device (honours --fp16-unet etc.)."""
+        return _mm.unet_dtype(device=self.compute_device(), supported_dtypes=list(supported))
+
+    def patcher(self, module: torch.nn.Module):
+        """The ModelPatcher that manages `module` (created once, then reused, so ComfyUI recognises the
+        model as already loaded instead of reloading it on every call)."""
+        patcher = getattr(module, _PATCHER_ATTR, None)
+        if patcher is None:
+            current = next(module.parameters(), None)
+            device = current.device if current is not None else self.offload_device()
+            patcher = _patcher.ModelPatcher(_Holder(module, device), load_device=self.compute_device(),
+                                            offload_device=self.offload_device())
+            object.__setattr__(module, _PATCHER_ATTR, patcher)
+        return patcher
+
+    def load_to_device(self, modules: Iterable) -> None:
+        """Load `modules` through `comfy.model_management.load_models_gpu`, each as its own model.
+
+        ComfyUI counts them against VRAM and frees other (idle) models to make room. Always a full
+        load: our modules use plain torch layers, which ComfyUI's partial (lowvram) loading cannot
+        cast on the fly.
+        """
+        _mm.load_models_gpu([self.patcher(m) for m in modules], force_full_load=True)
+
+    # -- outputs
+    def output_directory(self) -> str:
+        return folder_paths.get_output_directory()
+
+    def save_path(self, filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
+        """Same numbering as SaveImage/SaveVideo, so our files sort next to core outputs."""
+        folder, filename, counter, subfolder, _prefix = folder_paths.get_save_image_path(
+            filename_prefix, self.output_directory(), width, height)
+        return folder, filename, counter, subfolder

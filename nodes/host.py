@@ -1,15 +1,17 @@
 """Where the nodes meet the program that runs them: ComfyUI, or a plain Python process.
 
-Node code never imports ComfyUI (nor ``comfy_adapter``, which does) at module level: it calls
-``get_host()`` and uses the returned object for everything the host provides — model folders,
-the progress bar, the cancel button, devices, ComfyUI's model manager and the output folder.
+Node code never imports ComfyUI at module level: it calls ``get_host()`` and asks the returned
+:class:`Host` for everything the surroundings provide — model folders, the progress bar and its
+previews, the cancel button, devices and dtypes, model management, and the output folder.
 
-* Inside ComfyUI, ``get_host()`` returns a :class:`ComfyHost`, a thin shim over
-  ``nodes/comfy_adapter.py``.
-* Anywhere else (unit tests, scripts) ``comfy_adapter`` cannot be imported and a
-  :class:`StandaloneHost` is used: model folders are whatever roots it was given, progress is
-  recorded in memory, models stay where they are, and files go to its ``output_dir``. Without
-  configuration it knows no model folders and refuses to write anything.
+There is one implementation per side:
+
+* :class:`~.comfy_adapter.ComfyHost` (``nodes/comfy_adapter.py``, the only module that imports
+  ComfyUI) inside ComfyUI;
+* :class:`StandaloneHost` anywhere else (unit tests, scripts): model folders are whatever roots it
+  was given, progress and previews are recorded in memory, models move with plain ``.to``, and
+  files go to its ``output_dir``. Without configuration it knows no model folders and refuses to
+  write anything.
 
 Tests (and scripts) install their own host with :func:`use_host`, which is how loaders find a
 temporary model folder without ComfyUI's ``folder_paths``.
@@ -25,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 
 from . import comfy_helpers
 
-# Model folder names, the same as the adapter registers (sub-folders of ComfyUI's models/).
+# Model folder names, sub-folders of ComfyUI's models/ (ComfyHost registers them).
 MEMO_FOLDER = "memo"
 AUDIO_ENCODER_FOLDER = "audio_encoders"
 EMOTION2VEC_FOLDER = "emotion2vec"
@@ -37,14 +39,80 @@ class HostError(ValueError):
     """Something the host cannot provide (an unknown model name, no output folder)."""
 
 
-class Progress:
-    """Progress of one node run, in steps; ``previews`` keeps only the newest preview."""
+class Host(abc.ABC):
+    """What the nodes need from their surroundings (see the module docstring)."""
 
-    def __init__(self, total: int):
+    name = "abstract"
+
+    # -- model folders
+    def register_model_folders(self) -> None:
+        """Make the host know MEMO's model folders (models/memo, emotion2vec, ...); idempotent."""
+
+    @abc.abstractmethod
+    def model_roots(self, folder: str) -> list[str]:
+        """Folders searched for models of kind `folder` (e.g. "memo", "audio_encoders")."""
+
+    def list_model_dirs(self, folder: str, marker: str) -> list[str]:
+        """Sub-folders (relative, '/'-separated) of the `folder` roots that contain the file `marker`."""
+        return comfy_helpers.find_model_dirs(self.model_roots(folder), marker)
+
+    @abc.abstractmethod
+    def list_model_files(self, folder: str, suffixes: Sequence[str]) -> list[str]:
+        """Files (relative, '/'-separated) under the `folder` roots whose names end in one of `suffixes`."""
+
+    @abc.abstractmethod
+    def resolve(self, folder: str, name: str, kind: str = "any") -> str:
+        """Absolute path of `name` (kind 'file', 'dir' or 'any') under the `folder` roots; HostError if absent."""
+
+    # -- progress, previews, cancel
+    @abc.abstractmethod
+    def progress(self, total: int):
+        """A progress bar of `total` steps: `set(value, preview_image=None)` with an optional RGB frame
+        `[H, W, 3]` in [0, 1], and `set_latent(value, latent)` with a scaled SD1.5 latent `(4, h, w)`
+        that the host turns into a preview as its settings say (or not at all)."""
+
+    @abc.abstractmethod
+    def check_interrupt(self) -> None:
+        """Raise if the user asked to stop (ComfyUI's own exception inside ComfyUI)."""
+
+    # -- devices and model management
+    @abc.abstractmethod
+    def compute_device(self):
+        """Where the networks run."""
+
+    @abc.abstractmethod
+    def offload_device(self):
+        """Where idle weights are kept (and where loaders put new ones)."""
+
+    @abc.abstractmethod
+    def model_dtype(self, supported: Sequence) -> object:
+        """The weight dtype, among `supported` (torch dtypes, preferred first), for a model on `compute_device()`."""
+
+    @abc.abstractmethod
+    def load_to_device(self, modules: Iterable) -> None:
+        """Make sure `modules` sit on `compute_device()` now; each module is one model to the host's
+        model manager, which may move other (idle) models out to make room."""
+
+    # -- outputs
+    @abc.abstractmethod
+    def output_directory(self) -> str:
+        """The folder output files go to; HostError if there is none."""
+
+    @abc.abstractmethod
+    def save_path(self, filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
+        """(folder, base filename, free counter, subfolder) for a new file, numbered like SaveVideo."""
+
+
+class Progress:
+    """Progress of one node run, in steps; keeps only the newest preview (frame and latent)."""
+
+    def __init__(self, total: int, previewer: Callable | None = None):
         self.total = int(total)
         self.current = 0
         self.preview = None
+        self.latent = None
         self.updates = 0
+        self._previewer = previewer
 
     def set(self, value: int, preview_image=None) -> None:
         self.current = min(int(value), self.total)
@@ -52,19 +120,33 @@ class Progress:
         if preview_image is not None:
             self.preview = preview_image
 
+    def set_latent(self, value: int, latent) -> None:
+        self.latent = latent
+        self.set(value, None if self._previewer is None else self._previewer(latent))
 
-class Host(abc.ABC):
-    """What the nodes need from their surroundings (see the module docstring)."""
 
-    name = "abstract"
+class StandaloneHost(Host):
+    """Host for tests and scripts: explicit model roots per folder name and an optional output folder.
 
-    # -- model folders
-    @abc.abstractmethod
+    `previewer`: turns a scaled SD1.5 latent `(4, h, w)` into a preview image; None (the default)
+    keeps the latents only, like ComfyUI's `--preview-method none`.
+    """
+
+    name = "standalone"
+
+    def __init__(self, roots: dict[str, Sequence[str]] | None = None, output_dir: str | os.PathLike | None = None,
+                 device: str = "cpu", should_cancel: Callable[[], bool] | None = None,
+                 previewer: Callable | None = None):
+        self.roots = {key: [os.fspath(p) for p in value] for key, value in (roots or {}).items()}
+        self._output_dir = None if output_dir is None else os.fspath(output_dir)
+        self._device = device
+        self.should_cancel = should_cancel
+        self.previewer = previewer
+        self.progress_log: list[Progress] = []
+        self.loaded: list = []  # every module handed to load_to_device, in call order
+
     def model_roots(self, folder: str) -> list[str]:
-        """Folders searched for models of kind `folder` (e.g. "memo", "audio_encoders")."""
-
-    def list_model_dirs(self, folder: str, marker: str) -> list[str]:
-        return comfy_helpers.find_model_dirs(self.model_roots(folder), marker)
+        return list(self.roots.get(folder, []))
 
     def list_model_files(self, folder: str, suffixes: Sequence[str]) -> list[str]:
         names = set()
@@ -84,73 +166,18 @@ class Host(abc.ABC):
 
     def resolve(self, folder: str, name: str, kind: str = "any") -> str:
         roots = self.model_roots(folder)
+        if not roots:
+            raise HostError(
+                f"no '{folder}' model folder is known outside ComfyUI; run the node inside ComfyUI "
+                f"(models/{folder}/) or configure a StandaloneHost with roots={{'{folder}': [...]}}"
+            )
         try:
             return comfy_helpers.resolve_in_roots(roots, name, kind)
         except FileNotFoundError as exc:
             raise HostError(str(exc)) from None
 
-    # -- progress, cancel
-    def progress(self, total: int):
-        return Progress(total)
-
-    def check_interrupt(self) -> None:
-        """Raise if the user asked to stop (ComfyUI's own exception inside ComfyUI)."""
-
-    # -- devices and model management
-    def compute_device(self):
-        import torch
-
-        return torch.device("cpu")
-
-    def offload_device(self):
-        import torch
-
-        return torch.device("cpu")
-
-    def load_to_device(self, modules: Iterable) -> None:
-        """Make sure `modules` sit on `compute_device()` (through ComfyUI's model manager there)."""
-        from ..memo_pipeline.loading import move
-
-        device = self.compute_device()
-        for module in modules:
-            move(module, device)
-
-    # -- outputs
-    def output_directory(self) -> str:
-        raise HostError("no output folder: nodes that write files need ComfyUI (or a host with output_dir)")
-
-    def save_path(self, filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
-        """(folder, base filename, free counter, subfolder) for a new file, numbered like SaveVideo."""
-        return _next_save_path(self.output_directory(), filename_prefix)
-
-
-class StandaloneHost(Host):
-    """Host for tests and scripts: explicit model roots per folder name and an optional output folder."""
-
-    name = "standalone"
-
-    def __init__(self, roots: dict[str, Sequence[str]] | None = None, output_dir: str | os.PathLike | None = None,
-                 device: str = "cpu", should_cancel: Callable[[], bool] | None = None):
-        self.roots = {key: [os.fspath(p) for p in value] for key, value in (roots or {}).items()}
-        self._output_dir = None if output_dir is None else os.fspath(output_dir)
-        self._device = device
-        self.should_cancel = should_cancel
-        self.progress_log: list[Progress] = []
-        self.loaded: list = []
-
-    def model_roots(self, folder: str) -> list[str]:
-        return list(self.roots.get(folder, []))
-
-    def resolve(self, folder: str, name: str, kind: str = "any") -> str:
-        if not self.model_roots(folder):
-            raise HostError(
-                f"no '{folder}' model folder is known outside ComfyUI; run the node inside ComfyUI "
-                f"(models/{folder}/) or configure a StandaloneHost with roots={{'{folder}': [...]}}"
-            )
-        return super().resolve(folder, name, kind)
-
     def progress(self, total: int) -> Progress:
-        bar = Progress(total)
+        bar = Progress(total, self.previewer)
         self.progress_log.append(bar)
         return bar
 
@@ -165,66 +192,44 @@ class StandaloneHost(Host):
 
         return torch.device(self._device)
 
+    def offload_device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def model_dtype(self, supported: Sequence) -> object:
+        import torch
+
+        return torch.float32 if torch.float32 in supported else supported[0]
+
     def load_to_device(self, modules: Iterable) -> None:
-        modules = list(modules)
-        self.loaded.extend(modules)
-        super().load_to_device(modules)
+        from ..memo_pipeline.loading import move
+
+        device = self.compute_device()
+        for module in modules:
+            self.loaded.append(module)
+            move(module, device)
 
     def output_directory(self) -> str:
         if self._output_dir is None:
-            return super().output_directory()
+            raise HostError("no output folder: nodes that write files need ComfyUI (or a host with output_dir)")
         os.makedirs(self._output_dir, exist_ok=True)
         return self._output_dir
 
-
-class ComfyHost(Host):
-    """Inside ComfyUI: everything goes through nodes/comfy_adapter.py."""
-
-    name = "comfyui"
-
-    def __init__(self, adapter):
-        self.adapter = adapter
-
-    def model_roots(self, folder: str) -> list[str]:
-        try:
-            return list(self.adapter.model_folder_paths(folder))
-        except KeyError:
-            return []
-
-    def list_model_files(self, folder: str, suffixes: Sequence[str]) -> list[str]:
-        try:
-            names = self.adapter.list_model_files(folder)
-        except KeyError:
-            return []
-        return sorted((n.replace(os.sep, "/") for n in names if n.lower().endswith(tuple(suffixes))), key=str.lower)
-
-    def resolve(self, folder: str, name: str, kind: str = "any") -> str:
-        try:
-            return self.adapter.resolve_path(folder, name, kind)
-        except FileNotFoundError as exc:
-            raise HostError(f"{exc}. Put the model there (see workflows/README.md) and press R in the editor "
-                            "to refresh the model lists") from None
-
-    def progress(self, total: int):
-        return self.adapter.progress_bar(total)
-
-    def check_interrupt(self) -> None:
-        self.adapter.throw_if_interrupted()
-
-    def compute_device(self):
-        return self.adapter.torch_device()
-
-    def offload_device(self):
-        return self.adapter.offload_device()
-
-    def load_to_device(self, modules: Iterable) -> None:
-        self.adapter.load_models_to_gpu(list(modules))
-
-    def output_directory(self) -> str:
-        return self.adapter.output_directory()
-
     def save_path(self, filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
-        return self.adapter.save_path(filename_prefix, width, height)
+        """ComfyUI's numbering outside ComfyUI: `<sub>/<name>_<counter:05>_.ext`, counter one past the highest."""
+        output_dir = self.output_directory()
+        prefix = (filename_prefix or "").strip().replace("\\", "/")
+        if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
+            raise HostError(f"filename_prefix {filename_prefix!r} must be a relative name inside the output folder")
+        subfolder, filename = os.path.split(prefix)
+        if not filename:
+            raise HostError(f"filename_prefix {filename_prefix!r} ends with a folder separator; add a file name")
+        folder = os.path.join(output_dir, subfolder)
+        os.makedirs(folder, exist_ok=True)
+        pattern = re.compile(re.escape(filename) + r"_(\d+)_?\.")
+        counters = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
+        return folder, filename, max(counters, default=0) + 1, subfolder
 
 
 _override: Host | None = None
@@ -236,10 +241,10 @@ def _try_comfy_host() -> Host | None:
     global _comfy_host
     if _comfy_host is None:
         try:
-            from . import comfy_adapter
+            from .comfy_adapter import ComfyHost
         except ImportError:
             return None
-        _comfy_host = ComfyHost(comfy_adapter)
+        _comfy_host = ComfyHost()
     return _comfy_host
 
 
@@ -263,18 +268,3 @@ def use_host(host: Host):
         yield host
     finally:
         _override = previous
-
-
-def _next_save_path(output_dir: str, filename_prefix: str) -> tuple[str, str, int, str]:
-    """ComfyUI's numbering outside ComfyUI: `<sub>/<name>_<counter:05>_.ext`, counter one past the highest."""
-    prefix = (filename_prefix or "").strip().replace("\\", "/")
-    if not prefix or prefix.startswith("/") or ".." in prefix.split("/"):
-        raise HostError(f"filename_prefix {filename_prefix!r} must be a relative name inside the output folder")
-    subfolder, filename = os.path.split(prefix)
-    if not filename:
-        raise HostError(f"filename_prefix {filename_prefix!r} ends with a folder separator; add a file name")
-    folder = os.path.join(output_dir, subfolder)
-    os.makedirs(folder, exist_ok=True)
-    pattern = re.compile(re.escape(filename) + r"_(\d+)_?\.")
-    counters = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
-    return folder, filename, max(counters, default=0) + 1, subfolder

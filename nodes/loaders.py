@@ -54,7 +54,7 @@ def missing_files_hint(input_name: str, folders: tuple[str, ...]) -> str:
     from ..memo_pipeline.model_files import missing_hint
 
     files, feature = NEEDED_FILES.get(input_name, ("its model files", "core"))
-    roots = [root for folder in folders for root in _safe_list(lambda f=folder: host_mod.get_host().model_roots(f))]
+    roots = [root for folder in folders for root in safe_list(lambda f=folder: host_mod.get_host().model_roots(f))]
     models_dir = os.path.dirname(os.path.normpath(roots[0])) if roots else None
     return missing_hint(files, roots, feature, models_dir)
 
@@ -66,7 +66,7 @@ def choices_or_hint(fn, input_name: str, folders: tuple[str, ...]) -> list[str]:
     """The model list, or, when it is empty, one entry saying what is missing, where it was searched and
     the command that fetches it: ComfyUI checks a workflow's value against this list before the node
     runs, and its "Value not in list" error prints the list."""
-    return _safe_list(fn) or [NOT_FOUND + input_name + " " + missing_files_hint(input_name, folders)]
+    return safe_list(fn) or [NOT_FOUND + input_name + " " + missing_files_hint(input_name, folders)]
 
 
 def split_choice(choice: str, input_name: str, allowed: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -88,7 +88,7 @@ def resolve_choice(choice: str, input_name: str, allowed: tuple[str, ...], kind:
         raise ValueError(f"input '{input_name}': {exc}. It {missing_files_hint(input_name, (folder,))}") from exc
 
 
-def _safe_list(fn) -> list[str]:
+def safe_list(fn) -> list[str]:
     """Model lists are built when the editor asks for node definitions; a broken folder must not
     take every MEMO node down with it."""
     try:
@@ -157,14 +157,11 @@ def vocal_model_choices() -> list[str]:
 
 def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
     if dtype == "auto":
-        host = host_mod.get_host()
-        if isinstance(host, host_mod.ComfyHost):
-            import torch
+        import torch
 
-            # bf16 (the release dtype) where the device has it, else fp32: MEMO is not known to be fp16-safe.
-            chosen = host.adapter.model_dtype(supported=(torch.bfloat16, torch.float32))
-            return "bf16" if chosen == torch.bfloat16 else "fp32"
-        return "fp32"
+        # bf16 (the release dtype) where the host's device has it, else fp32: MEMO is not known to be fp16-safe.
+        chosen = host_mod.get_host().model_dtype((torch.bfloat16, torch.float32))
+        return "bf16" if chosen == torch.bfloat16 else "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"input '{input_name}' must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return dtype
@@ -302,7 +299,7 @@ class MemoFaceModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "face_models": combo(_safe_list(face_model_choices) or [HAAR_CHOICE],
+            "face_models": combo(safe_list(face_model_choices) or [HAAR_CHOICE],
                                  "Where scrfd_10g_bnkps.onnx and glintr100.onnx are: a MEMO checkpoint or a folder "
                                  "under models/insightface/."),
             "detection_size": int_input(640, 128, 1280, "Canvas side the detector runs at (multiple of 32); "

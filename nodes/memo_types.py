@@ -50,6 +50,14 @@ class MemoAudioEncoder:
     encoder: Any  # memo_pipeline.audio.features.Wav2Vec2AudioEncoder
     name: str
 
+    def networks(self) -> list[torch.nn.Module]:
+        return self.encoder.networks()
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples (16 kHz) the encoder needs for one output frame."""
+        return self.encoder.receptive_field
+
 
 @dataclass(eq=False)
 class MemoAudio:

@@ -45,7 +45,7 @@ from .memo_types import (
     MemoState,
     expect,
 )
-from .preview import step_preview
+from .preview import denoised_latent
 from .vae_bridge import ComfyVAEBridge
 
 STATE_SUFFIX = ".state.safetensors"
@@ -93,7 +93,6 @@ class RunPlan:
     first_clip: int
     stop_clip: int
     resolution: int
-    modules: list
 
     @property
     def num_clips(self) -> int:
@@ -136,18 +135,17 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
         raise ValueError(f"input 'resolution' must be a multiple of 8, got {resolution}")
 
     models = model.models
-    layers = audio.features.layer_features.shape[1:]
-    proj = models.audio_proj.config
-    if (proj.blocks, proj.channels) != tuple(layers):
+    layers = tuple(audio.features.layer_features.shape[1:])
+    if models.audio_feature_shape != layers:
+        expected = " x ".join(map(str, models.audio_feature_shape))
         raise ValueError(f"memo_audio: its wav2vec2 features have {layers[0]} layers x {layers[1]} channels "
-                         f"('{audio.encoder_name}'), but this MEMO checkpoint expects {proj.blocks} x {proj.channels}; "
+                         f"('{audio.encoder_name}'), but this MEMO checkpoint expects {expected}; "
                          "use the audio encoder MEMO was trained with (wav2vec2-base-960h)")
     embedding = identity.embedding.detach().float().reshape(1, -1).cpu()
-    wanted = models.image_proj.config.clip_embeddings_dim
+    wanted = models.face_embedding_size
     if embedding.shape[1] != wanted or not torch.isfinite(embedding).all():
         raise ValueError(f"face: the embedding has {embedding.shape[1]} values, the checkpoint needs {wanted} finite ones")
-    motion_kwargs = dict(getattr(models.diffusion_net.config, "motion_module_kwargs", None) or {})
-    table = motion_kwargs.get("temporal_position_encoding_max_len")
+    table = models.max_frames_per_clip
     if table and audio.frames_per_clip > table:
         raise ValueError(f"memo_audio: {audio.frames_per_clip} frames per clip is more than this checkpoint handles "
                          f"({table}); encode the audio with frames_per_clip <= {table}")
@@ -170,47 +168,48 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     with user_errors("settings"):
         settings.validate()
 
-    host = host_mod.get_host()
-    modules = model.modules()
-
-    def keep_loaded():
-        host.load_to_device(modules)
-
-    bridge = ComfyVAEBridge(vae, after_call=keep_loaded)
-    pipeline = MemoPipeline(models, bridge)
+    pipeline = MemoPipeline(models, ComfyVAEBridge(vae))
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
-                   resolution, modules)
+                   resolution)
 
 
 def run_clips(plan: RunPlan):
-    """Yield `ClipOutput`s of `plan`, driving the host's progress bar, previews and Cancel."""
+    """Yield `ClipOutput`s of `plan`, driving the host's progress bar, previews and Cancel.
+
+    Each MEMO network is loaded through the host right before it runs (the VAE loads itself), so a
+    model manager short of memory can offload every network that is idle at that moment.
+    """
     host = host_mod.get_host()
-    host.load_to_device(plan.modules)
     settings = plan.settings
     total = plan.num_clips * settings.steps
     bar = host.progress(total)
     offset = plan.first_clip * settings.steps
 
     def on_step(info):
-        bar.set(info.done - offset, step_preview(info.latents, info.velocity, info.sigma_next))
+        bar.set_latent(info.done - offset, denoised_latent(info.latents, info.velocity, info.sigma_next))
 
     def should_cancel():
         host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI
         return False
 
+    def load_one(network):
+        host.load_to_device([network])
+
     generator = plan.pipeline.generate(plan.pixels, plan.face, plan.audio.features, plan.labels, settings,
                                        state=plan.state, on_step=on_step, should_cancel=should_cancel)
-    try:
-        for clip in generator:
-            middle = clip.frames[clip.frames.shape[0] // 2]
-            bar.set((clip.index + 1) * settings.steps - offset, middle.permute(1, 2, 0))
-            yield clip
-            if clip.index + 1 >= plan.stop_clip:
-                break
-    except ValueError as exc:
-        raise ValueError(f"MEMO sampler: {exc}") from exc
-    finally:
-        generator.close()
+
+    with plan.pipeline.models.load_on_demand(host.compute_device(), load_one):
+        try:
+            for clip in generator:
+                middle = clip.frames[clip.frames.shape[0] // 2]
+                bar.set((clip.index + 1) * settings.steps - offset, middle.permute(1, 2, 0))
+                yield clip
+                if clip.index + 1 >= plan.stop_clip:
+                    break
+        except ValueError as exc:
+            raise ValueError(f"MEMO sampler: {exc}") from exc
+        finally:
+            generator.close()
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:

@@ -19,8 +19,6 @@ numbers as `DiffusersVAE` on the same weights, up to the ``(x + 1) / 2 * 2 - 1``
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from ..memo_pipeline.vae import LATENT_SCALE
@@ -46,14 +44,13 @@ def check_sd_vae(vae, input_name: str = "vae") -> None:
 class ComfyVAEBridge:
     """Duck-typed adapter from a ComfyUI VAE to `VAEAdapter`.
 
-    `after_call` runs after every encode/decode: the sampler uses it to put the MEMO networks
-    back on the GPU in case ComfyUI's model manager moved them out to make room for the VAE.
+    ComfyUI's VAE loads itself through the model manager on every call; the MEMO networks are
+    loaded again right before they next run (see `sampler.run_clips`).
     """
 
-    def __init__(self, vae, after_call: Callable[[], None] | None = None, input_name: str = "vae"):
+    def __init__(self, vae, input_name: str = "vae"):
         check_sd_vae(vae, input_name)
         self.vae = vae
-        self.after_call = after_call
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -63,7 +60,6 @@ class ComfyVAEBridge:
         latents = self.vae.encode(pixels)
         if latents.shape[-2:] != (frames.shape[-2] // 8, frames.shape[-1] // 8):
             raise ValueError(f"VAE returned latents of shape {tuple(latents.shape)} for frames {tuple(frames.shape)}")
-        self._after()
         return latents.to(device=frames.device, dtype=torch.float32) * LATENT_SCALE
 
     @torch.no_grad()
@@ -71,9 +67,4 @@ class ComfyVAEBridge:
         images = self.vae.decode(latents.float() / LATENT_SCALE)
         if images.dim() == 5:  # video VAEs add a time axis; an image VAE never should
             images = images.reshape(-1, *images.shape[-3:])
-        self._after()
         return images[..., :3].movedim(-1, 1).float()
-
-    def _after(self) -> None:
-        if self.after_call is not None:
-            self.after_call()

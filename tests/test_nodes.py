@@ -171,6 +171,45 @@ def test_nodes_package_never_imports_comfyui_directly():
 
 # ----------------------------------------------------------------------------- host
 
+def test_nodes_ask_the_host_and_the_library():
+    """No node reaches around the host, into another module's private names, or into network configs."""
+    import ast
+    import re
+
+    for path in (S.REPO / "nodes").glob("*.py"):
+        if path.name in ("host.py", "comfy_adapter.py"):
+            continue
+        text = path.read_text()
+        assert not re.search(r"\bComfyHost\b|\.adapter\b", text), f"{path.name} reaches around the host"
+        assert not re.search(r"\.config\b", text), f"{path.name} reads a network's config"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name}:{node.lineno} imports private {private}"
+
+
+def test_both_hosts_implement_the_whole_interface():
+    """ComfyHost cannot be imported here; its class body is read instead (the live tests run it)."""
+    import ast
+
+    tree = ast.parse((S.REPO / "nodes" / "comfy_adapter.py").read_text())
+    (comfy_host,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ComfyHost"]
+    assert [ast.unparse(base) for base in comfy_host.bases] == ["Host"]
+    defined = {n.name for n in comfy_host.body if isinstance(n, ast.FunctionDef)}
+    assert host.Host.__abstractmethods__ <= defined, host.Host.__abstractmethods__ - defined
+    assert "register_model_folders" in defined
+    assert not host.StandaloneHost.__abstractmethods__
+
+
+def test_standalone_host_answers_what_comfyui_would():
+    h = host.StandaloneHost()
+    h.register_model_folders()  # nothing to register outside ComfyUI
+    assert h.model_dtype((torch.bfloat16, torch.float32)) == torch.float32
+    assert h.model_dtype((torch.float16,)) == torch.float16
+    assert str(h.compute_device()) == str(h.offload_device()) == "cpu"
+    assert isinstance(host.get_host(), host.StandaloneHost) and issubclass(host.StandaloneHost, host.Host)
+
+
 def test_standalone_host_without_roots_gives_a_clear_error():
     with host.use_host(host.StandaloneHost()):
         with pytest.raises(ValueError, match="input 'checkpoint'.*no 'memo' model folder is known outside ComfyUI"):
@@ -423,10 +462,23 @@ def test_vae_bridge_refuses_other_latent_spaces(vae):
 def test_step_preview_is_the_flow_matching_x0_estimate():
     latents = torch.randn(1, 4, 3, 8, 8)
     velocity = torch.randn(1, 4, 3, 8, 8)
-    image = preview.step_preview(latents, velocity, 0.25)
-    x0 = latents[0, :, 1] - 0.25 * velocity[0, :, 1]
-    expected = ((torch.einsum("chw,cr->hwr", x0, preview.SD15_LATENT_RGB_FACTORS) + 1) / 2).clamp(0, 1)
-    torch.testing.assert_close(image, expected)
+    torch.testing.assert_close(preview.denoised_latent(latents, velocity, 0.25),
+                               latents[0, :, 1] - 0.25 * velocity[0, :, 1])
+    torch.testing.assert_close(preview.denoised_latent(latents, velocity, 0.5, frame=9),
+                               latents[0, :, 2] - 0.5 * velocity[0, :, 2])
+    with pytest.raises(ValueError, match=r"\(1, 4, F, h, w\)"):
+        preview.denoised_latent(latents[0], velocity[0], 0.25)
+
+
+def test_standalone_progress_hands_latents_to_its_previewer():
+    seen = []
+    bar = host.StandaloneHost(previewer=lambda latent: seen.append(latent) or "picture").progress(4)
+    latent = torch.randn(4, 8, 8)
+    bar.set_latent(2, latent)
+    assert seen == [latent] and bar.latent is latent and bar.preview == "picture" and bar.current == 2
+    quiet = host.StandaloneHost().progress(4)  # no previewer: like --preview-method none, the latent is kept
+    quiet.set_latent(1, latent)
+    assert quiet.preview is None and quiet.latent is latent and quiet.updates == 1
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -440,8 +492,35 @@ def test_sampler_outputs_match_declarations(loaded, vae, encoded, face, memo_hos
     assert torch.equal(audio["waveform"], encoded[1]["waveform"]) and audio["sample_rate"] == RATE
     bar = memo_host.progress_log[-1]
     assert bar.total == 3 * 2 and bar.current == 6 and bar.updates >= 9  # every step + every clip
-    assert bar.preview is not None and bar.preview.shape[-1] == 3
-    assert memo_host.loaded  # the networks went through the host's model management
+    assert bar.preview is not None and bar.preview.shape[-1] == 3  # the last clip's decoded middle frame
+    assert bar.latent is not None and bar.latent.shape == (4, 8, 8)  # the last step's denoised estimate
+
+
+def test_sampler_loads_each_network_right_before_it_runs(loaded, vae, encoded, face, models_root, tmp_path):
+    models = loaded["model"].models
+    order = []
+
+    class Recording(host.StandaloneHost):
+        def load_to_device(self, modules):
+            modules = list(modules)
+            order.append(modules)
+            super().load_to_device(modules)
+
+    runs = {"diffusion_net": 0}
+    counter = models.diffusion_net.register_forward_hook(lambda *_: runs.__setitem__("diffusion_net", runs["diffusion_net"] + 1))
+    try:
+        with host.use_host(Recording(models_root, output_dir=tmp_path)):
+            sample(loaded, vae, encoded, face)
+    finally:
+        counter.remove()
+    assert all(len(call) == 1 for call in order)  # one network per load, never all of them at once
+    names = {id(module): name for name, module in models.modules().items()}
+    loads = [names[id(call[0])] for call in order]
+    assert set(loads) == {"reference_net", "diffusion_net", "image_proj", "audio_proj"}
+    assert loads.count("diffusion_net") == runs["diffusion_net"] == 3 * 2  # once per step, just before it
+    assert loads.index("reference_net") < loads.index("diffusion_net")
+    assert not any(m._forward_pre_hooks for m in models.modules().values())  # nothing left on the networks
+    assert models.device == models.diffusion_net.device
 
 
 def test_sampler_is_deterministic_and_resumable(loaded, vae, encoded, face, memo_host):

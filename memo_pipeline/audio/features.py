@@ -119,6 +119,10 @@ class Wav2Vec2AudioEncoder:
         model, do_normalize = load_wav2vec2(path)
         return cls(model.to(device=device, dtype=dtype), do_normalize=do_normalize, source=str(path))
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules that run when features are extracted (for a model manager to place)."""
+        return [self.model]
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

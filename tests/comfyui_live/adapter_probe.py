@@ -1,43 +1,103 @@
-"""Run by ComfyUI's own interpreter (not by pytest): exercise nodes/comfy_adapter.py and
-ComfyUI's VAE conventions against the real ComfyUI modules, print one JSON report line.
+"""Run by ComfyUI's own interpreter (not by pytest): exercise the pack's ComfyUI host
+(nodes/comfy_adapter.py) and ComfyUI's VAE conventions against the real ComfyUI modules, and print
+one JSON report line.
 
-Usage: python adapter_probe.py COMFY_DIR PACK_DIR BASE_DIR {adapter|vae}
+Usage: python adapter_probe.py COMFY_DIR PACK_DIR BASE_DIR {adapter|vae|vram} [JSON]
 """
+import importlib.util
 import json
 import os
 import sys
 import traceback
-import types
+
+PACK = "memo_probe_pack"
 
 
-def boot(comfy_dir, pack_dir, base_dir):
-    """Import ComfyUI as main.py would for `--cpu --base-directory BASE_DIR`, then the adapter."""
+def boot(comfy_dir, base_dir):
+    """Import ComfyUI as main.py would for `--cpu --base-directory BASE_DIR`."""
     sys.path.insert(0, comfy_dir)
     from comfy.cli_args import args
     args.cpu = True
     args.base_directory = base_dir
     import folder_paths  # noqa: F401  (reads args.base_directory at import)
-    # The adapter imports its helper relatively; give it a package without running
-    # the pack's __init__ (which would import every node).
-    pkg = types.ModuleType("memo_probe_nodes")
-    pkg.__path__ = [os.path.join(pack_dir, "nodes")]
-    sys.modules["memo_probe_nodes"] = pkg
-    import importlib
-    return importlib.import_module("memo_probe_nodes.comfy_adapter")
 
 
-def check_adapter(ad, base_dir):
+def import_pack(pack_dir):
+    """The pack imported as ComfyUI imports it (a package; its __init__ registers the model folders)."""
+    spec = importlib.util.spec_from_file_location(PACK, os.path.join(pack_dir, "__init__.py"),
+                                                  submodule_search_locations=[pack_dir])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+# ---------------------------------------------------------------- helpers the checks need (ComfyUI's own API)
+
+def loaded_patchers():
+    import comfy.model_management as mm
+    return [lm.model for lm in mm.current_loaded_models]
+
+
+def is_loaded(host, module):
+    return any(p is host.patcher(module) for p in loaded_patchers())
+
+
+def unload(host, modules):
+    """Offload `modules` the way ComfyUI's free_memory does; returns how many were loaded."""
+    import comfy.model_management as mm
+    wanted = {id(host.patcher(m)) for m in modules}
+    done = 0
+    for i in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[i]
+        if id(loaded.model) in wanted and loaded.model_unload():
+            mm.current_loaded_models.pop(i)
+            done += 1
+    return done
+
+
+def make_video(images, fps, audio=None):
+    """A core VIDEO value as CreateVideo builds it."""
+    from fractions import Fraction
+    from comfy_api.latest import InputImpl, Types
+    components = Types.VideoComponents(images=images, audio=audio, frame_rate=Fraction(round(float(fps) * 1000), 1000))
+    return InputImpl.VideoFromComponents(components)
+
+
+def video_parts(video):
+    parts = video.get_components()
+    return parts.images, parts.audio, float(parts.frame_rate)
+
+
+def preview_record(call):
+    value, total, preview = call
+    if preview is None:
+        return [value, total, None]
+    return [value, total, [preview[0], type(preview[1]).__name__, list(preview[1].size), preview[2]]]
+
+
+# ---------------------------------------------------------------- checks
+
+def check_adapter(pack_dir, base_dir):
+    import numpy as np
     import torch
     import folder_paths
+    import latent_preview
+    import comfy.latent_formats
     import comfy.utils
     import comfy.model_management as mm
+    from comfy.cli_args import LatentPreviewMethod, args
     out = {}
 
     core_audio_paths = list(folder_paths.folder_names_and_paths["audio_encoders"][0])
-    ad.register_model_folders()
-    ad.register_model_folders()
+    import_pack(pack_dir)
+    from memo_probe_pack.nodes import comfy_adapter, comfy_helpers, host as host_mod
+    host = host_mod.get_host()
+    out["host"] = [type(host).__name__, host.name, host_mod.in_comfyui()]
+    host.register_model_folders()
+    host.register_model_folders()
     fnp = folder_paths.folder_names_and_paths
-    out["folders"] = {name: [list(fnp[name][0]), sorted(fnp[name][1])] for name in ad.MODEL_FOLDERS}
+    out["folders"] = {name: [list(fnp[name][0]), sorted(fnp[name][1])] for name in comfy_adapter.MODEL_FOLDERS}
     out["audio_encoders_kept_core_paths"] = fnp["audio_encoders"][0][:len(core_audio_paths)] == core_audio_paths
 
     memo_root = os.path.join(base_dir, "models", "memo")
@@ -46,36 +106,70 @@ def check_adapter(ad, base_dir):
     for rel in ("memo-a", "org/memo-c"):
         with open(os.path.join(memo_root, rel, "diffusion_net", "config.json"), "w") as f:
             f.write("{}")
-    out["checkpoints"] = ad.list_memo_checkpoints()
-    out["resolved"] = ad.resolve_path("memo", "memo-a", "dir")
+    onnx_root = os.path.join(base_dir, "models", "vocal_separator")
+    os.makedirs(os.path.join(onnx_root, "sub"), exist_ok=True)
+    for rel in ("Kim_Vocal_2.onnx", "sub/other.ONNX", "notes.txt"):
+        open(os.path.join(onnx_root, rel), "w").close()
+    out["checkpoints"] = host.list_model_dirs("memo", comfy_helpers.MEMO_MARKER)
+    out["onnx_files"] = host.list_model_files("vocal_separator", (".onnx",))
+    out["unregistered_roots"] = host.model_roots("no_such_folder")
+    out["resolved"] = host.resolve("memo", "memo-a", "dir")
     for label, name in (("missing", "nope"), ("escape", "../../etc")):
         try:
-            ad.resolve_path("memo", name)
+            host.resolve("memo", name)
             out[label] = "no error"
-        except (FileNotFoundError, ValueError) as e:
+        except ValueError as e:
             out[label] = f"{type(e).__name__}: {e}"
 
     calls = []
-    comfy.utils.set_progress_bar_global_hook(
-        lambda value, total, preview, node_id=None: calls.append(
-            [value, total, None if preview is None else [preview[0], type(preview[1]).__name__,
-                                                          list(preview[1].size), preview[2]]]))
-    bar = ad.progress_bar(3)
-    bar.update(1)
-    bar.update(1, preview_image=torch.rand(16, 24, 3))
-    bar.update(5)
-    out["progress_calls"] = calls
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total, preview)))
+    latent = torch.randn(4, 8, 12)
+    previews = {}
+    for method in ("none", "latent2rgb", "taesd"):
+        latent_preview.set_preview_method(method)
+        calls.clear()
+        bar = host.progress(3)
+        bar.set(1)
+        bar.set(2, preview_image=torch.rand(16, 24, 3))
+        bar.set_latent(3, latent)
+        bar.set(5)
+        previews[method] = calls[:]
+    out["progress_calls"] = {method: [preview_record(c) for c in got] for method, got in previews.items()}
+    # the latent preview is exactly ComfyUI's own latent2rgb previewer on the SD1.5 format
+    latent_preview.set_preview_method("latent2rgb")
+    own = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
+    expected = own.decode_latent_to_preview_image("JPEG", latent[None])
+    out["latent2rgb_previewer"] = type(own).__name__
+    out["latent2rgb_matches_core"] = bool(np.array_equal(np.asarray(previews["latent2rgb"][2][2][1]),
+                                                         np.asarray(expected[1])))
+    # TAESD: with a taesd_decoder in models/vae_approx, ComfyUI's TAESD previewer decodes the latent
+    from safetensors.torch import save_file
+    from comfy.taesd.taesd import TAESD
+    torch.manual_seed(0)
+    decoder = TAESD(latent_channels=4).taesd_decoder
+    approx = os.path.join(base_dir, "models", "vae_approx")
+    os.makedirs(approx, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, os.path.join(approx, "taesd_decoder.safetensors"))
+    latent_preview.set_preview_method("taesd")
+    calls.clear()
+    bar = host.progress(1)
+    bar.set_latent(1, latent)
+    out["taesd_call"] = preview_record(calls[0])
+    out["taesd_previewer"] = type(bar._previewer).__name__
+    latent_preview.set_preview_method(None)  # back to the default: no previews
+    out["default_preview_method"] = str(args.preview_method)
+    comfy.utils.set_progress_bar_global_hook(None)
 
     mm.interrupt_current_processing(True)
     try:
-        ad.throw_if_interrupted()
+        host.check_interrupt()
         out["interrupt"] = "not raised"
     except mm.InterruptProcessingException:
         out["interrupt"] = "raised"
-    ad.throw_if_interrupted()  # flag was consumed by the first call
+    host.check_interrupt()  # flag was consumed by the first call
 
-    out["devices"] = [str(ad.torch_device()), str(ad.offload_device()), str(ad.intermediate_device())]
-    out["dtypes"] = [str(ad.intermediate_dtype()), str(ad.model_dtype()), str(ad.vae_dtype())]
+    out["devices"] = [str(host.compute_device()), str(host.offload_device()), str(mm.intermediate_device())]
+    out["dtypes"] = [str(host.model_dtype((torch.bfloat16, torch.float32))), str(host.model_dtype((torch.float32,)))]
 
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -85,34 +179,37 @@ def check_adapter(ad, base_dir):
                                        conv_kernel=(10, 3), num_conv_pos_embeddings=4,
                                        num_conv_pos_embedding_groups=2))
     before = len(mm.current_loaded_models)
-    ad.load_models_to_gpu([vae, w2v])
-    ad.load_models_to_gpu([vae])
+    host.load_to_device([vae, w2v])
+    host.load_to_device([vae])
     out["loaded_added"] = len(mm.current_loaded_models) - before
-    out["is_loaded"] = [ad.is_loaded(vae), ad.is_loaded(w2v)]
+    out["patchers"] = [host.patcher(vae) is host.patcher(vae), host.patcher(vae) is not host.patcher(w2v),
+                       host.patcher(w2v).model.wrapped is w2v]
+    out["is_loaded"] = [is_loaded(host, vae), is_loaded(host, w2v)]
     with torch.no_grad():
         out["w2v_runs"] = list(w2v(torch.zeros(1, 400)).last_hidden_state.shape)
-    out["unloaded"] = ad.unload_models([vae])
-    out["is_loaded_after"] = [ad.is_loaded(vae), ad.is_loaded(w2v)]
+    out["unloaded"] = unload(host, [vae])
+    out["is_loaded_after"] = [is_loaded(host, vae), is_loaded(host, w2v)]
     out["vae_param_device"] = str(next(vae.parameters()).device)
+
     frames = torch.rand(5, 32, 48, 3)
     audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
-    video = ad.make_video(frames, 10, audio)
-    imgs, aud, fps = ad.video_parts(video)
+    video = make_video(frames, 10, audio)
+    imgs, aud, fps = video_parts(video)
     out["video_parts"] = [list(imgs.shape), aud["sample_rate"], fps, bool(torch.equal(imgs, frames))]
     mp4 = os.path.join(base_dir, "probe.mp4")
     video.save_to(mp4)
     from comfy_api.latest import InputImpl
-    imgs, aud, fps = ad.video_parts(InputImpl.VideoFromFile(mp4))
+    imgs, aud, fps = video_parts(InputImpl.VideoFromFile(mp4))
     out["video_file_parts"] = [list(imgs.shape), None if aud is None else aud["sample_rate"], fps]
-    try:
-        ad.make_video(frames[0], 10)
-        out["video_bad_shape"] = "no error"
-    except ValueError as e:
-        out["video_bad_shape"] = str(e)
-    folder, filename, counter, subfolder = ad.save_path("memo/clip", 64, 64)
+    folder, filename, counter, subfolder = host.save_path("memo/clip", 64, 64)
     out["save_path"] = [os.path.relpath(folder, base_dir), filename, counter, subfolder]
-    out["output_dir"] = os.path.relpath(ad.output_directory(), base_dir)
+    out["output_dir"] = os.path.relpath(host.output_directory(), base_dir)
     return out
+
+
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+              latent_channels=4, sample_size=64)
 
 
 def check_vae():
@@ -121,9 +218,7 @@ def check_vae():
     from diffusers import AutoencoderKL
     import comfy.sd
     torch.manual_seed(0)
-    ref = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        latent_channels=4, sample_size=64).eval()
+    ref = AutoencoderKL(**SD_VAE).eval()
     sd = ref.state_dict()
     cvae = comfy.sd.VAE(sd=sd)
     pixels = torch.rand(2, 64, 64, 3)  # ComfyUI IMAGE: [B,H,W,C] in 0..1
@@ -150,11 +245,97 @@ def check_vae():
     }
 
 
+def check_vram(pack_dir, base_dir, bundle):
+    """Every MEMO network is its own ModelPatcher-managed model, loaded alone right before it runs."""
+    import math
+    import shutil
+    import torch
+    import comfy.model_management as mm
+    import comfy.sd
+    from diffusers import AutoencoderKL
+
+    models_dir = os.path.join(base_dir, "models")
+    shutil.copytree(bundle["memo"], os.path.join(models_dir, "memo", "tiny"))
+    shutil.copytree(bundle["wav2vec2"], os.path.join(models_dir, "audio_encoders", "w2v"))
+    os.makedirs(os.path.join(models_dir, "emotion2vec", "e2v"))
+    for name in ("model.safetensors", "config.yaml"):
+        shutil.copy(os.path.join(os.path.dirname(bundle["emotion2vec"]), name), os.path.join(models_dir, "emotion2vec", "e2v"))
+    pack = import_pack(pack_dir)
+    from memo_probe_pack.nodes import host as host_mod, memo_types
+    host = host_mod.get_host()
+    nodes = pack.NODE_CLASS_MAPPINGS
+
+    def run(name, *args, **kwargs):
+        cls = nodes[name]
+        result = getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+        return result["result"] if isinstance(result, dict) else result
+
+    torch.manual_seed(0)
+    cvae = comfy.sd.VAE(sd=AutoencoderKL(**SD_VAE).state_dict())
+    (model,) = run("MemoModelLoader", "memo/tiny", "auto", "sdpa")
+    (encoder,) = run("MemoAudioEncoderLoader", "audio_encoders/w2v", "fp32")
+    (emotion_model,) = run("MemoEmotionModelLoader", "emotion2vec/e2v", "memo/tiny", "fp32")
+    networks = dict(model.models.modules())
+    networks["audio_encoder"] = encoder.networks()[0]
+    networks["emotion2vec"], networks["emotion_classifier"] = emotion_model.backbone, emotion_model.classifier
+    names = {id(host.patcher(net)): name for name, net in networks.items()}
+    names[id(cvae.patcher)] = "vae"
+
+    requests = []
+    original = mm.load_models_gpu
+
+    def recording(models, *args, **kwargs):
+        requests.append(sorted(names.get(id(m), "other") for m in models))
+        return original(models, *args, **kwargs)
+
+    mm.load_models_gpu = recording
+    out = {"dtype": model.dtype}
+    out["own_patchers"] = {name: host.patcher(net).model.wrapped is net for name, net in networks.items()}
+    out["distinct_patchers"] = len({id(host.patcher(net)) for net in networks.values()})
+
+    t = torch.arange(int(0.8 * 16000), dtype=torch.float32) / 16000
+    speech = (0.3 * torch.sin(2 * math.pi * 150 * t) * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t)))[None, None]
+    audio = {"waveform": speech, "sample_rate": 16000}
+    requests.clear()
+    memo_audio, trimmed, _, _ = run("MemoAudioEncode", encoder, audio, 10.0, 4, 0.0, 0.0)
+    out["audio_requests"] = requests[:]
+    requests.clear()
+    emotion, _ = run("MemoEmotionDetect", emotion_model, trimmed)
+    out["emotion_requests"] = requests[:]
+
+    face = memo_types.MemoFace(torch.randn(1, model.models.face_embedding_size))
+    image = torch.rand(1, 64, 64, 3)
+    settings = dict(seed=3, steps=2, cfg=3.5, past_frames=2, resolution=64)
+    mm.unload_all_models()
+    requests.clear()
+    first = run("MemoSampler", model, cvae, image, memo_audio, face, emotion=emotion, **settings)[0]
+    out["sampler_requests"] = requests[:]
+    out["loaded_after_run"] = sorted(names.get(id(p), "other") for p in loaded_patchers())
+    out["clips"] = memo_audio.num_clips
+
+    # a manager short of memory can offload every idle network; the next run loads them back one by one
+    mm.free_memory(1e30, mm.get_torch_device())
+    out["loaded_after_free"] = sorted(names.get(id(p), "other") for p in loaded_patchers())
+    host.load_to_device([networks["reference_net"]])
+    out["loaded_after_one"] = sorted(names.get(id(p), "other") for p in loaded_patchers())
+    second = run("MemoSampler", model, cvae, image, memo_audio, face, emotion=emotion, **settings)[0]
+    out["rerun_max_diff"] = float((first - second).abs().max())
+    out["frames"] = list(first.shape)
+    mm.load_models_gpu = original
+    return out
+
+
 def main():
     comfy_dir, pack_dir, base_dir, mode = sys.argv[1:5]
+    extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     try:
-        ad = boot(comfy_dir, pack_dir, base_dir)
-        report = check_adapter(ad, base_dir) if mode == "adapter" else check_vae()
+        boot(comfy_dir, base_dir)
+        if mode == "adapter":
+            report = check_adapter(pack_dir, base_dir)
+        elif mode == "vram":
+            report = check_vram(pack_dir, base_dir, extra)
+        else:
+            report = check_vae()
     except Exception:
         report = {"error": traceback.format_exc()}
     print("PROBE-REPORT " + json.dumps(report))
