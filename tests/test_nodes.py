@@ -368,8 +368,15 @@ def test_face_nodes_without_a_face(tmp_path, loaded):
     det = S.build_scrfd(tmp_path / "none.onnx", faces=0)
     rec = S.build_arcface(tmp_path / "rec.onnx")
     blind = memo_types.MemoFaceModel(FaceAnalyzer(det, rec, providers=["CPUExecutionProvider"]), "blind")
-    with pytest.raises(ValueError, match="image: no face found"):
+    with pytest.raises(ValueError, match="image: no face found") as crop_error:
         run("MemoFaceCrop", blind, S.portrait(), 64, 2.5, 0.25, 0, "error")
+    with pytest.raises(ValueError, match="image: no face found") as embed_error:
+        run("MemoFaceEmbed", blind, S.portrait(), 0, "error")
+    for caught in (crop_error, embed_error):  # the message names the option that goes on, and its value
+        assert "no_face" in str(caught.value) and "'continue without identity'" in str(caught.value)
+        assert "continue without identity" in NODES["MemoFaceCrop"].INPUT_TYPES()["required"]["no_face"][0]
+        assert "cropping the picture closer to the face" in str(caught.value)
+    assert "crop the whole picture" in str(crop_error.value) and "MEMO Face Crop" in str(embed_error.value)
     image, crop, identity = run("MemoFaceCrop", blind, S.portrait(96, 128), 64, 2.5, 0.25, 0, "continue without identity")
     assert image.shape == (1, 64, 64, 3) and crop.size == 128 and identity.embedding.abs().sum() == 0
     (identity,) = run("MemoFaceEmbed", blind, S.portrait(), 0, "continue without identity")
