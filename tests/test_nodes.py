@@ -392,6 +392,59 @@ def test_haar_face_model_crops_without_identity(memo_host):
     assert not haar.can_embed
 
 
+@pytest.fixture
+def haar_module(monkeypatch):
+    """The pack's haar module with its cached availability cleared before and after the test."""
+    haar = sys.modules[f"{PACK.__name__}.memo_pipeline.face.haar"]
+    haar.haar_unavailable_reason.cache_clear()
+    yield haar
+    monkeypatch.undo()
+    haar.haar_unavailable_reason.cache_clear()
+
+
+def _face_choices():
+    return NODES["MemoFaceModelLoader"].INPUT_TYPES()["required"]["face_models"][0]
+
+
+def test_haar_choice_is_offered_only_when_opencv_can_run_it(memo_host, haar_module, monkeypatch, tmp_path):
+    import types
+
+    import cv2
+
+    assert HAAR in _face_choices()  # OpenCV 4 with its cascades (the test requirements) works
+    monkeypatch.setitem(sys.modules, "cv2", None)  # a README install: requirements.txt has no OpenCV
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert _face_choices() == ["memo/memo"]
+    with pytest.raises(ValueError, match="input 'face_models': the Haar face detector is unavailable: OpenCV"):
+        run("MemoFaceModelLoader", HAAR, 640, "cpu")
+
+    # OpenCV 5 without the contrib package: no CascadeClassifier
+    opencv5 = types.SimpleNamespace(__version__="5.0.0", data=types.SimpleNamespace(haarcascades=str(tmp_path)))
+    monkeypatch.setitem(sys.modules, "cv2", opencv5)
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR not in _face_choices()
+    assert "contrib" in haar_module.haar_unavailable_reason()
+
+    # OpenCV 5 contrib: CascadeClassifier, but the wheel ships no cascade files; a system data folder has them
+    opencv5.CascadeClassifier = cv2.CascadeClassifier
+    monkeypatch.setattr(haar_module, "CASCADE_DIRS", (str(tmp_path / "share"),))
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR not in _face_choices() and "haarcascade_frontalface_default.xml" in haar_module.haar_unavailable_reason()
+    (tmp_path / "share").mkdir()
+    source = Path(cv2.data.haarcascades) / haar_module.DEFAULT_CASCADE
+    (tmp_path / "share" / haar_module.DEFAULT_CASCADE).write_bytes(source.read_bytes())
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR in _face_choices()
+    (detector,) = run("MemoFaceModelLoader", HAAR, 640, "cpu")
+    assert detector.analyzer.detector.cascade_path == str(tmp_path / "share" / haar_module.DEFAULT_CASCADE)
+
+
+def test_workflow_readme_says_the_haar_choice_needs_opencv():
+    text = " ".join((S.REPO / "workflows" / "README.md").read_text().split())
+    sentence = text[text.index("OpenCV Haar"):][:400]
+    assert "needs no files" not in text and "opencv-python-headless" in sentence and "requirements.txt" in sentence
+
+
 def test_paste_back_node(face):
     image, crop, _ = face
     original = S.portrait()
