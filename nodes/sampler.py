@@ -281,7 +281,8 @@ def load_memo_state(path: str) -> MemoState:
 
 
 def _video_audio(audio, plan: RunPlan):
-    """(waveform [C, N], rate) for the writer: the given AUDIO or the MEMO audio's own track, from the first frame on."""
+    """(waveform [C, N], rate) for the writer, from the first frame on: the MEMO audio's own track, or the
+    given AUDIO cut like it (MEMO Audio Encode's start/duration), so the sound is the one under the frames."""
     from .common import comfy_audio
 
     if audio is None:
@@ -289,6 +290,7 @@ def _video_audio(audio, plan: RunPlan):
         waveform, rate = track["waveform"][0], track["sample_rate"]
     else:
         waveform, rate = comfy_audio(audio, "audio")
+        waveform = plan.audio.matching_cut(waveform, rate, "audio")
         first = int(round(plan.start_frame / plan.audio.fps * rate))
         if first >= waveform.shape[1]:
             raise ValueError("audio: the track ends before the frames this run generates; connect the audio the MEMO "
@@ -325,7 +327,9 @@ class MemoGenerateToFile:
                                                  "inside ComfyUI's output folder; a counter and .mp4 are appended."})
         inputs["optional"].update({
             "audio": ("AUDIO", {"tooltip": "Audio to put in the file (e.g. the original mix when the features come "
-                                "from separated vocals); default: the MEMO audio's own track."}),
+                                "from separated vocals); default: the MEMO audio's own track. It may be cut (MEMO "
+                                "Audio Encode's 'audio' output) or whole: a whole track is cut like the MEMO audio, so "
+                                "the sound stays under the frames it drove."}),
             "crop": (MEMO_CROP, {"tooltip": "With original_image: paste every clip back into the original picture."}),
             "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
             "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),

@@ -612,11 +612,42 @@ def test_generate_to_file_pastes_back(loaded, vae, encoded, face, memo_host):
         generate_to_file(loaded, vae, encoded, face, crop=crop)
 
 
-def test_generate_to_file_refuses_audio_shorter_than_the_video(loaded, vae, encoded, face, memo_host, tmp_path):
+def test_generate_to_file_refuses_a_track_of_another_length(loaded, vae, encoded, face, memo_host, tmp_path):
     short = {"waveform": encoded[1]["waveform"][..., : RATE // 2], "sample_rate": RATE}
-    with pytest.raises(ValueError, match=r"audio: 0.50 s from frame 0 on, but the video needs 1.10 s"):
+    with pytest.raises(ValueError, match=r"audio: this track is 0.50 s long, but the MEMO audio is 1.20 s cut from "
+                                         r"0.00 s of a 1.20 s track; connect that track .* or leave 'audio' unconnected"):
         generate_to_file(loaded, vae, encoded, face, audio=short)
     assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
+@pytest.fixture(scope="module")
+def cut_speech(loaded):
+    """2.2 s of speech and its MEMO audio cut to 1.2 s from 1 s (10 fps, clips of 4)."""
+    whole = S.comfy_audio_dict(S.noisy_speech(2.2, RATE), RATE)
+    with host.use_host(host.StandaloneHost()):
+        memo_audio, cut, _, _ = run("MemoAudioEncode", loaded["encoder"], whole, 10.0, 4, 1.0, 0.0)
+    return whole, memo_audio, cut
+
+
+@pytest.mark.parametrize("connect", ["whole", "cut", "none"])
+def test_generate_to_file_muxes_the_audio_under_the_frames(loaded, vae, face, memo_host, cut_speech, connect):
+    """With the MEMO audio cut from 1 s, the soundtrack starts at 1 s of the source whether the node gets the
+    whole track (e.g. the original mix from Load Audio), the cut one, or nothing."""
+    whole, memo_audio, cut = cut_speech
+    audio = {"whole": whole, "cut": cut, "none": None}[connect]
+    path = generate_to_file(loaded, vae, (None, None, None), face, memo_audio=memo_audio, audio=audio,
+                            reference_image=face[0], face=face[2])["result"][0]
+    assert read_video_info(path)["audio_duration"] == pytest.approx(1.2, abs=0.05)
+    lag, correlation = S.soundtrack_alignment(S.read_audio(path), whole["waveform"][0, :, RATE:], RATE)
+    assert abs(lag) < 0.005 and correlation > 0.95, (lag, correlation)
+
+
+def test_sampler_audio_output_is_the_audio_under_its_frames(loaded, vae, face, memo_host, cut_speech):
+    whole, memo_audio, _ = cut_speech
+    images, fps, _, audio = sample(loaded, vae, (None, None, None), face, memo_audio=memo_audio,
+                                   reference_image=face[0], face=face[2], max_clips=2)
+    assert images.shape[0] == 8 and audio["sample_rate"] == RATE
+    assert torch.equal(audio["waveform"][0], whole["waveform"][0, :, RATE:RATE + round(8 / fps * RATE)])
 
 
 def test_generate_to_file_keeps_work_when_cancelled_and_resumes(loaded, vae, encoded, face, models_root, tmp_path):
