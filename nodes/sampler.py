@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -182,6 +183,44 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
                    resolution, modules)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RunEstimate:
+    """Rough time a run will take, for CPU-only runs (minutes per step at 512 px): logged once the first
+    step is done (that step's time for every step) and again after the first clip (clip time x clips),
+    which also covers the VAE and reference work around the steps."""
+
+    def __init__(self, clips: int, steps_per_clip: int, clock=time.monotonic, log=None):
+        self.clips, self.steps_per_clip = clips, steps_per_clip
+        self.clock, self.log = clock, log or logger.info
+        self.start = clock()
+        self.messages: list[str] = []
+
+    def step_done(self, steps_done: int) -> None:
+        if steps_done == 1:
+            took = self.clock() - self.start
+            total = self.clips * self.steps_per_clip
+            self._say(f"MEMO sampler on the CPU: the first step took {_duration(took)}, so the {total} steps of this "
+                      f"run ({self.clips} clip(s) x {self.steps_per_clip}) will take roughly {_duration(took * total)}; "
+                      "fewer steps, cfg <= 1 or a lower resolution make it faster")
+
+    def clip_done(self, clips_done: int) -> None:
+        if clips_done == 1 and self.clips > 1:
+            took = self.clock() - self.start
+            self._say(f"MEMO sampler on the CPU: the first clip took {_duration(took)}; the remaining "
+                      f"{self.clips - 1} clip(s) will take roughly {_duration(took * (self.clips - 1))} more")
+
+    def _say(self, text: str) -> None:
+        self.messages.append(text)
+        self.log(text)
+
+
 def run_clips(plan: RunPlan):
     """Yield `ClipOutput`s of `plan`, driving the host's progress bar, previews and Cancel."""
     host = host_mod.get_host()
@@ -190,9 +229,12 @@ def run_clips(plan: RunPlan):
     total = plan.num_clips * settings.steps
     bar = host.progress(total)
     offset = plan.first_clip * settings.steps
+    estimate = RunEstimate(plan.num_clips, settings.steps) if host.compute_device().type == "cpu" else None
 
     def on_step(info):
         bar.set(info.done - offset, step_preview(info.latents, info.velocity, info.sigma_next))
+        if estimate is not None:
+            estimate.step_done(info.done - offset)
 
     def should_cancel():
         host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI
@@ -204,6 +246,8 @@ def run_clips(plan: RunPlan):
         for clip in generator:
             middle = clip.frames[clip.frames.shape[0] // 2]
             bar.set((clip.index + 1) * settings.steps - offset, middle.permute(1, 2, 0))
+            if estimate is not None:
+                estimate.clip_done(clip.index + 1 - plan.first_clip)
             yield clip
             if clip.index + 1 >= plan.stop_clip:
                 break

@@ -508,6 +508,32 @@ def test_sampler_outputs_match_declarations(loaded, vae, encoded, face, memo_hos
     assert memo_host.loaded  # the networks went through the host's model management
 
 
+def test_sampler_on_the_cpu_logs_how_long_the_run_will_take(loaded, vae, encoded, face, memo_host, caplog):
+    with caplog.at_level("INFO", logger="comfyui-memo"):
+        sample(loaded, vae, encoded, face)
+    lines = [r.getMessage() for r in caplog.records if "MEMO sampler on the CPU" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "the first step took" in lines[0] and "the 6 steps of this run (3 clip(s) x 2) will take roughly" in lines[0]
+    assert "the first clip took" in lines[1] and "the remaining 2 clip(s) will take roughly" in lines[1]
+
+
+def test_run_estimate_scales_the_first_step_and_clip():
+    sampler = sys.modules[f"{PACK.__name__}.nodes.sampler"]
+    now = [100.0]
+    estimate = sampler.RunEstimate(clips=4, steps_per_clip=20, clock=lambda: now[0], log=lambda text: None)
+    now[0] += 45.0
+    estimate.step_done(1)
+    for done in range(2, 21):
+        estimate.step_done(done)
+    now[0] += 20 * 40.0 - 45.0
+    estimate.clip_done(1)
+    estimate.clip_done(2)
+    assert estimate.messages == [
+        "MEMO sampler on the CPU: the first step took 45 s, so the 80 steps of this run (4 clip(s) x 20) will take "
+        "roughly 60 min; fewer steps, cfg <= 1 or a lower resolution make it faster",
+        "MEMO sampler on the CPU: the first clip took 13 min; the remaining 3 clip(s) will take roughly 40 min more"]
+
+
 def test_sampler_is_deterministic_and_resumable(loaded, vae, encoded, face, memo_host):
     full, *_ = sample(loaded, vae, encoded, face, seed=11)
     first, _, state, audio = sample(loaded, vae, encoded, face, seed=11, max_clips=1)
