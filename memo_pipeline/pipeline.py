@@ -368,7 +368,6 @@ class MemoPipeline:
                                       face_tokens[motion_rows % face_tokens.shape[0]])
         return _interleave_features(cache["features"], motion, copies)
 
-
     def _encode_motion(self, motion_pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """VAE latents of the motion frames. The first clip's are the reference image repeated: the VAE
         treats every frame on its own and MEMO takes the posterior mean (no sampling, no generator), so
@@ -376,6 +375,7 @@ class MemoPipeline:
         if motion_pixels.shape[0] > 1 and bool((motion_pixels == motion_pixels[:1]).all()):
             return self.vae.encode(motion_pixels[:1].to(dtype)).to(dtype).repeat(motion_pixels.shape[0], 1, 1, 1)
         return self.vae.encode(motion_pixels.to(dtype)).to(dtype)
+
 
 def _interleave_features(reference: dict, motion: dict, copies: int) -> dict:
     """Merge per-copy reference rows `(copies, ...)` and motion rows `(copies * P, ...)` into the
