@@ -351,7 +351,7 @@ class MemoPipeline:
         """
         models = self.models
         dtype = models.dtype
-        motion_latents = self.vae.encode(motion_pixels.to(dtype)).to(dtype)
+        motion_latents = self._encode_motion(motion_pixels, dtype)
         stack = 1 + motion_latents.shape[0]
         rows = torch.arange(copies * stack, device=pixels.device)
         if not settings.cache_reference:
@@ -367,6 +367,14 @@ class MemoPipeline:
         motion = models.reference_net(motion_latents.repeat(copies, 1, 1, 1), torch.zeros(()),
                                       face_tokens[motion_rows % face_tokens.shape[0]])
         return _interleave_features(cache["features"], motion, copies)
+
+    def _encode_motion(self, motion_pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """VAE latents of the motion frames. The first clip's are the reference image repeated: the VAE
+        treats every frame on its own and MEMO takes the posterior mean (no sampling, no generator), so
+        one encoded copy, repeated, is what encoding every copy gives."""
+        if motion_pixels.shape[0] > 1 and bool((motion_pixels == motion_pixels[:1]).all()):
+            return self.vae.encode(motion_pixels[:1].to(dtype)).to(dtype).repeat(motion_pixels.shape[0], 1, 1, 1)
+        return self.vae.encode(motion_pixels.to(dtype)).to(dtype)
 
 
 def _interleave_features(reference: dict, motion: dict, copies: int) -> dict:

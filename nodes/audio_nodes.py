@@ -87,7 +87,9 @@ class MemoAudioEncode:
         if not 1 <= int(frames_per_clip) <= MAX_FRAMES_PER_CLIP:
             raise ValueError(f"input 'frames_per_clip' must be in 1..{MAX_FRAMES_PER_CLIP}, got {frames_per_clip}")
         waveform, rate = comfy_audio(audio, "audio")
+        source_samples = waveform.shape[1]
         waveform = trim_audio(waveform, rate, float(start_seconds), float(duration_seconds), "audio")
+        cut_start = int(round(float(start_seconds) * rate))  # where trim_audio started
         with user_errors("audio"):
             clip = load_audio({"waveform": waveform[None], "sample_rate": rate, "filename": "audio"})
         rms = float(np.sqrt(np.mean(np.square(clip.samples, dtype=np.float64))))
@@ -104,7 +106,7 @@ class MemoAudioEncode:
         with user_errors("audio"):
             features = extract_audio_features(encoder.encoder, clip, fps=float(fps), frames_per_clip=int(frames_per_clip),
                                               on_progress=fraction_progress(host))
-        memo_audio = MemoAudio(features, int(frames_per_clip), waveform, rate, encoder.name)
+        memo_audio = MemoAudio(features, int(frames_per_clip), waveform, rate, encoder.name, cut_start, source_samples)
         trimmed = {"waveform": waveform[None].contiguous(), "sample_rate": rate}
         logger.info("MEMO audio: %.2f s -> %d frames at %g fps (%d clips of %d)", features.duration_s,
                     features.num_frames, fps, memo_audio.num_clips, frames_per_clip)
@@ -113,8 +115,8 @@ class MemoAudioEncode:
 
 class MemoEmotionDetect:
     DESCRIPTION = ("Detects the emotion of the speech over time, as MEMO does: emotion2vec + MEMO's classifier on "
-                   "3-second windows, one label per second (2-second windows at the ends). Feed it the original (not vocal-separated) audio, cut like the "
-                   "MEMO audio (the 'audio' output of MEMO Audio Encode).")
+                   "3-second windows, one label per second (2-second windows at the ends). Feed it the speech cut like "
+                   "the MEMO audio: the 'audio' output of MEMO Audio Encode.")
     CATEGORY = CATEGORY_AUDIO
     FUNCTION = "detect"
     RETURN_TYPES = (MEMO_EMOTION, "STRING")

@@ -59,7 +59,9 @@ class MemoFaceCrop:
         from ..memo_pipeline.face import crop_face, crop_with_info, select_face, whole_image_crop_info
 
         model, picture, faces = _detect(face_model, image, no_face)
-        if not faces and no_face != "error":
+        if not faces and no_face == "error":
+            raise _no_face_error("MemoFaceCrop")
+        if not faces:
             with user_errors("image"):
                 info = whole_image_crop_info(picture.shape[1], picture.shape[0], int(resolution))
                 cropped = crop_with_info(picture, info, "image")
@@ -70,6 +72,19 @@ class MemoFaceCrop:
                 cropped, info = crop_face(picture, chosen, float(scale), int(resolution), float(shift_y), name="image")
             face = _embed(model, picture, chosen, "image")
         return (torch.from_numpy(cropped)[None].contiguous(), info, face)
+
+
+def _no_face_error(node: str) -> ValueError:
+    """What to do when the picture has no detectable face, naming the option that goes on without one."""
+    if node == "MemoFaceCrop":
+        alternative = ("set this node's no_face option to 'continue without identity' to crop the whole picture "
+                       "(centred square) and go on without identity, MEMO's zero-embedding fallback")
+    else:
+        alternative = ("set this node's no_face option to 'continue without identity' to go on without identity "
+                       "(MEMO's zero-embedding fallback), or use MEMO Face Crop instead, whose no_face option "
+                       "'continue without identity' also crops the whole picture for the sampler")
+    return ValueError(f"image: no face found in the image; {alternative}. A face that is small in a large picture "
+                      "can be missed: cropping the picture closer to the face first may help.")
 
 
 def _detect(face_model, image, no_face):
@@ -106,7 +121,9 @@ class MemoFaceEmbed:
         from ..memo_pipeline.face import select_face
 
         model, picture, faces = _detect(face_model, image, no_face)
-        if not faces and no_face != "error":
+        if not faces and no_face == "error":
+            raise _no_face_error("MemoFaceEmbed")
+        if not faces:
             return (_zero_face("no face found in the image; going on without identity"),)
         with user_errors("image"):
             chosen = select_face(faces, int(face_index), "the image")

@@ -146,7 +146,14 @@ def face_model_choices() -> list[str]:
                 if detector and recognizer:
                     choices.append(folder if name == "." else f"{folder}/{name}")
                     break
-    return choices + [HAAR_CHOICE]
+    return choices + ([HAAR_CHOICE] if haar_unavailable_reason() is None else [])
+
+
+def haar_unavailable_reason() -> str | None:
+    """Why the OpenCV Haar choice is not offered (OpenCV is optional), or None when it works here."""
+    from ..memo_pipeline.face import haar_unavailable_reason as reason
+
+    return reason()
 
 
 def vocal_model_choices() -> list[str]:
@@ -289,7 +296,8 @@ class MemoEmotionModelLoader:
 class MemoFaceModelLoader:
     DESCRIPTION = ("Loads MEMO's face models: the SCRFD detector (scrfd_10g_bnkps.onnx) and the ArcFace identity "
                    "network (glintr100.onnx), from a MEMO checkpoint (misc/face_analysis/models/) or "
-                   "models/insightface/. The OpenCV Haar choice needs no files but cannot compute an identity.")
+                   "models/insightface/. The OpenCV Haar choice, listed only when OpenCV (cv2, 4.x or newer with its "
+                   "cascade classifier) is installed, needs no model files but cannot compute an identity.")
     CATEGORY = CATEGORY_LOADERS
     FUNCTION = "load"
     RETURN_TYPES = (MEMO_FACE_MODEL,)
@@ -299,7 +307,7 @@ class MemoFaceModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "face_models": combo(safe_list(face_model_choices) or [HAAR_CHOICE],
+            "face_models": combo(safe_list(face_model_choices),
                                  "Where scrfd_10g_bnkps.onnx and glintr100.onnx are: a MEMO checkpoint or a folder "
                                  "under models/insightface/."),
             "detection_size": int_input(640, 128, 1280, "Canvas side the detector runs at (multiple of 32); "
@@ -312,6 +320,9 @@ class MemoFaceModelLoader:
 
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         if face_models == HAAR_CHOICE:
+            problem = haar_unavailable_reason()
+            if problem:
+                raise ValueError(f"input 'face_models': {problem}")
             with user_errors("face_models"):
                 return (MemoFaceModel(FaceAnalyzer(providers=providers), face_models),)
         root = resolve_choice(face_models, "face_models", (host_mod.MEMO_FOLDER, host_mod.FACE_FOLDER), "dir")

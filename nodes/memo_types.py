@@ -64,7 +64,10 @@ class MemoAudio:
     """wav2vec2 features of one (trimmed) track at the video frame rate, and that track.
 
     ``waveform``/``sample_rate`` are the trimmed input audio at its own rate, ``[channels, samples]``,
-    kept so that output nodes can mux exactly the audio the video was made from.
+    kept so that output nodes can mux exactly the audio the video was made from. ``cut_start`` and
+    ``source_samples`` say where that cut lies in the track MEMO Audio Encode was given (samples at
+    ``sample_rate``), so another track of the same length (the uncut original, or the original mix
+    of separated vocals) can be cut the same way (`matching_cut`).
     """
 
     features: Any  # memo_pipeline.audio.features.AudioFeatures
@@ -72,6 +75,8 @@ class MemoAudio:
     waveform: torch.Tensor
     sample_rate: int
     encoder_name: str = ""
+    cut_start: int = 0
+    source_samples: int | None = None  # None: the track was not cut
 
     @property
     def fps(self) -> float:
@@ -92,6 +97,25 @@ class MemoAudio:
     @property
     def num_clips(self) -> int:
         return math.ceil(self.num_frames / self.frames_per_clip)
+
+    def matching_cut(self, waveform: torch.Tensor, rate: int, input_name: str) -> torch.Tensor:
+        """`waveform` `[C, N]` at `rate`, cut like this audio: unchanged when it is as long as the cut
+        track, cut the same way when it is as long as the uncut one, else a ValueError naming `input_name`."""
+        cut_s = self.waveform.shape[-1] / self.sample_rate
+        source_s = (self.source_samples or self.waveform.shape[-1]) / self.sample_rate
+        start_s = self.cut_start / self.sample_rate
+        given_s = waveform.shape[-1] / rate
+        tolerance = 2.0 / min(rate, self.sample_rate)  # two samples: resampled copies may round differently
+        if abs(given_s - cut_s) <= tolerance:
+            return waveform
+        if abs(given_s - source_s) <= tolerance:
+            first = int(round(start_s * rate))
+            return waveform[:, first:first + int(round(cut_s * rate))]
+        raise ValueError(
+            f"{input_name}: this track is {given_s:.2f} s long, but the MEMO audio is {cut_s:.2f} s cut from "
+            f"{start_s:.2f} s of a {source_s:.2f} s track; connect that track (whole, e.g. from Load Audio, or cut: "
+            f"the 'audio' output of MEMO Audio Encode), or leave '{input_name}' unconnected to use the MEMO audio's "
+            "own track")
 
     def as_comfy_audio(self, start_frame: int = 0, stop_frame: int | None = None) -> dict:
         """The track (or the part under frames [start, stop)) as a ComfyUI AUDIO dict."""

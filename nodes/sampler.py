@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +174,44 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
                    resolution)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RunEstimate:
+    """Rough time a run will take, for CPU-only runs (minutes per step at 512 px): logged once the first
+    step is done (that step's time for every step) and again after the first clip (clip time x clips),
+    which also covers the VAE and reference work around the steps."""
+
+    def __init__(self, clips: int, steps_per_clip: int, clock=time.monotonic, log=None):
+        self.clips, self.steps_per_clip = clips, steps_per_clip
+        self.clock, self.log = clock, log or logger.info
+        self.start = clock()
+        self.messages: list[str] = []
+
+    def step_done(self, steps_done: int) -> None:
+        if steps_done == 1:
+            took = self.clock() - self.start
+            total = self.clips * self.steps_per_clip
+            self._say(f"MEMO sampler on the CPU: the first step took {_duration(took)}, so the {total} steps of this "
+                      f"run ({self.clips} clip(s) x {self.steps_per_clip}) will take roughly {_duration(took * total)}; "
+                      "fewer steps, cfg <= 1 or a lower resolution make it faster")
+
+    def clip_done(self, clips_done: int) -> None:
+        if clips_done == 1 and self.clips > 1:
+            took = self.clock() - self.start
+            self._say(f"MEMO sampler on the CPU: the first clip took {_duration(took)}; the remaining "
+                      f"{self.clips - 1} clip(s) will take roughly {_duration(took * (self.clips - 1))} more")
+
+    def _say(self, text: str) -> None:
+        self.messages.append(text)
+        self.log(text)
+
+
 def run_clips(plan: RunPlan):
     """Yield `ClipOutput`s of `plan`, driving the host's progress bar, previews and Cancel.
 
@@ -184,9 +223,12 @@ def run_clips(plan: RunPlan):
     total = plan.num_clips * settings.steps
     bar = host.progress(total)
     offset = plan.first_clip * settings.steps
+    estimate = RunEstimate(plan.num_clips, settings.steps) if host.compute_device().type == "cpu" else None
 
     def on_step(info):
         bar.set_latent(info.done - offset, denoised_latent(info.latents, info.velocity, info.sigma_next))
+        if estimate is not None:
+            estimate.step_done(info.done - offset)
 
     def should_cancel():
         host.check_interrupt()  # raises ComfyUI's own interrupt exception inside ComfyUI
@@ -203,6 +245,8 @@ def run_clips(plan: RunPlan):
             for clip in generator:
                 middle = clip.frames[clip.frames.shape[0] // 2]
                 bar.set((clip.index + 1) * settings.steps - offset, middle.permute(1, 2, 0))
+                if estimate is not None:
+                    estimate.clip_done(clip.index + 1 - plan.first_clip)
                 yield clip
                 if clip.index + 1 >= plan.stop_clip:
                     break
@@ -280,7 +324,8 @@ def load_memo_state(path: str) -> MemoState:
 
 
 def _video_audio(audio, plan: RunPlan):
-    """(waveform [C, N], rate) for the writer: the given AUDIO or the MEMO audio's own track, from the first frame on."""
+    """(waveform [C, N], rate) for the writer, from the first frame on: the MEMO audio's own track, or the
+    given AUDIO cut like it (MEMO Audio Encode's start/duration), so the sound is the one under the frames."""
     from .common import comfy_audio
 
     if audio is None:
@@ -288,6 +333,7 @@ def _video_audio(audio, plan: RunPlan):
         waveform, rate = track["waveform"][0], track["sample_rate"]
     else:
         waveform, rate = comfy_audio(audio, "audio")
+        waveform = plan.audio.matching_cut(waveform, rate, "audio")
         first = int(round(plan.start_frame / plan.audio.fps * rate))
         if first >= waveform.shape[1]:
             raise ValueError("audio: the track ends before the frames this run generates; connect the audio the MEMO "
@@ -324,7 +370,9 @@ class MemoGenerateToFile:
                                                  "inside ComfyUI's output folder; a counter and .mp4 are appended."})
         inputs["optional"].update({
             "audio": ("AUDIO", {"tooltip": "Audio to put in the file (e.g. the original mix when the features come "
-                                "from separated vocals); default: the MEMO audio's own track."}),
+                                "from separated vocals); default: the MEMO audio's own track. It may be cut (MEMO "
+                                "Audio Encode's 'audio' output) or whole: a whole track is cut like the MEMO audio, so "
+                                "the sound stays under the frames it drove."}),
             "crop": (MEMO_CROP, {"tooltip": "With original_image: paste every clip back into the original picture."}),
             "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
             "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),

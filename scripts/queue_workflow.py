@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Queue an API-format ComfyUI workflow with your own files and download what it makes.
 
-Examples:
-  queue_workflow.py workflows/memo_api.json --set 12.image=@portrait.png \\
-      --set 7.audio=@speech.wav --set 3.seed=42 --out results/
-  queue_workflow.py workflows/memo_api.json --set 12.image=@portrait.png \\
-      --batch 7.audio=clips/ --pattern '*.wav' --out results/
+Examples (from the pack's folder; Portrait and Speech are node titles, 11 the sampler's id):
+  python scripts/queue_workflow.py workflows/memo_talking_video_api.json \\
+      --set Portrait.image=@portrait.png --set Speech.audio=@speech.wav --set 11.seed=7 --out results/
+  python scripts/queue_workflow.py workflows/memo_talking_video_api.json \\
+      --set Portrait.image=@portrait.png --batch Speech.audio=clips/ --pattern '*.wav' --out results/
+
+Every --set and --batch target is checked against the workflow before anything is uploaded.
 
 --set NODE.INPUT=VALUE   NODE is a node id (or a node's unique title); VALUE is
     @FILE     upload FILE to ComfyUI's input folder and use the name it returns
@@ -152,6 +154,19 @@ def apply_assignments(workflow: dict, assignments, uploaded: dict | None = None,
         else:
             inputs[a.input] = a.value
     return out
+
+
+def check_assignments(workflow: dict, assignments, allow_new_inputs: bool = False) -> None:
+    """UsageError unless every assignment names an existing node and input (and no upload replaces
+    a link): run before uploading anything, so a typo costs no upload."""
+    for a in assignments:
+        node_id = find_node(workflow, a.node)
+        current = workflow[node_id]["inputs"].get(a.input)
+        if a.upload is not None and isinstance(current, list):
+            raise UsageError(f"node {node_id} ({workflow[node_id]['class_type']}) input '{a.input}' is a link to node "
+                             f"{current[0]}; a file goes into a loader's input (e.g. LoadImage.image, LoadAudio.audio)")
+    apply_assignments(workflow, assignments, {a.upload: "" for a in assignments if a.upload is not None},
+                      allow_new_inputs)
 
 
 def output_files(entry: dict, include_temp: bool = False) -> list[dict]:
@@ -308,6 +323,7 @@ class ComfyHTTP:
 
 def run_once(http: ComfyHTTP, workflow: dict, assignments, out_dir, allow_new_inputs=False,
              include_temp=False, download=True) -> list[Path]:
+    check_assignments(workflow, assignments, allow_new_inputs)
     uploaded = {a.upload: http.upload(a.upload) for a in assignments if a.upload is not None}
     prompt = apply_assignments(workflow, assignments, uploaded, allow_new_inputs)
     prompt_id = http.queue(prompt)
@@ -350,6 +366,7 @@ def main(argv=None) -> int:
     try:
         workflow = load_workflow(args.workflow)
         assignments = [parse_assignment(s) for s in args.sets]
+        check_assignments(workflow, assignments, args.allow_new_inputs)
         if args.print_prompt:
             if any(a.upload for a in assignments):
                 raise UsageError("--print-prompt cannot upload files; use plain values")
@@ -365,9 +382,9 @@ def main(argv=None) -> int:
         if not eq:
             raise UsageError(f"expected --batch NODE.INPUT=DIR, got '{args.batch}'")
         node, name = parse_target(target)
-        apply_assignments(workflow, [Assignment(node, name, "")], {}, args.allow_new_inputs)  # check target early
-        failures = 0
         files = batch_files(folder, args.pattern)
+        check_assignments(workflow, assignments + [Assignment(node, name, upload=files[0])], args.allow_new_inputs)
+        failures = 0
         for i, path in enumerate(files, 1):
             log(f"[{i}/{len(files)}] {path.name}")
             try:

@@ -226,6 +226,13 @@ def speech_like(seconds: float = 1.2, rate: int = 22050, channels: int = 2, seed
     return torch.stack([mono * (1 - 0.1 * c) for c in range(channels)])
 
 
+def noisy_speech(seconds: float, rate: int = 22050, seed: int = 5) -> torch.Tensor:
+    """`speech_like` plus clearly audible noise: no stretch of it resembles another, so a soundtrack taken
+    from the wrong place of the track shows in a cross-correlation."""
+    noise = torch.from_numpy(np.random.default_rng(seed + 100).normal(scale=0.05, size=int(seconds * rate))).float()
+    return speech_like(seconds, rate, seed=seed) + noise
+
+
 def comfy_audio_dict(waveform: torch.Tensor, rate: int) -> dict:
     return {"waveform": waveform[None].contiguous(), "sample_rate": rate}
 
@@ -281,6 +288,25 @@ def read_audio(path) -> dict:
             chunks.append(data.astype(np.float32))
     data = np.concatenate(chunks, axis=1)
     return {"waveform": torch.from_numpy(np.ascontiguousarray(data))[None], "sample_rate": rate}
+
+
+def soundtrack_alignment(track: dict, reference: torch.Tensor, rate: int, max_lag_s: float = 1.5) -> tuple[float, float]:
+    """Where `reference` (`[C, N]` at `rate`) sits in `track` (an AUDIO dict, e.g. `read_audio` of an mp4):
+    (lag in seconds of the cross-correlation peak, Pearson correlation at that lag). Lag 0 with a
+    correlation near 1 means the track starts with exactly that audio; lag > 0 means the track
+    plays `reference` late (it starts with audio from before it)."""
+    assert track["sample_rate"] == rate, (track["sample_rate"], rate)
+    ours = track["waveform"][0].double().mean(0).numpy()
+    ref = reference.double().mean(0).numpy()
+    size = 1 << int(np.ceil(np.log2(len(ours) + len(ref))))
+    corr = np.fft.irfft(np.fft.rfft(ours, size) * np.conj(np.fft.rfft(ref, size)), size)
+    max_lag = int(max_lag_s * rate)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    best = int(lags[np.argmax(np.concatenate([corr[: max_lag + 1], corr[size - max_lag:]]))])
+    a, b = (ours[best:], ref) if best >= 0 else (ours, ref[-best:])
+    n = min(len(a), len(b))
+    pearson = float(np.corrcoef(a[:n], b[:n])[0, 1])
+    return best / rate, pearson
 
 
 def json_file(path) -> dict:

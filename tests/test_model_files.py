@@ -269,7 +269,7 @@ def test_onnx_problems(tree, capsys):
 # ------------------------------------------------------------------ ComfyUI loaders name files, folder and command
 
 def test_loaders_say_which_files_where_and_which_command(tmp_path):
-    from test_nodes_support import load_pack
+    from pack_support import load_pack
 
     load_pack()  # the pack imported like ComfyUI does (a package named comfyui_memo)
     from comfyui_memo.nodes import host as host_mod

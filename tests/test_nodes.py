@@ -403,8 +403,15 @@ def test_face_nodes_without_a_face(tmp_path, loaded):
     det = S.build_scrfd(tmp_path / "none.onnx", faces=0)
     rec = S.build_arcface(tmp_path / "rec.onnx")
     blind = memo_types.MemoFaceModel(FaceAnalyzer(det, rec, providers=["CPUExecutionProvider"]), "blind")
-    with pytest.raises(ValueError, match="image: no face found"):
+    with pytest.raises(ValueError, match="image: no face found") as crop_error:
         run("MemoFaceCrop", blind, S.portrait(), 64, 2.5, 0.25, 0, "error")
+    with pytest.raises(ValueError, match="image: no face found") as embed_error:
+        run("MemoFaceEmbed", blind, S.portrait(), 0, "error")
+    for caught in (crop_error, embed_error):  # the message names the option that goes on, and its value
+        assert "no_face" in str(caught.value) and "'continue without identity'" in str(caught.value)
+        assert "continue without identity" in NODES["MemoFaceCrop"].INPUT_TYPES()["required"]["no_face"][0]
+        assert "cropping the picture closer to the face" in str(caught.value)
+    assert "crop the whole picture" in str(crop_error.value) and "MEMO Face Crop" in str(embed_error.value)
     image, crop, identity = run("MemoFaceCrop", blind, S.portrait(96, 128), 64, 2.5, 0.25, 0, "continue without identity")
     assert image.shape == (1, 64, 64, 3) and crop.size == 128 and identity.embedding.abs().sum() == 0
     (identity,) = run("MemoFaceEmbed", blind, S.portrait(), 0, "continue without identity")
@@ -418,6 +425,59 @@ def test_face_nodes_without_a_face(tmp_path, loaded):
 def test_haar_face_model_crops_without_identity(memo_host):
     (haar,) = run("MemoFaceModelLoader", HAAR, 640, "cpu")
     assert not haar.can_embed
+
+
+@pytest.fixture
+def haar_module(monkeypatch):
+    """The pack's haar module with its cached availability cleared before and after the test."""
+    haar = sys.modules[f"{PACK.__name__}.memo_pipeline.face.haar"]
+    haar.haar_unavailable_reason.cache_clear()
+    yield haar
+    monkeypatch.undo()
+    haar.haar_unavailable_reason.cache_clear()
+
+
+def _face_choices():
+    return NODES["MemoFaceModelLoader"].INPUT_TYPES()["required"]["face_models"][0]
+
+
+def test_haar_choice_is_offered_only_when_opencv_can_run_it(memo_host, haar_module, monkeypatch, tmp_path):
+    import types
+
+    import cv2
+
+    assert HAAR in _face_choices()  # OpenCV 4 with its cascades (the test requirements) works
+    monkeypatch.setitem(sys.modules, "cv2", None)  # a README install: requirements.txt has no OpenCV
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert _face_choices() == ["memo/memo"]
+    with pytest.raises(ValueError, match="input 'face_models': the Haar face detector is unavailable: OpenCV"):
+        run("MemoFaceModelLoader", HAAR, 640, "cpu")
+
+    # OpenCV 5 without the contrib package: no CascadeClassifier
+    opencv5 = types.SimpleNamespace(__version__="5.0.0", data=types.SimpleNamespace(haarcascades=str(tmp_path)))
+    monkeypatch.setitem(sys.modules, "cv2", opencv5)
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR not in _face_choices()
+    assert "contrib" in haar_module.haar_unavailable_reason()
+
+    # OpenCV 5 contrib: CascadeClassifier, but the wheel ships no cascade files; a system data folder has them
+    opencv5.CascadeClassifier = cv2.CascadeClassifier
+    monkeypatch.setattr(haar_module, "CASCADE_DIRS", (str(tmp_path / "share"),))
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR not in _face_choices() and "haarcascade_frontalface_default.xml" in haar_module.haar_unavailable_reason()
+    (tmp_path / "share").mkdir()
+    source = Path(cv2.data.haarcascades) / haar_module.DEFAULT_CASCADE
+    (tmp_path / "share" / haar_module.DEFAULT_CASCADE).write_bytes(source.read_bytes())
+    haar_module.haar_unavailable_reason.cache_clear()
+    assert HAAR in _face_choices()
+    (detector,) = run("MemoFaceModelLoader", HAAR, 640, "cpu")
+    assert detector.analyzer.detector.cascade_path == str(tmp_path / "share" / haar_module.DEFAULT_CASCADE)
+
+
+def test_workflow_readme_says_the_haar_choice_needs_opencv():
+    text = " ".join((S.REPO / "workflows" / "README.md").read_text().split())
+    sentence = text[text.index("OpenCV Haar"):][:400]
+    assert "needs no files" not in text and "opencv-python-headless" in sentence and "requirements.txt" in sentence
 
 
 def test_paste_back_node(face):
@@ -521,6 +581,32 @@ def test_sampler_loads_each_network_right_before_it_runs(loaded, vae, encoded, f
     assert loads.index("reference_net") < loads.index("diffusion_net")
     assert not any(m._forward_pre_hooks for m in models.modules().values())  # nothing left on the networks
     assert models.device == models.diffusion_net.device
+
+
+def test_sampler_on_the_cpu_logs_how_long_the_run_will_take(loaded, vae, encoded, face, memo_host, caplog):
+    with caplog.at_level("INFO", logger="comfyui-memo"):
+        sample(loaded, vae, encoded, face)
+    lines = [r.getMessage() for r in caplog.records if "MEMO sampler on the CPU" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "the first step took" in lines[0] and "the 6 steps of this run (3 clip(s) x 2) will take roughly" in lines[0]
+    assert "the first clip took" in lines[1] and "the remaining 2 clip(s) will take roughly" in lines[1]
+
+
+def test_run_estimate_scales_the_first_step_and_clip():
+    sampler = sys.modules[f"{PACK.__name__}.nodes.sampler"]
+    now = [100.0]
+    estimate = sampler.RunEstimate(clips=4, steps_per_clip=20, clock=lambda: now[0], log=lambda text: None)
+    now[0] += 45.0
+    estimate.step_done(1)
+    for done in range(2, 21):
+        estimate.step_done(done)
+    now[0] += 20 * 40.0 - 45.0
+    estimate.clip_done(1)
+    estimate.clip_done(2)
+    assert estimate.messages == [
+        "MEMO sampler on the CPU: the first step took 45 s, so the 80 steps of this run (4 clip(s) x 20) will take "
+        "roughly 60 min; fewer steps, cfg <= 1 or a lower resolution make it faster",
+        "MEMO sampler on the CPU: the first clip took 13 min; the remaining 3 clip(s) will take roughly 40 min more"]
 
 
 def test_sampler_is_deterministic_and_resumable(loaded, vae, encoded, face, memo_host):
@@ -627,11 +713,42 @@ def test_generate_to_file_pastes_back(loaded, vae, encoded, face, memo_host):
         generate_to_file(loaded, vae, encoded, face, crop=crop)
 
 
-def test_generate_to_file_refuses_audio_shorter_than_the_video(loaded, vae, encoded, face, memo_host, tmp_path):
+def test_generate_to_file_refuses_a_track_of_another_length(loaded, vae, encoded, face, memo_host, tmp_path):
     short = {"waveform": encoded[1]["waveform"][..., : RATE // 2], "sample_rate": RATE}
-    with pytest.raises(ValueError, match=r"audio: 0.50 s from frame 0 on, but the video needs 1.10 s"):
+    with pytest.raises(ValueError, match=r"audio: this track is 0.50 s long, but the MEMO audio is 1.20 s cut from "
+                                         r"0.00 s of a 1.20 s track; connect that track .* or leave 'audio' unconnected"):
         generate_to_file(loaded, vae, encoded, face, audio=short)
     assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
+@pytest.fixture(scope="module")
+def cut_speech(loaded):
+    """2.2 s of speech and its MEMO audio cut to 1.2 s from 1 s (10 fps, clips of 4)."""
+    whole = S.comfy_audio_dict(S.noisy_speech(2.2, RATE), RATE)
+    with host.use_host(host.StandaloneHost()):
+        memo_audio, cut, _, _ = run("MemoAudioEncode", loaded["encoder"], whole, 10.0, 4, 1.0, 0.0)
+    return whole, memo_audio, cut
+
+
+@pytest.mark.parametrize("connect", ["whole", "cut", "none"])
+def test_generate_to_file_muxes_the_audio_under_the_frames(loaded, vae, face, memo_host, cut_speech, connect):
+    """With the MEMO audio cut from 1 s, the soundtrack starts at 1 s of the source whether the node gets the
+    whole track (e.g. the original mix from Load Audio), the cut one, or nothing."""
+    whole, memo_audio, cut = cut_speech
+    audio = {"whole": whole, "cut": cut, "none": None}[connect]
+    path = generate_to_file(loaded, vae, (None, None, None), face, memo_audio=memo_audio, audio=audio,
+                            reference_image=face[0], face=face[2])["result"][0]
+    assert read_video_info(path)["audio_duration"] == pytest.approx(1.2, abs=0.05)
+    lag, correlation = S.soundtrack_alignment(S.read_audio(path), whole["waveform"][0, :, RATE:], RATE)
+    assert abs(lag) < 0.005 and correlation > 0.95, (lag, correlation)
+
+
+def test_sampler_audio_output_is_the_audio_under_its_frames(loaded, vae, face, memo_host, cut_speech):
+    whole, memo_audio, _ = cut_speech
+    images, fps, _, audio = sample(loaded, vae, (None, None, None), face, memo_audio=memo_audio,
+                                   reference_image=face[0], face=face[2], max_clips=2)
+    assert images.shape[0] == 8 and audio["sample_rate"] == RATE
+    assert torch.equal(audio["waveform"][0], whole["waveform"][0, :, RATE:RATE + round(8 / fps * RATE)])
 
 
 def test_generate_to_file_keeps_work_when_cancelled_and_resumes(loaded, vae, encoded, face, models_root, tmp_path):

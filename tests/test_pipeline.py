@@ -18,7 +18,7 @@ from memo_pipeline.pipeline import (
     clip_emotion,
     reference_pixels,
 )
-from memo_pipeline.parity.pipeline_case import run_full_pipeline_case
+from memo_pipeline.parity.pipeline_case import build_fixture_pipeline, fixture_settings, run_full_pipeline_case
 from memo_pipeline.vae import DiffusersVAE
 
 FAST = dict(steps=2, frames_per_clip=4, past_frames=4, init_past_frames=4, seed=7)
@@ -67,6 +67,50 @@ def test_speedups_stay_within_parity_tolerance():
     for name, value in exact.items():
         torch.testing.assert_close(fast[name], value, atol=1e-4, rtol=0)
         torch.testing.assert_close(fast[name], tensors[name], atol=1e-4, rtol=0)
+
+
+class CountingVAE:
+    """Wraps a VAE and records how many frames each encode call receives."""
+
+    def __init__(self, vae):
+        self.vae, self.encoded = vae, []
+
+    def encode(self, frames):
+        self.encoded.append(frames.shape[0])
+        return self.vae.encode(frames)
+
+    def decode(self, latents):
+        return self.vae.decode(latents)
+
+
+def test_first_clip_encodes_the_repeated_reference_once():
+    """The first clip's 16 motion frames are the reference image: one VAE encode, not 16, and the
+    golden case (per-frame VAE calls, no reference cache) stays bit-identical to encoding every copy."""
+    meta, tensors = golden_case("full_pipeline")
+    pipeline = build_fixture_pipeline(meta, tensors)
+    settings = fixture_settings(meta)
+    audio = WindowedAudio(tensors["in.audio_emb"], num_frames=meta["loop"]["audio_length"])
+    counting = CountingVAE(pipeline.vae)
+    pipeline.vae = counting
+    with torch.no_grad():
+        clips = pipeline.generate(tensors["in.pixel_values"], tensors["in.face_emb"], audio, tensors["in.audio_emotion"],
+                                  settings, noise=lambda k: tensors[f"in.clip{k}.init_noise"])
+        first = next(clips)
+        clips.close()
+        assert counting.encoded == [1, 1]  # the motion frames once, the reference image once
+        encoded_each = torch.cat([counting.vae.encode(tensors["in.pixel_values"]) for _ in range(settings.init_past_frames)])
+        repeated = pipeline._encode_motion(tensors["in.pixel_values"].expand(settings.init_past_frames, -1, -1, -1),
+                                           torch.float32)
+    assert torch.equal(repeated, encoded_each)
+    # the whole first clip is bit-identical to the one made by encoding all 16 copies
+    every_copy = build_fixture_pipeline(meta, tensors)
+    every_copy._encode_motion = lambda pixels, dtype: every_copy.vae.encode(pixels.to(dtype)).to(dtype)
+    with torch.no_grad():
+        clips = every_copy.generate(tensors["in.pixel_values"], tensors["in.face_emb"], audio,
+                                    tensors["in.audio_emotion"], settings, noise=lambda k: tensors[f"in.clip{k}.init_noise"])
+        reference = next(clips)
+        clips.close()
+    assert torch.equal(first.decoded, reference.decoded)
 
 
 def test_seeded_noise_matches_the_official_generator():

@@ -2,6 +2,8 @@
 import email
 import importlib.util
 import json
+import re
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -186,3 +188,98 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert "expected --batch NODE.INPUT=DIR" in capsys.readouterr().err
     assert qw.main([str(wf), "--batch", "12.nope=" + str(tmp_path)]) == 2
     assert "has no input 'nope'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- documented commands
+
+REPO = SCRIPT.parents[1]
+COMMAND = re.compile(r"python3?\s+\S*queue_workflow\.py\s[^`\n]*")
+
+
+class RecordingComfy:
+    """Stands in for ComfyHTTP (same methods) and records what the script asks of the server, in order."""
+
+    def __init__(self, server, timeout=3600, poll=0.5, log=print):
+        self.server, self.log, self.events = server, log, []
+        RecordingComfy.last = self
+
+    def upload(self, path, subfolder=""):
+        self.events.append(("upload", Path(path).name))
+        return f"uploaded/{Path(path).name}"
+
+    def queue(self, prompt):
+        self.events.append(("queue", prompt))
+        return f"prompt-{len(self.events)}"
+
+    def wait(self, prompt_id):
+        return {"outputs": {}, "status": {"completed": True}}
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every queue_workflow.py command line in the READMEs and in --help."""
+    sources = {"README.md": (REPO / "README.md").read_text(),
+               "workflows/README.md": (REPO / "workflows" / "README.md").read_text(),
+               "--help": qw.build_parser().format_help()}
+    found = []
+    for where, text in sources.items():
+        for match in COMMAND.finditer(re.sub(r"\\\n\s*", " ", text)):
+            found.append((where, match.group(0).strip()))
+    return found
+
+
+def test_every_place_documents_a_command():
+    assert sorted({where for where, _ in documented_commands()}) == ["--help", "README.md", "workflows/README.md"]
+
+
+@pytest.mark.parametrize("where, command", documented_commands())
+def test_documented_command_runs_verbatim_against_the_shipped_workflow(where, command, tmp_path, monkeypatch):
+    """The command as printed, run from the pack's folder (its workflows/ linked into a scratch folder
+    that holds the files it uploads), against a recording stand-in for the server."""
+    argv = shlex.split(command)[2:]
+    (tmp_path / "workflows").symlink_to(REPO / "workflows")
+    for token in argv:
+        target, _, value = token.partition("=")
+        if value.startswith("@") and not value.startswith("@@"):
+            (tmp_path / value[1:]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / value[1:]).write_bytes(b"not really a picture")
+    if "--batch" in argv:
+        folder = tmp_path / argv[argv.index("--batch") + 1].partition("=")[2]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "one.wav").write_bytes(b"x")
+        (folder / "two.wav").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(qw, "ComfyHTTP", RecordingComfy)
+    assert qw.main(argv) == 0, f"{where}: {command}"
+    workflow = qw.load_workflow(argv[0])
+    queued = [event[1] for event in RecordingComfy.last.events if event[0] == "queue"]
+    assert queued and RecordingComfy.last.events[0][0] == "upload"
+    for prompt in queued:
+        for i, token in enumerate(argv):
+            if argv[i - 1] != "--set" or "=@" not in token:
+                continue
+            node, name = qw.parse_target(token.partition("=")[0])
+            node_id = qw.find_node(workflow, node)
+            assert workflow[node_id]["class_type"] in ("LoadImage", "LoadAudio"), token
+            assert prompt[node_id]["inputs"][name] == "uploaded/" + Path(token.partition("=@")[2]).name
+
+
+def test_every_set_is_checked_before_anything_is_uploaded(tmp_path, monkeypatch, capsys):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(WORKFLOW))
+    (tmp_path / "me.png").write_bytes(b"x")
+    (tmp_path / "speech.wav").write_bytes(b"x")
+    monkeypatch.setattr(qw, "ComfyHTTP", RecordingComfy)
+    RecordingComfy.last = None
+    code = qw.main([str(wf), "--set", f"Portrait.image=@{tmp_path / 'me.png'}",
+                    "--set", f"3.audio=@{tmp_path / 'speech.wav'}"])
+    assert code == 2 and "node 3 (KSampler) has no input 'audio'" in capsys.readouterr().err
+    assert RecordingComfy.last is None or RecordingComfy.last.events == []  # nothing uploaded
+    code = qw.main([str(wf), "--set", f"3.model=@{tmp_path / 'me.png'}"])
+    assert code == 2 and "is a link to node 4" in capsys.readouterr().err
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.wav").write_bytes(b"x")
+    code = qw.main([str(wf), "--set", f"Portrait.image=@{tmp_path / 'me.png'}", "--set", "3.sed=1",
+                    "--batch", f"Speech.audio={clips}"])
+    assert code == 2 and "has no input 'sed'" in capsys.readouterr().err
+    assert RecordingComfy.last is None or RecordingComfy.last.events == []

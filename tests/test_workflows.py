@@ -241,16 +241,20 @@ def workspace(tmp_path_factory, tiny_bundle):
     (root / "input").mkdir()
     S.write_png(root / "input" / "portrait.png", S.portrait())
     S.write_wav(root / "input" / "speech.wav", S.speech_like(1.2, 22050), 22050)
+    S.write_wav(root / "input" / "speech_long.wav", S.noisy_speech(2.2, 22050), 22050)
     return root, roots, tiny_bundle
 
 
-def _run(name, workspace):
+def _run(name, workspace, edit=None, tag=""):
     root, roots, bundle = workspace
-    output = root / "output" / name
+    output = root / "output" / (name + tag)
     output.mkdir(parents=True)
     core = CoreStandIns(root / "input", output, bundle["vae"])
+    prompt = S.small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    if edit is not None:
+        edit(prompt)
     with host.use_host(host.StandaloneHost(roots, output_dir=output)):
-        results = execute(S.small(S.json_file(WORKFLOWS / f"{name}_api.json")), core)
+        results = execute(prompt, core)
     return results, core, output
 
 
@@ -292,3 +296,27 @@ def test_long_audio_workflow_streams_to_a_file(workspace):
     assert info["audio_duration"] == pytest.approx(1.2, abs=0.05)
     vocals = results["15"][0]
     assert vocals["waveform"].shape == (1, 2, int(1.2 * 22050))
+
+
+def _cut_one_second(prompt):
+    """Load Audio reads 2.2 s of speech and MEMO Audio Encode starts 1 s into it."""
+    (loader,) = [n for n in prompt.values() if n["class_type"] == "LoadAudio"]
+    (encode,) = [n for n in prompt.values() if n["class_type"] == "MemoAudioEncode"]
+    loader["inputs"]["audio"] = "speech_long.wav"
+    encode["inputs"]["start_seconds"] = 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_audio_cut_gives_a_soundtrack_aligned_with_the_driving_audio(name, workspace):
+    """Every shipped workflow with a 1 s cut: the video is 1.2 s long and its soundtrack is the audio from
+    1 s on (cross-correlation peak at 0 offset against that segment), the audio the face was driven by."""
+    results, core, _ = _run(name, workspace, _cut_one_second, "_cut")
+    path = core.saved[0] if core.saved else results["11"][0]
+    info = read_video_info(path)
+    assert info["frames"] == EXPECTED_FRAMES and info["audio_duration"] == pytest.approx(1.2, abs=0.05)
+    source = S.read_audio(workspace[0] / "input" / "speech_long.wav")["waveform"][0]
+    soundtrack = S.read_audio(path)
+    lag, correlation = S.soundtrack_alignment(soundtrack, source[:, 22050:], 22050)
+    assert abs(lag) < 0.005 and correlation > 0.95, (lag, correlation)
+    lag, _ = S.soundtrack_alignment(soundtrack, source, 22050)
+    assert lag == pytest.approx(-1.0, abs=0.005)  # it is the source from 1 s on, not from 0 s

@@ -128,11 +128,11 @@ def graph_long_audio_to_file() -> dict[int, dict]:
               None, (320, 110)),
         8: N("MemoAudioEncode", (400, 530), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
                                              "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionDetect", (400, 800), {"emotion_model": L(6), "audio": L(2)}, None, (320, 80)),
+        9: N("MemoEmotionDetect", (400, 800), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
         10: N("MemoFaceCrop", (400, 0), {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
                                          "shift_y": 0.25, "face_index": 0, "no_face": "error"}, None, (320, 230)),
         11: N("MemoGenerateToFile", (800, 0), {**_sampler_inputs(L(10), L(10, 2), L(9)),
-                                               "filename_prefix": "MEMO/long", "audio": L(2), "crop": L(10, 1),
+                                               "filename_prefix": "MEMO/long", "audio": L(8, 1), "crop": L(10, 1),
                                                "original_image": L(1), "crf": 18}, None, (360, 560)),
     })
     return nodes

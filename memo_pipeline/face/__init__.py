@@ -11,7 +11,7 @@ from .arcface import EMBEDDING_SIZE, ArcFaceEmbedder
 from .crop import CropInfo, crop_face, crop_with_info, face_crop_info, whole_image_crop_info
 from .detection import Face, nms, select_face, sort_by_area
 from .errors import FaceImageError, FaceModelError, NoFaceError
-from .haar import HaarFaceDetector
+from .haar import HaarFaceDetector, haar_unavailable_reason
 from .image import as_rgb_frames, as_rgb_image, load_image
 from .paste import feather_mask, match_colors, paste_back
 from .scrfd import ScrfdDetector
@@ -38,6 +38,7 @@ __all__ = [
     "face_crop_info",
     "feather_mask",
     "find_face_models",
+    "haar_unavailable_reason",
     "load_image",
     "match_colors",
     "nms",

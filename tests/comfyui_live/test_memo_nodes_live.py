@@ -56,6 +56,7 @@ def served(comfy, tiny_bundle):
     write_sd_vae(dirs["models"] / "vae" / S.VAE_FILE)
     S.write_png(dirs["input"] / "portrait.png", S.portrait())
     S.write_wav(dirs["input"] / "speech.wav", S.speech_like(SECONDS, 22050), 22050)
+    S.write_wav(dirs["input"] / "speech_long.wav", S.noisy_speech(SECONDS + 1.0, 22050), 22050)
     import torch
 
     S.write_wav(dirs["input"] / "silence.wav", torch.zeros(1, 22050), 22050)
@@ -125,6 +126,63 @@ def test_shipped_workflow_runs(served, name, video_node, size):
     assert (info["frames"], info["width"], info["height"]) == (EXPECTED_FRAMES, size, size)
     assert info["fps"] == 30.0 and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert info["audio_duration"] == pytest.approx(SECONDS, abs=0.05)
+
+
+@pytest.mark.parametrize("name, video_node", [
+    ("memo_talking_video", "13"), ("memo_schedule_paste_back", "13"), ("memo_long_audio_to_file", "11")])
+def test_shipped_workflow_with_a_1s_cut_has_an_aligned_soundtrack(served, name, video_node):
+    """Load Audio gets 2.2 s, MEMO Audio Encode starts at 1 s: the mp4 ComfyUI saves is 1.2 s long and its
+    soundtrack is the source from 1 s on (cross-correlation peak at 0 offset against that segment)."""
+    prompt = S.small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    prompt["2"]["inputs"]["audio"] = "speech_long.wav"
+    prompt["8"]["inputs"]["start_seconds"] = 1.0
+    entry = served.queue_and_wait(prompt, timeout=600)
+    files = served.output_files(entry)
+    assert [f["node_id"] for f in files] == [video_node], files
+    path = served.local_path(files[0])
+    source = S.read_audio(served.server.dirs()["input"] / "speech_long.wav")["waveform"][0]
+    soundtrack = S.read_audio(path)
+    assert soundtrack["waveform"].shape[-1] / 22050 == pytest.approx(SECONDS, abs=0.05)
+    lag, correlation = S.soundtrack_alignment(soundtrack, source[:, 22050:], 22050)
+    assert abs(lag) < 0.005 and correlation > 0.95, (lag, correlation)
+    lag, _ = S.soundtrack_alignment(soundtrack, source, 22050)
+    assert lag == pytest.approx(-1.0, abs=0.005)
+
+
+def test_cpu_run_logs_how_long_it_will_take(served):
+    """The server runs with --cpu: the sampler's estimate is in ComfyUI's log after a run."""
+    prompt = S.small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt["11"]["inputs"]["seed"] = 1234  # a new prompt, not a cached one
+    served.queue_and_wait(prompt, timeout=600)
+    log = served.server.log_text()
+    assert "MEMO sampler on the CPU: the first step took" in log and "will take roughly" in log, \
+        served.server.log_tail(40)
+
+
+def test_readme_queue_command_runs_against_the_server(served, tmp_path):
+    """The README's queue_workflow.py command, verbatim, from a folder holding the files it names (only the
+    CI sampling size appended): uploads, runs the shipped workflow, downloads the video."""
+    import re
+    import shlex
+
+    readme = (live.REPO_ROOT / "README.md").read_text()
+    (command,) = re.findall(r"`(python3? scripts/queue_workflow\.py [^`]*)`", readme)
+    argv = shlex.split(command)
+    (tmp_path / "workflows").symlink_to(WORKFLOWS)
+    (tmp_path / "scripts").symlink_to(live.REPO_ROOT / "scripts")
+    uploads = [t.partition("=@")[2] for t in argv if "=@" in t]
+    assert len(uploads) == 2
+    for name in uploads:
+        if name.endswith(".png"):
+            S.write_png(tmp_path / name, S.portrait())
+        else:
+            S.write_wav(tmp_path / name, S.speech_like(SECONDS, 22050), 22050)
+    env = {**os.environ, "COMFYUI_URL": served.url}
+    proc = subprocess.run([sys.executable, *argv[1:], "--set", "11.steps=2", "--set", "11.resolution=64"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    videos = list((tmp_path / argv[argv.index("--out") + 1]).rglob("*.mp4"))
+    assert len(videos) == 1 and "uploaded" in proc.stderr
 
 
 def test_bad_input_is_reported_by_comfyui_with_our_message(served):
