@@ -14,6 +14,8 @@ Weights and inputs are random and seeded: speed and memory do not depend on thei
 from __future__ import annotations
 
 import json
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,22 +72,61 @@ def _networks(size: str) -> tuple[dict, dict]:
     return configs, dict(TINY_VAE, block_out_channels=SMALL_VAE_WIDTHS, norm_num_groups=32)
 
 
+@contextmanager
+def parameters_on_meta():
+    """Create parameters on the meta device (no memory, no default init); buffers stay real."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def random_model(cls, config: dict, seed: int, scale: float = 1.0) -> torch.nn.Module:
+    """`cls(**config)` with seeded random weights, built without running the default init (which
+    takes minutes for the full-size networks): matrices N(0, scale^2/fan_in), norm scales
+    1 + 0.1 N, biases 0.1 N, as `memo_pipeline.tiny.randomize` draws them."""
+    from memo_pipeline.loading import build_model
+
+    with parameters_on_meta():
+        model = build_model(cls, config, cls.__name__) if hasattr(cls, "config_name") else cls(**config)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            value = torch.empty(param.shape)
+            if param.ndim >= 2:
+                value.normal_(0.0, scale / math.sqrt(param.numel() / param.shape[0]), generator=generator)
+            elif name.endswith("weight"):
+                value.normal_(1.0, 0.1, generator=generator)
+            else:
+                value.normal_(0.0, 0.1, generator=generator)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    return model.eval()
+
+
 def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int = 1,
                dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> BenchCase:
     """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px."""
     from diffusers import AutoencoderKL
 
-    from memo_pipeline.loading import COMPONENTS, MemoModels, build_model
+    from memo_pipeline.loading import COMPONENTS, MemoModels
     from memo_pipeline.pipeline import MemoPipeline, WindowedAudio, reference_pixels
-    from memo_pipeline.tiny import randomize
     from memo_pipeline.vae import DiffusersVAE
 
     configs, vae_config = _networks(size)
     models = {}
     for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
-        model = randomize(build_model(cls, configs[name], f"{size} {name}"), seed=seed + i).eval()
-        models[name] = model.to(device=device, dtype=dtype)
-    vae = randomize(AutoencoderKL(**vae_config), seed + 9, 0.5).eval().to(device=device, dtype=dtype)
+        models[name] = torch.nn.Module.to(random_model(cls, configs[name], seed + i), device=device, dtype=dtype)
+    vae = torch.nn.Module.to(random_model(AutoencoderKL, vae_config, seed + 9, 0.5), device=device, dtype=dtype)
     pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae, batch_size=vae_batch))
 
     g = torch.Generator().manual_seed(seed + 100)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from .loading import build_model, load_weights_strict
 from .models.audio_attention import AudioModule, JointAudioBlock
+from .models.clip_constants import ClipConstants
 from .models.diffusion_net import DiffusionNet
 from .models.emotion_classifier import AudioEmotionClassifier
 from .models.motion_memory import MotionMemory
@@ -225,8 +226,8 @@ def run_reference_net(meta, t):
 
 
 def run_diffusion_net(meta, t, clip_constants: bool = True):
-    """Every call of the fixture in order; with `clip_constants`, each clip's constants are
-    prepared once (when its reference features first appear) and reused by its later calls."""
+    """Every call of the fixture in order; with `clip_constants`, the calls of one clip (same
+    reference features, face tokens and emotion) share one `ClipConstants`."""
     model = load_strict(build_model(DiffusionNet, meta["config"], "fixture config"), t, "model.", meta["case"])
     memory, out, prepared = MotionMemory(), {}, {}
     for call in meta["calls"]:
@@ -236,9 +237,7 @@ def run_diffusion_net(meta, t, clip_constants: bool = True):
         constants = None
         if clip_constants:
             key = (call["ref_features"], call["encoder_hidden_states"], call["audio_emotion"])
-            if key not in prepared:
-                prepared[key] = model.prepare_clip(features, face, emotion)
-            constants = prepared[key]
+            constants = prepared.setdefault(key, ClipConstants())
         out[call["output"]] = model(
             t[call["sample"]], features, t[call["timestep"]], face, t[call["audio_embedding"]], emotion, memory,
             memory_update_from_flags(call["is_new_audio"], call["update_past_memory"]), uc_mask, constants=constants,

@@ -58,6 +58,9 @@ class GenerationSettings:
     cache_reference: bool = True
     """Encode the reference image and compute its reference-net features once for all clips
     (equal within rounding: those rows never interact with the motion frames)."""
+    memory_fp32: bool = True
+    """Keep the motion memory and its linear attention in float32 when the networks run in
+    bf16/fp16 (docs/architecture.md, "Precision"); no effect in float32."""
     clip_constants: bool = True
     """Compute the diffusion net's per-clip constants (reference/face key-value projections) once
     per clip instead of at every step (equal within rounding; docs/architecture.md, "Per-clip constants")."""
@@ -307,6 +310,7 @@ class MemoPipeline:
             state = GenerationState(MotionMemory(), None, 0, torch.Generator().manual_seed(settings.seed).get_state())
         else:
             state = state.to(device)
+        state.memory.dtype = torch.float32 if settings.memory_fp32 else None
         generator = torch.Generator()
         generator.set_state(state.rng_state)
         return state, generator
@@ -332,7 +336,7 @@ class MemoPipeline:
             uc_mask = torch.arange(2 * frames, device=device) < frames
         else:
             emotion, uc_mask = torch.tensor([mood], device=device), None
-        constants = models.diffusion_net.prepare_clip(reference, cond.face_tokens, emotion) if settings.clip_constants else None
+        constants = ClipConstants() if settings.clip_constants else None  # filled by the clip's first step
         return ClipInputs(reference, cond.face_tokens, audio_tokens, emotion, uc_mask, cond.copies, constants,
                           tuple(cond.pixels.shape[-2:]))
 

@@ -19,7 +19,7 @@ from diffusers.models.attention_processor import Attention, JointAttnProcessor2_
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
-from .clip_constants import ClipConstants
+from .clip_constants import ClipConstants, clip_constant
 from .spatial_attention import from_tokens, to_tokens, token_projections
 
 NUM_EMOTION_CLASSES = 9
@@ -37,13 +37,9 @@ class EmotionAdaLayerNorm(nn.Module):
         """`(shift, scale)`, one row per label: depends on the emotion only, not on the timestep."""
         return self.adaLN_modulation(self.class_embedder.embedding_table(emotion)).chunk(2, dim=1)
 
-    def prepare_clip(self, constants: ClipConstants, emotion: torch.Tensor) -> None:
-        constants.put(self.slot_name, *self.modulation(emotion))
-
     def forward(self, x: torch.Tensor, emotion: torch.Tensor, constants: ClipConstants | None = None) -> torch.Tensor:
         """`x`: `(rows, tokens, dim)`; `emotion`: one label per sample (rows split evenly) or one for all."""
-        cached = constants.get(self.slot_name) if constants is not None else None
-        shift, scale = cached if cached is not None else self.modulation(emotion)
+        shift, scale = clip_constant(constants, self.slot_name, lambda: self.modulation(emotion))
         if emotion.numel() > 1:
             rows_per_label = x.shape[0] // emotion.numel()
             shift, scale = shift.repeat_interleave(rows_per_label, dim=0), scale.repeat_interleave(rows_per_label, dim=0)
@@ -73,9 +69,6 @@ class JointAudioBlock(nn.Module):
         if not is_final_block:
             self.audio_norm3 = nn.LayerNorm(audio_dim)
             self.audio_ff = FeedForward(audio_dim, activation_fn="geglu")
-
-    def emotion_norms(self) -> list[EmotionAdaLayerNorm]:
-        return [self.norm1, self.audio_norm1, self.norm2, self.audio_norm2]
 
     def forward(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor, constants: ClipConstants | None = None):
         """`x`: `((b f), tokens, dim)`, `audio`: `((b f), audio_tokens, audio_dim)` -> `(x, audio or None)`."""
@@ -107,12 +100,6 @@ class AudioModule(nn.Module):
             JointAudioBlock(inner, heads, head_dim, audio_dim, emo_drop_rate, is_final_block and i == num_layers - 1, upcast_attention)
             for i in range(num_layers)
         ])
-
-    def prepare_clip(self, constants: ClipConstants, emotion: torch.Tensor) -> None:
-        """The emotion modulation of every Emo-AdaNorm of this module, for the clip's labels."""
-        for block in self.transformer_blocks:
-            for norm in block.emotion_norms():
-                norm.prepare_clip(constants, emotion)
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
                 constants: ClipConstants | None = None):

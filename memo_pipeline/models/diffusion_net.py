@@ -8,7 +8,8 @@ and the temporal ones get `num_frames`. Resnets, down/up-samplers and the time e
 diffusers' 2D blocks (the released model's "inflated" 3D blocks are exactly that). Parameter
 names match the released `diffusion_net/` checkpoint. Reference features come from
 `ReferenceNet` (once per clip); the motion memory is an explicit `MotionMemory` that `forward`
-reads and, when asked, updates; per-clip constants can be precomputed with `prepare_clip`.
+reads and, when asked, updates; values that are constant over a clip's steps go to an explicit
+`ClipConstants` when one is passed.
 """
 
 from __future__ import annotations
@@ -258,29 +259,6 @@ class DiffusionNet(ModelMixin, ConfigMixin):
                 widths.append(width)
         return widths
 
-    def _levels_with_references(self, reference: ReferenceFeatures):
-        yield from zip(self.down_blocks, reference.down)
-        yield self.mid_block, reference.mid
-        yield from zip(self.up_blocks, reference.up)
-
-    @torch.no_grad()
-    def prepare_clip(self, reference: ReferenceFeatures, face_tokens: torch.Tensor, audio_emotion: torch.Tensor) -> ClipConstants:
-        """Everything of one clip that does not change between its denoising steps, computed once:
-        the key/value projections of the reference-image and face tokens in every spatial
-        attention and the emotion modulation of every Emo-AdaNorm (docs/architecture.md,
-        "Per-clip constants"). Pass the result as `constants=` to every step of the clip."""
-        constants = ClipConstants()
-        batch = face_tokens.shape[0]
-        emotion = audio_emotion.to(face_tokens.device).long()
-        for level, references in self._levels_with_references(reference):
-            if not level.has_cross_attention:
-                continue
-            for spatial, audio_module, feature in zip(level.attentions, level.audio_modules, references):
-                ref_tokens, _ = split_reference(feature, batch, 1, feature.shape[1])
-                spatial.prepare_clip(constants, ref_tokens, face_tokens)
-                audio_module.prepare_clip(constants, emotion)
-        return constants
-
     def forward(self, sample: torch.Tensor, ref_features: ReferenceFeatures, timestep, encoder_hidden_states: torch.Tensor,
                 audio_embedding: torch.Tensor, audio_emotion: torch.Tensor, memory: MotionMemory,
                 memory_update: MemoryUpdate, uc_mask: torch.Tensor | None = None,
@@ -292,7 +270,8 @@ class DiffusionNet(ModelMixin, ConfigMixin):
         `(b, f, tokens, dim)`; `audio_emotion`: emotion label per CFG copy (`[9, m]`) or one label;
         `memory` is read and, for `memory_update` "reset"/"append", updated in place;
         `uc_mask`: given when the first half of the batch is the unconditional CFG copy;
-        `constants`: this clip's `prepare_clip` result (None computes everything in place).
+        `constants`: this clip's `ClipConstants`, the same object for every step of the clip (None
+        computes the per-clip values at every step).
         """
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0

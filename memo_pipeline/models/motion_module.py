@@ -92,8 +92,9 @@ class MemoryLinearAttention(nn.Module):
     def _write_memory(self, motion: torch.Tensor, memory: MotionMemory, update: MemoryUpdate) -> None:
         """`motion`: `(sequences, P, dim)` normalised motion tokens."""
         num_motion = motion.shape[1]
-        keys = torch.softmax(self._split_heads(self.to_k(motion)), dim=-2)
-        values = self._split_heads(self.to_v(motion))
+        acc = memory.dtype or motion.dtype
+        keys = torch.softmax(self._split_heads(self.to_k(motion)).to(acc), dim=-2)
+        values = self._split_heads(self.to_v(motion)).to(acc)
         weights = (memory.decay ** torch.arange(num_motion - 1, -1, -1, device=keys.device, dtype=keys.dtype)).view(1, num_motion, 1)
         keys, values = keys * weights, values * weights
         kv_new = torch.einsum("bij,bik->bjk", keys, values)
@@ -115,14 +116,15 @@ class MemoryLinearAttention(nn.Module):
             m = motion_tokens.reshape(batch, num_motion, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_motion, channels)
             self._write_memory(m, memory, update)
 
-        query = torch.softmax(self._split_heads(self.to_q(x)), dim=-1) * self.head_dim**-0.5
-        key = torch.softmax(self._split_heads(self.to_k(x)), dim=-2)
-        value = self._split_heads(self.to_v(x))
+        acc = memory.dtype or x.dtype  # the linear attention's own precision (docs/architecture.md, "Precision")
+        query = torch.softmax(self._split_heads(self.to_q(x)).to(acc), dim=-1) * self.head_dim**-0.5
+        key = torch.softmax(self._split_heads(self.to_k(x)).to(acc), dim=-2)
+        value = self._split_heads(self.to_v(x)).to(acc)
         kv_mem, z_mem = memory.read(self.slot_name)
-        kv = memory.decay * kv_mem + torch.einsum("bnd,bne->bde", key, value)
-        z = memory.decay * z_mem + key.sum(dim=-2, keepdim=True)
+        kv = memory.decay * kv_mem.to(acc) + torch.einsum("bnd,bne->bde", key, value)
+        z = memory.decay * z_mem.to(acc) + key.sum(dim=-2, keepdim=True)
         out = torch.einsum("bnd,bde->bne", query, kv) / torch.einsum("bnd,bod->bno", query, z).clamp(min=1e-10)
-        out = self.to_out[1](self.to_out[0](self._merge_heads(out)))
+        out = self.to_out[1](self.to_out[0](self._merge_heads(out.to(x.dtype))))
         return out.reshape(batch, tokens, num_frames, channels).transpose(1, 2).reshape(rows, tokens, channels)
 
 

@@ -18,7 +18,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention, XFormersAttnProcessor
 from torch import nn
 
-from .clip_constants import ClipConstants
+from .clip_constants import ClipConstants, clip_constant
 
 
 def cfg_self_only_rows(rows: int, uc_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -67,21 +67,23 @@ class ReferenceAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.slot_name = ""
 
-    def prepare_clip(self, constants: ClipConstants, reference: torch.Tensor, face_tokens: torch.Tensor) -> None:
+    def _projections(self, reference: torch.Tensor, face_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Key/value projections of the reference-image tokens `(b, tokens, dim)` (self-attention)
         and of the face tokens `(b, n, c)` (cross-attention), per CFG copy, untiled."""
-        constants.put(self.slot_name, self.attn1.to_k(reference), self.attn1.to_v(reference),
-                      self.attn2.to_k(face_tokens), self.attn2.to_v(face_tokens))
+        return (self.attn1.to_k(reference), self.attn1.to_v(reference),
+                self.attn2.to_k(face_tokens), self.attn2.to_v(face_tokens))
 
     def forward(self, x: torch.Tensor, reference: torch.Tensor, face_tokens: torch.Tensor, num_frames: int,
                 self_only_rows: torch.Tensor | None, constants: ClipConstants | None = None) -> torch.Tensor:
         """`x`: `((b f), tokens, dim)`; `reference`: `(b, tokens, dim)`; `face_tokens`: `((b f), n, c)`;
-        `self_only_rows`: bool per row that must not see the reference, or None; `constants`: this
-        clip's precomputed projections (see `prepare_clip`), or None."""
-        cached = constants.get(self.slot_name) if constants is not None else None
+        `self_only_rows`: bool per row that must not see the reference, or None; `constants`: the
+        clip's `ClipConstants` (the reference and face projections are then computed once per clip).
+        `face_tokens` may also be `(b, n, c)` when `constants` is given."""
         normed = self.norm1(x)
-        if cached is not None:
-            ref_key, ref_value, face_key, face_value = cached
+        if constants is not None:
+            face_rows = face_tokens[::num_frames] if face_tokens.shape[0] == x.shape[0] else face_tokens
+            ref_key, ref_value, face_key, face_value = clip_constant(
+                constants, self.slot_name, lambda: self._projections(reference, face_rows))
             x = self._cached_self_attention(normed, ref_key, ref_value, num_frames, self_only_rows) + x
             rows_per_copy = x.shape[0] // face_key.shape[0]
             query = self.attn2.to_q(self.norm2(x))
@@ -135,17 +137,12 @@ class SpatialTransformer(nn.Module):
             [ReferenceAttentionBlock(inner, heads, head_dim, cross_attention_dim, upcast_attention) for _ in range(num_layers)]
         )
 
-    def prepare_clip(self, constants: ClipConstants, reference: torch.Tensor, face_tokens: torch.Tensor) -> None:
-        """Per-clip projections of every block (see `ReferenceAttentionBlock.prepare_clip`)."""
-        for block in self.transformer_blocks:
-            block.prepare_clip(constants, reference, face_tokens)
-
     def forward(self, frames: torch.Tensor, reference: torch.Tensor, face_tokens: torch.Tensor, num_frames: int,
                 uc_mask: torch.Tensor | None = None, constants: ClipConstants | None = None) -> torch.Tensor:
         """`frames`: the clip folded as `((b f), c, h, w)`; `reference`: `(b, h*w, c)` reference-image
         tokens; `face_tokens`: `(b, n, c)` or already one row per frame."""
         rows, c, h, w = frames.shape
-        if face_tokens.shape[0] != rows:
+        if face_tokens.shape[0] != rows and constants is None:
             face_tokens = face_tokens.repeat_interleave(num_frames, dim=0)
         x = to_tokens(self.norm(frames), self.proj_in, self.use_linear_projection)
         self_only = cfg_self_only_rows(rows, uc_mask)
