@@ -14,18 +14,16 @@ For every clip of `frames_per_clip` frames:
 
 Only the motion memory and the last motion frames survive from clip to clip, so memory use does
 not grow with the length of the audio; both form a `GenerationState` that can be saved and
-resumed. Every number follows the official pipeline (architecture notes §1, §4, §8); with
+resumed. Every number follows the official pipeline (docs/architecture.md#clip-loop, #vae-conventions); with
 `guidance_scale <= 1` a single conditional pass runs (the official code crashes there).
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
+import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -33,31 +31,14 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file, save_file
 
+from .heap import release_freed_memory
 from .loading import MemoModels
-from .models.audio_attention import NUM_EMOTION_CLASSES
+from .audio.emotions import NUM_EMOTION_CLASSES, UNCONDITIONAL_EMOTION, clip_emotion
+from .models.clip_constants import ClipConstants
 from .models.motion_memory import MotionMemory
+from .models.reference_features import ReferenceFeatures
 from .vae import VAEAdapter
 
-UNCONDITIONAL_EMOTION = NUM_EMOTION_CLASSES  # the extra embedding row used for CFG
-
-
-def _libc_malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand heap memory freed by the last clip back to the OS (glibc keeps it otherwise, and its
-    heap then creeps upwards over a long generation). No-op where glibc is absent."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class GenerationCancelled(Exception):
@@ -76,6 +57,12 @@ class GenerationSettings:
     cache_reference: bool = True
     """Encode the reference image and compute its reference-net features once for all clips
     (equal within rounding: those rows never interact with the motion frames)."""
+    memory_fp32: bool = True
+    """Keep the motion memory and its linear attention in float32 when the networks run in
+    bf16/fp16 (docs/architecture.md#precision); no effect in float32."""
+    clip_constants: bool = True
+    """Compute the diffusion net's per-clip constants (reference/face key-value projections) once
+    per clip instead of at every step (equal within rounding; docs/architecture.md#per-clip-constants)."""
 
     def validate(self) -> None:
         problems = []
@@ -187,11 +174,6 @@ class WindowedAudio:
         return self.audio_emb[start:stop]
 
 
-def clip_emotion(labels: torch.Tensor) -> int:
-    """Most frequent label of a clip; ties go to the smallest label (as `torch.mode` in the official code)."""
-    return int(torch.bincount(labels.long().flatten(), minlength=NUM_EMOTION_CLASSES).argmax())
-
-
 def reference_pixels(image: torch.Tensor) -> torch.Tensor:
     """`(H, W, 3)` / `(3, H, W)` / `(1, 3, H, W)` in [0, 1] -> `(1, 3, H, W)` in [-1, 1]."""
     if image.dim() == 4:
@@ -207,7 +189,22 @@ def reference_pixels(image: torch.Tensor) -> torch.Tensor:
     return (image.float().clamp(0, 1) * 2 - 1)[None]
 
 
+@dataclass
+class Conditioning:
+    """The conditioning shared by every clip of one generation (built by `MemoPipeline.conditioning`)."""
+
+    pixels: torch.Tensor  # (1, 3, H, W) reference image in [-1, 1] on the model device
+    face_tokens: torch.Tensor  # (copies, n, c): [uncond, cond] with CFG, [cond] without
+    labels: torch.Tensor  # one emotion label per frame of every clip
+    copies: int  # 2 with classifier-free guidance, else 1
+    num_clips: int
+
+
 class MemoPipeline:
+    """Generation in named steps, in the spirit of diffusers pipelines: `check_inputs`,
+    `conditioning`, `initial_state`, then per clip `prepare_clip` (reference features, audio
+    tokens, emotion), `denoise_clip` and `decode_clip`. `generate` strings them together."""
+
     def __init__(self, models: MemoModels, vae: VAEAdapter, scheduler: FlowMatchEulerDiscreteScheduler | None = None):
         self.models = models
         self.vae = vae
@@ -217,15 +214,21 @@ class MemoPipeline:
     def num_clips(num_frames: int, frames_per_clip: int) -> int:
         return math.ceil(num_frames / frames_per_clip)
 
-    def total_steps(self, audio: AudioSource, settings: GenerationSettings) -> int:
-        return self.num_clips(audio.num_frames, settings.frames_per_clip) * settings.steps
+    @staticmethod
+    def clip_range(num_clips: int, first_clip: int = 0, max_clips: int = 0) -> range:
+        """The clips one run makes: from `first_clip` to the end, or `max_clips` of them (0 = all)."""
+        stop = num_clips if max_clips <= 0 else min(num_clips, first_clip + max_clips)
+        return range(first_clip, stop)
+
+    def total_steps(self, audio: AudioSource, settings: GenerationSettings, first_clip: int = 0, max_clips: int = 0) -> int:
+        return len(self.clip_range(self.num_clips(audio.num_frames, settings.frames_per_clip), first_clip, max_clips)) * settings.steps
 
     @torch.no_grad()
     def generate(self, reference_image: torch.Tensor, face_embedding: torch.Tensor | None, audio: AudioSource | torch.Tensor,
                  emotion: torch.Tensor | int | None = None, settings: GenerationSettings | None = None, *,
                  state: GenerationState | None = None, on_step: Callable[[StepInfo], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None,
-                 noise: Callable[[int], torch.Tensor] | None = None) -> Iterator[ClipOutput]:
+                 noise: Callable[[int], torch.Tensor] | None = None, max_clips: int = 0) -> Iterator[ClipOutput]:
         """Yield the video clip by clip.
 
         `reference_image`: `(1, 3, H, W)` in [-1, 1] (see `reference_pixels`), square, side a multiple of 8.
@@ -234,12 +237,40 @@ class MemoPipeline:
         `emotion`: per-frame labels (extended with the last label if short), one label, or None for neutral.
         `state`: continue a generation saved from a `ClipOutput.state`.
         `noise`: replaces the initial-noise draw of a clip (used to replay recorded runs).
+        `max_clips`: stop after this many clips (0 = until the audio ends); the last state continues it.
         """
         settings = settings or GenerationSettings()
-        settings.validate()
         audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
-        models, dtype, device = self.models, self.models.dtype, self.models.device
-        pixels = self._check_reference(reference_image).to(device)
+        self.check_inputs(reference_image, audio, settings)
+        cond = self.conditioning(reference_image, face_embedding, audio, emotion, settings)
+        state, generator = self.initial_state(settings, state, self.models.device)
+        total = cond.num_clips * settings.steps
+        reference_cache: dict = {}
+        for clip in self.clip_range(cond.num_clips, state.next_clip, max_clips):
+            inputs = self.prepare_clip(clip, cond, audio, state, settings, reference_cache)
+
+            def step_done(info: StepInfo, offset: int = clip * settings.steps) -> None:
+                """Count steps over the whole generation (clips before a resumed state included)."""
+                if on_step is not None:
+                    on_step(dataclasses.replace(info, done=offset + info.done, total=total))
+
+            initial = noise(clip) if noise is not None else None
+            latents = self.denoise_clip(clip, inputs, state.memory, generator, settings, initial=initial,
+                                        on_step=step_done, should_cancel=should_cancel, num_clips=cond.num_clips)
+            del inputs
+            video = self.decode_clip(latents)
+            del latents
+            release_freed_memory()
+            start = clip * settings.frames_per_clip
+            keep = min(settings.frames_per_clip, audio.num_frames - start)
+            past = video[-min(settings.past_frames, settings.frames_per_clip):].clone()
+            state = GenerationState(state.memory, past, clip + 1, generator.get_state())
+            yield ClipOutput(clip, start, video[:keep], state, video)
+
+    def check_inputs(self, reference_image: torch.Tensor, audio: AudioSource, settings: GenerationSettings) -> None:
+        """Refuse what cannot run, before any network does: settings, reference image, audio length."""
+        settings.validate()
+        self._check_reference(reference_image)
         num_clips = self.num_clips(audio.num_frames, settings.frames_per_clip)
         if num_clips == 0:
             raise ValueError("the audio yields no video frames")
@@ -247,74 +278,100 @@ class MemoPipeline:
             raise ValueError(f"audio features cover {audio.padded_frames} frames but {num_clips} clips of "
                              f"{settings.frames_per_clip} need {num_clips * settings.frames_per_clip}: extract them with "
                              "the same frames_per_clip")
-        labels = self._frame_labels(emotion, num_clips * settings.frames_per_clip)
-        use_cfg = settings.guidance_scale > 1
-        if use_cfg and not models.diffusion_net.config.emo_drop_rate > 0:
+        if settings.guidance_scale > 1 and not self.models.diffusion_net.config.emo_drop_rate > 0:
             raise ValueError("this diffusion_net has no unconditional emotion row (emo_drop_rate = 0), so classifier-free "
                              "guidance is impossible; use guidance_scale <= 1")
-        copies = 2 if use_cfg else 1
 
-        face = torch.zeros(1, self.models.image_proj.config.clip_embeddings_dim) if face_embedding is None else face_embedding
+    def conditioning(self, reference_image, face_embedding, audio: AudioSource, emotion, settings) -> Conditioning:
+        """Face tokens (with the unconditional copy for CFG) and per-frame emotion labels."""
+        models, dtype, device = self.models, self.models.dtype, self.models.device
+        num_clips = self.num_clips(audio.num_frames, settings.frames_per_clip)
+        copies = 2 if settings.guidance_scale > 1 else 1
+        face = torch.zeros(1, models.image_proj.config.clip_embeddings_dim) if face_embedding is None else face_embedding
         face = face.reshape(1, -1).to(device, dtype)
-        cond_tokens = models.image_proj(face)
-        face_tokens = torch.cat([models.image_proj(torch.zeros_like(face)), cond_tokens]) if use_cfg else cond_tokens
+        face_tokens = models.image_proj(face)
+        if copies == 2:
+            face_tokens = torch.cat([models.image_proj(torch.zeros_like(face)), face_tokens])
+        labels = self._frame_labels(emotion, num_clips * settings.frames_per_clip)
+        return Conditioning(reference_image.to(device), face_tokens, labels, copies, num_clips)
 
+    @staticmethod
+    def initial_state(settings: GenerationSettings, state: GenerationState | None,
+                      device=None) -> tuple[GenerationState, torch.Generator]:
+        """A fresh state (empty memory, generator seeded) or a detached copy of `state` on `device`,
+        and the (CPU) noise generator positioned where that state left it."""
         if state is None:
-            generator = torch.Generator().manual_seed(settings.seed)
-            state = GenerationState(MotionMemory(), None, 0, generator.get_state())
+            state = GenerationState(MotionMemory(), None, 0, torch.Generator().manual_seed(settings.seed).get_state())
         else:
             state = state.to(device)
+        state.memory.dtype = torch.float32 if settings.memory_fp32 else None
         generator = torch.Generator()
         generator.set_state(state.rng_state)
-        memory = state.memory
-        total = num_clips * settings.steps
-        reference_cache: dict = {}
+        return state, generator
 
-        for clip in range(state.next_clip, num_clips):
-            start = clip * settings.frames_per_clip
-            frames = settings.frames_per_clip
-            if state.past_frames is None:
-                motion_pixels = pixels.expand(settings.init_past_frames, -1, -1, -1)
+    def prepare_clip(self, clip: int, cond: Conditioning, audio: AudioSource, state: GenerationState,
+                     settings: GenerationSettings, reference_cache: dict) -> "ClipInputs":
+        """Reference features of `[reference, motion frames]`, audio tokens, the clip's emotion and,
+        with `settings.clip_constants`, the diffusion net's per-clip constants."""
+        models, dtype, device = self.models, self.models.dtype, self.models.device
+        frames = settings.frames_per_clip
+        start = clip * frames
+        if state.past_frames is None:
+            motion_pixels = cond.pixels.expand(settings.init_past_frames, -1, -1, -1)
+        else:
+            motion_pixels = state.past_frames[-settings.past_frames:].to(device) * 2.0 - 1.0
+        reference = self._reference_features(cond.pixels, motion_pixels, cond.face_tokens, cond.copies, settings,
+                                             reference_cache)
+        audio_tokens = models.audio_proj(audio.windows(start, start + frames)[None].to(device, dtype))
+        mood = clip_emotion(cond.labels[start:start + frames])
+        if cond.copies == 2:
+            audio_tokens = torch.cat([torch.zeros_like(audio_tokens), audio_tokens])
+            emotion = torch.tensor([UNCONDITIONAL_EMOTION, mood], device=device)
+            uc_mask = torch.arange(2 * frames, device=device) < frames
+        else:
+            emotion, uc_mask = torch.tensor([mood], device=device), None
+        constants = ClipConstants() if settings.clip_constants else None  # filled by the clip's first step
+        return ClipInputs(reference, cond.face_tokens, audio_tokens, emotion, uc_mask, cond.copies, constants,
+                          tuple(cond.pixels.shape[-2:]))
+
+    def denoise_clip(self, clip: int, inputs: "ClipInputs", memory: MotionMemory, generator: torch.Generator,
+                     settings: GenerationSettings, *, initial: torch.Tensor | None = None,
+                     on_step: Callable[[StepInfo], None] | None = None,
+                     should_cancel: Callable[[], bool] | None = None, num_clips: int | None = None) -> torch.Tensor:
+        """Flow-matching Euler denoising of one clip from fresh noise (drawn from `generator`, or
+        `initial`); the motion memory is reset on clip 0, extended on the first step of later clips."""
+        models, dtype, device = self.models, self.models.dtype, self.models.device
+        height, width = inputs.size
+        shape = (1, 4, settings.frames_per_clip, height // 8, width // 8)
+        latents = initial if initial is not None else torch.randn(shape, generator=generator, dtype=dtype)
+        latents = latents.to(device, dtype)
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(settings.steps, device=device)
+        for step, t in enumerate(scheduler.timesteps):
+            if should_cancel is not None and should_cancel():
+                of = f"/{num_clips}" if num_clips else ""
+                raise GenerationCancelled(f"cancelled at clip {clip + 1}{of}, step {step + 1}/{settings.steps}")
+            update = "reset" if clip == 0 else ("append" if step == 0 else "read")
+            output = models.diffusion_net(torch.cat([latents] * inputs.copies), inputs.reference, t, inputs.face_tokens,
+                                          inputs.audio_tokens, inputs.emotion, memory, update, inputs.uc_mask,
+                                          constants=inputs.constants)
+            if inputs.copies == 2:
+                uncond, cond = output.chunk(2)
+                velocity = uncond + settings.guidance_scale * (cond - uncond)
             else:
-                motion_pixels = state.past_frames[-settings.past_frames:].to(device) * 2.0 - 1.0
-            ref_features = self._reference_features(pixels, motion_pixels, face_tokens, copies, settings, reference_cache)
+                velocity = output
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(StepInfo(clip, step, step + 1, settings.steps, float(t), latents, output, velocity,
+                                 float(scheduler.sigmas[step + 1])))
+        return latents
 
-            audio_tokens = models.audio_proj(audio.windows(start, start + frames)[None].to(device, dtype))
-            audio_tokens = torch.cat([torch.zeros_like(audio_tokens), audio_tokens]) if use_cfg else audio_tokens
-            mood = clip_emotion(labels[start:start + frames])
-            emotion_ids = torch.tensor([UNCONDITIONAL_EMOTION, mood] if use_cfg else [mood], device=device)
-            uc_mask = torch.arange(copies * frames, device=device) < frames if use_cfg else None
+    def decode_clip(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(1, 4, F, h, w)` latents -> `(F, 3, H, W)` float32 CPU frames in [0, 1]."""
+        return self.vae.decode(latents[0].transpose(0, 1)).cpu()
 
-            height, width = pixels.shape[-2:]
-            shape = (1, 4, frames, height // 8, width // 8)
-            latents = noise(clip) if noise is not None else torch.randn(shape, generator=generator, dtype=dtype)
-            latents = latents.to(device, dtype)
-            scheduler = copy.deepcopy(self.scheduler)
-            scheduler.set_timesteps(settings.steps, device=device)
-            for step, t in enumerate(scheduler.timesteps):
-                if should_cancel is not None and should_cancel():
-                    raise GenerationCancelled(f"cancelled at clip {clip + 1}/{num_clips}, step {step + 1}/{settings.steps}")
-                update = "reset" if clip == 0 else ("append" if step == 0 else "read")
-                output = models.diffusion_net(torch.cat([latents] * copies), ref_features, t, face_tokens, audio_tokens,
-                                              emotion_ids, memory, update, uc_mask)
-                if use_cfg:
-                    uncond, cond = output.chunk(2)
-                    velocity = uncond + settings.guidance_scale * (cond - uncond)
-                else:
-                    velocity = output
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-                if on_step is not None:
-                    on_step(StepInfo(clip, step, clip * settings.steps + step + 1, total, float(t), latents, output,
-                                     velocity, float(scheduler.sigmas[step + 1])))
-
-            video = self.vae.decode(latents[0].transpose(0, 1)).cpu()
-            del latents, output, velocity, ref_features, audio_tokens
-            release_freed_memory()
-            keep = min(frames, audio.num_frames - start)
-            state = GenerationState(memory, video[-min(settings.past_frames, frames):].clone(), clip + 1, generator.get_state())
-            yield ClipOutput(clip, start, video[:keep], state, video)
-
-    def _check_reference(self, image: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _check_reference(image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"reference image must be (1, 3, H, W) in [-1, 1]; got {tuple(image.shape)} (see reference_pixels)")
         height, width = image.shape[-2:]
@@ -341,7 +398,7 @@ class MemoPipeline:
             labels = torch.cat([labels, labels[-1:].expand(length - labels.numel())])
         return labels[:length]
 
-    def _reference_features(self, pixels, motion_pixels, face_tokens, copies, settings, cache) -> dict:
+    def _reference_features(self, pixels, motion_pixels, face_tokens, copies, settings, cache) -> ReferenceFeatures:
         """Reference-net features of `[reference, motion frames]` per CFG copy, copy-major.
 
         With `cache_reference`, the reference image's latent and its own feature rows are reused
@@ -366,7 +423,7 @@ class MemoPipeline:
         motion_rows = rows[(rows % stack) != 0]
         motion = models.reference_net(motion_latents.repeat(copies, 1, 1, 1), torch.zeros(()),
                                       face_tokens[motion_rows % face_tokens.shape[0]])
-        return _interleave_features(cache["features"], motion, copies)
+        return ReferenceFeatures.interleave(cache["features"], motion, copies)
 
     def _encode_motion(self, motion_pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """VAE latents of the motion frames. The first clip's are the reference image repeated: the VAE
@@ -377,16 +434,15 @@ class MemoPipeline:
         return self.vae.encode(motion_pixels.to(dtype)).to(dtype)
 
 
-def _interleave_features(reference: dict, motion: dict, copies: int) -> dict:
-    """Merge per-copy reference rows `(copies, ...)` and motion rows `(copies * P, ...)` into the
-    copy-major `(copies * (1 + P), ...)` layout the diffusion net expects."""
+@dataclass
+class ClipInputs:
+    """What the diffusion net needs for every step of one clip (built by `MemoPipeline.prepare_clip`)."""
 
-    def merge(ref, mot):
-        if torch.is_tensor(ref):
-            ref_rows = ref.reshape(copies, 1, *ref.shape[1:])
-            mot_rows = mot.reshape(copies, -1, *mot.shape[1:])
-            return torch.cat([ref_rows, mot_rows], dim=1).reshape(-1, *ref.shape[1:])
-        return [merge(r, m) for r, m in zip(ref, mot)]
-
-    return {section: merge(reference[section], motion[section]) for section in ("down", "mid", "up")}
-
+    reference: ReferenceFeatures
+    face_tokens: torch.Tensor
+    audio_tokens: torch.Tensor
+    emotion: torch.Tensor  # [9, label] with CFG, [label] without
+    uc_mask: torch.Tensor | None
+    copies: int
+    constants: ClipConstants | None
+    size: tuple[int, int]  # (H, W) of the video

@@ -161,7 +161,7 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
         state.check_compatible(audio, resolution)
         generation_state = state.state  # generate() works on its own copy
         first_clip = state.next_clip
-    stop_clip = audio.num_clips if max_clips == 0 else min(audio.num_clips, first_clip + max_clips)
+    stop_clip = MemoPipeline.clip_range(audio.num_clips, first_clip, max_clips).stop
 
     pixels = reference_pixels(square_reference(reference_image, resolution, "reference_image"))
     settings = GenerationSettings(steps=steps, guidance_scale=float(cfg), frames_per_clip=audio.frames_per_clip,
@@ -238,7 +238,8 @@ def run_clips(plan: RunPlan):
         host.load_to_device([network])
 
     generator = plan.pipeline.generate(plan.pixels, plan.face, plan.audio.features, plan.labels, settings,
-                                       state=plan.state, on_step=on_step, should_cancel=should_cancel)
+                                       state=plan.state, on_step=on_step, should_cancel=should_cancel,
+                                       max_clips=plan.num_clips)
 
     with plan.pipeline.models.load_on_demand(host.compute_device(), load_one):
         try:
@@ -248,8 +249,6 @@ def run_clips(plan: RunPlan):
                 if estimate is not None:
                     estimate.clip_done(clip.index + 1 - plan.first_clip)
                 yield clip
-                if clip.index + 1 >= plan.stop_clip:
-                    break
         except ValueError as exc:
             raise ValueError(f"MEMO sampler: {exc}") from exc
         finally:

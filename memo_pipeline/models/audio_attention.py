@@ -3,7 +3,8 @@
 Video tokens of a frame and the audio tokens of the same frame are each self-attended, then
 attended *jointly* (one attention over the concatenation, SD3 style), with every pre-norm
 modulated by the clip's emotion label. Behaviours kept from the released model
-(architecture notes §6.3, quirks Q5-Q8):
+(docs/architecture.md#audio-attention, #emotion-conditioning, #audio-module-width,
+#double-audio-skip, #truncated-final-blocks):
 
 - Emo-AdaNorm: `LN(x) * (1 + scale) + shift` with `[shift, scale] = Linear(SiLU(embed(label)))`;
   the embedding table has one extra row (index 9) that is the CFG "no emotion" label;
@@ -19,9 +20,10 @@ from diffusers.models.attention_processor import Attention, JointAttnProcessor2_
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
+from ..audio.emotions import NUM_EMOTION_CLASSES
+from .clip_constants import ClipConstants, clip_constant
 from .spatial_attention import from_tokens, to_tokens, token_projections
 
-NUM_EMOTION_CLASSES = 9
 
 
 class EmotionAdaLayerNorm(nn.Module):
@@ -30,10 +32,15 @@ class EmotionAdaLayerNorm(nn.Module):
         self.class_embedder = LabelEmbedding(num_classes, dim, dropout_prob)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.slot_name = ""
 
-    def forward(self, x: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+    def modulation(self, emotion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(shift, scale)`, one row per label: depends on the emotion only, not on the timestep."""
+        return self.adaLN_modulation(self.class_embedder.embedding_table(emotion)).chunk(2, dim=1)
+
+    def forward(self, x: torch.Tensor, emotion: torch.Tensor, constants: ClipConstants | None = None) -> torch.Tensor:
         """`x`: `(rows, tokens, dim)`; `emotion`: one label per sample (rows split evenly) or one for all."""
-        shift, scale = self.adaLN_modulation(self.class_embedder.embedding_table(emotion)).chunk(2, dim=1)
+        shift, scale = clip_constant(constants, self.slot_name, lambda: self.modulation(emotion))
         if emotion.numel() > 1:
             rows_per_label = x.shape[0] // emotion.numel()
             shift, scale = shift.repeat_interleave(rows_per_label, dim=0), scale.repeat_interleave(rows_per_label, dim=0)
@@ -64,11 +71,12 @@ class JointAudioBlock(nn.Module):
             self.audio_norm3 = nn.LayerNorm(audio_dim)
             self.audio_ff = FeedForward(audio_dim, activation_fn="geglu")
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor):
+    def forward(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor, constants: ClipConstants | None = None):
         """`x`: `((b f), tokens, dim)`, `audio`: `((b f), audio_tokens, audio_dim)` -> `(x, audio or None)`."""
-        x = self.attn1(self.norm1(x, emotion)) + x
-        audio = self.audio_attn1(self.audio_norm1(audio, emotion)) + audio
-        joint_x, joint_audio = self.attn2(self.norm2(x, emotion), encoder_hidden_states=self.audio_norm2(audio, emotion))
+        x = self.attn1(self.norm1(x, emotion, constants)) + x
+        audio = self.audio_attn1(self.audio_norm1(audio, emotion, constants)) + audio
+        joint_x, joint_audio = self.attn2(self.norm2(x, emotion, constants),
+                                          encoder_hidden_states=self.audio_norm2(audio, emotion, constants))
         x = joint_x + x
         x = self.ff(self.norm3(x)) + x
         if self.is_final_block:
@@ -79,7 +87,7 @@ class JointAudioBlock(nn.Module):
 
 class AudioModule(nn.Module):
     """GroupNorm -> 1x1 projection to `heads * head_dim` (may differ from `in_channels`) ->
-    joint audio blocks -> projection back, plus residual, over a `(b, c, f, h, w)` video."""
+    joint audio blocks -> projection back, plus residual, over every frame of a clip."""
 
     def __init__(self, heads: int, head_dim: int, in_channels: int, audio_dim: int, norm_num_groups: int = 32,
                  num_layers: int = 1, use_linear_projection: bool = False, emo_drop_rate: float = 0.3,
@@ -94,15 +102,16 @@ class AudioModule(nn.Module):
             for i in range(num_layers)
         ])
 
-    def forward(self, hidden_states: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor):
-        """`audio`: `(b, f, tokens, dim)` or `((b f), tokens, dim)` -> `(video, audio ((b f), tokens, dim) or None)`."""
-        b, c, f, h, w = hidden_states.shape
-        frames = hidden_states.transpose(1, 2).reshape(b * f, c, h, w)
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor,
+                constants: ClipConstants | None = None):
+        """`frames`: the clip folded as `((b f), c, h, w)`; `audio`: `(b, f, tokens, dim)` or
+        `((b f), tokens, dim)` -> `(frames, audio ((b f), tokens, dim) or None)`."""
+        rows, c, h, w = frames.shape
         if audio.dim() == 4:
             audio = audio.reshape(-1, *audio.shape[2:])
         audio_in = audio
         x = to_tokens(self.norm(frames), self.proj_in, self.use_linear_projection)
         for block in self.transformer_blocks:
-            x, audio = block(x, audio, emotion)
-        out = (from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames).reshape(b, f, c, h, w).transpose(1, 2)
+            x, audio = block(x, audio, emotion, constants)
+        out = from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames
         return out, (None if self.is_final_block else audio + audio_in)

@@ -11,7 +11,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-NUM_EMOTION_CLASSES = 9
+from ..audio.emotions import NUM_EMOTION_CLASSES
+
 EMOTION2VEC_FEATURE_DIM = 1024
 
 
@@ -42,4 +43,4 @@ class AudioEmotionClassifier(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Label per row, as the official extraction does it (softmax of the probabilities, argmax)."""
-        return torch.softmax(self(features), dim=-1).argmax(dim=-1)
+        return torch.softmax(self(features).float(), dim=-1).argmax(dim=-1)

@@ -30,6 +30,9 @@ class MotionMemory:
     kv: dict[str, torch.Tensor] = field(default_factory=dict)
     z: dict[str, torch.Tensor] = field(default_factory=dict)
     decay: float = MEMORY_DECAY
+    dtype: torch.dtype | None = None
+    """Precision of the memory and of the linear attention that reads it; None = the network's
+    compute dtype. float32 keeps a bf16/fp16 run's memory from rounding as it accumulates."""
 
     def __len__(self) -> int:
         return len(self.kv)
@@ -69,12 +72,14 @@ class MotionMemory:
         return self.kv[name], self.z[name]
 
     def copy(self) -> "MotionMemory":
-        return MotionMemory({k: v.clone() for k, v in self.kv.items()}, {k: v.clone() for k, v in self.z.items()}, self.decay)
+        return MotionMemory({k: v.clone() for k, v in self.kv.items()}, {k: v.clone() for k, v in self.z.items()}, self.decay,
+                            self.dtype)
 
     def to(self, device=None, dtype=None) -> "MotionMemory":
         """A copy on another device / dtype (the original is left untouched)."""
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return MotionMemory({k: move(v) for k, v in self.kv.items()}, {k: move(v) for k, v in self.z.items()}, self.decay)
+        return MotionMemory({k: move(v) for k, v in self.kv.items()}, {k: move(v) for k, v in self.z.items()}, self.decay,
+                            self.dtype if dtype is None else dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"kv.{k}": v.contiguous() for k, v in self.kv.items()}

@@ -3,7 +3,8 @@
 Each spatial location attends over the frames of the current clip with *linear* attention
 (softmax feature maps, no F x F matrix) and additionally reads a decayed summary of every past
 motion frame of the audio track from a `MotionMemory`. Numerics follow the released model
-exactly (architecture notes §6.4, §7, quirks Q1, Q2, Q9):
+exactly (docs/architecture.md#motion-module, #linear-attention, #memory-decay,
+#motion-module-inputs):
 
 - queries are softmaxed over the head dim and then scaled by `head_dim**-0.5`; keys are
   softmaxed over the frame axis (current and motion frames separately);
@@ -22,6 +23,7 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
+from .clip_constants import name_slots
 from .motion_memory import MotionMemory
 
 MemoryUpdate = Literal["reset", "append", "read"]
@@ -62,7 +64,7 @@ class SinusoidalPositions(nn.Module):
 class MemoryLinearAttention(nn.Module):
     """Linear attention over frames plus the motion memory; one memory slot per layer.
 
-    `memory_name` (set by the owning model from its module path) names this layer's slot.
+    `slot_name` (set by `name_slots` from its module path) names this layer's memory slot.
     """
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, bias: bool = False,
@@ -77,7 +79,7 @@ class MemoryLinearAttention(nn.Module):
         self.pos_encoder = (
             SinusoidalPositions(query_dim, temporal_position_encoding_max_len) if temporal_position_encoding else None
         )
-        self.memory_name = ""
+        self.slot_name = ""
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -91,15 +93,16 @@ class MemoryLinearAttention(nn.Module):
     def _write_memory(self, motion: torch.Tensor, memory: MotionMemory, update: MemoryUpdate) -> None:
         """`motion`: `(sequences, P, dim)` normalised motion tokens."""
         num_motion = motion.shape[1]
-        keys = torch.softmax(self._split_heads(self.to_k(motion)), dim=-2)
-        values = self._split_heads(self.to_v(motion))
+        acc = memory.dtype or motion.dtype
+        keys = torch.softmax(self._split_heads(self.to_k(motion)).to(acc), dim=-2)
+        values = self._split_heads(self.to_v(motion)).to(acc)
         weights = (memory.decay ** torch.arange(num_motion - 1, -1, -1, device=keys.device, dtype=keys.dtype)).view(1, num_motion, 1)
         keys, values = keys * weights, values * weights
         kv_new = torch.einsum("bij,bik->bjk", keys, values)
         z_new = keys.sum(dim=1, keepdim=True)
         if update == "reset":
-            memory.forget(self.memory_name)
-        memory.absorb(self.memory_name, kv_new, z_new, num_motion)
+            memory.forget(self.slot_name)
+        memory.absorb(self.slot_name, kv_new, z_new, num_motion)
 
     def forward(self, hidden_states: torch.Tensor, motion_tokens: torch.Tensor | None, num_frames: int,
                 memory: MotionMemory, update: MemoryUpdate) -> torch.Tensor:
@@ -114,14 +117,15 @@ class MemoryLinearAttention(nn.Module):
             m = motion_tokens.reshape(batch, num_motion, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_motion, channels)
             self._write_memory(m, memory, update)
 
-        query = torch.softmax(self._split_heads(self.to_q(x)), dim=-1) * self.head_dim**-0.5
-        key = torch.softmax(self._split_heads(self.to_k(x)), dim=-2)
-        value = self._split_heads(self.to_v(x))
-        kv_mem, z_mem = memory.read(self.memory_name)
-        kv = memory.decay * kv_mem + torch.einsum("bnd,bne->bde", key, value)
-        z = memory.decay * z_mem + key.sum(dim=-2, keepdim=True)
+        acc = memory.dtype or x.dtype  # the linear attention's own precision (docs/architecture.md#precision)
+        query = torch.softmax(self._split_heads(self.to_q(x)).to(acc), dim=-1) * self.head_dim**-0.5
+        key = torch.softmax(self._split_heads(self.to_k(x)).to(acc), dim=-2)
+        value = self._split_heads(self.to_v(x)).to(acc)
+        kv_mem, z_mem = memory.read(self.slot_name)
+        kv = memory.decay * kv_mem.to(acc) + torch.einsum("bnd,bne->bde", key, value)
+        z = memory.decay * z_mem.to(acc) + key.sum(dim=-2, keepdim=True)
         out = torch.einsum("bnd,bde->bne", query, kv) / torch.einsum("bnd,bod->bno", query, z).clamp(min=1e-10)
-        out = self.to_out[1](self.to_out[0](self._merge_heads(out)))
+        out = self.to_out[1](self.to_out[0](self._merge_heads(out.to(x.dtype))))
         return out.reshape(batch, tokens, num_frames, channels).transpose(1, 2).reshape(rows, tokens, channels)
 
 
@@ -160,21 +164,19 @@ class TemporalTransformer(nn.Module):
         )
         self.proj_out = nn.Linear(inner, in_channels)
 
-    def _tokens(self, video: torch.Tensor) -> torch.Tensor:
-        """`(b, c, f, h, w)` -> `((b f), (h w), inner)` after GroupNorm and the input projection."""
-        b, c, f, h, w = video.shape
-        frames = self.norm(video.transpose(1, 2).reshape(b * f, c, h, w))
-        return self.proj_in(frames.permute(0, 2, 3, 1).reshape(b * f, h * w, c))
+    def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """`(n, c, h, w)` frames -> `(n, (h w), inner)` after GroupNorm and the input projection."""
+        n, c, h, w = frames.shape
+        return self.proj_in(self.norm(frames).permute(0, 2, 3, 1).reshape(n, h * w, c))
 
-    def forward(self, hidden_states, motion_frames, memory: MotionMemory, update: MemoryUpdate):
-        b, c, f, h, w = hidden_states.shape
-        residual = hidden_states.transpose(1, 2).reshape(b * f, c, h, w)
-        x = self._tokens(hidden_states)
+    def forward(self, frames: torch.Tensor, motion_frames: torch.Tensor | None, num_frames: int,
+                memory: MotionMemory, update: MemoryUpdate) -> torch.Tensor:
+        n, c, h, w = frames.shape
+        x = self._tokens(frames)
         motion = self._tokens(motion_frames) if update != "read" else None
         for block in self.transformer_blocks:
-            x = block(x, motion, f, memory, update)
-        x = self.proj_out(x).reshape(b * f, h, w, c).permute(0, 3, 1, 2)
-        return (x + residual).reshape(b, f, c, h, w).transpose(1, 2)
+            x = block(x, motion, num_frames, memory, update)
+        return self.proj_out(x).reshape(n, h, w, c).permute(0, 3, 1, 2) + frames
 
 
 class MotionModule(nn.Module):
@@ -201,15 +203,10 @@ class MotionModule(nn.Module):
         if zero_initialize:
             nn.init.zeros_(self.temporal_transformer.proj_out.weight)
             nn.init.zeros_(self.temporal_transformer.proj_out.bias)
-        name_memory_slots(self)
+        name_slots(self)
 
-    def forward(self, hidden_states, motion_frames, memory: MotionMemory, update: MemoryUpdate):
-        """`hidden_states`: `(b, c, f, h, w)`; `motion_frames`: `(b, c, P, h, w)` reference features of past frames."""
-        return self.temporal_transformer(hidden_states, motion_frames, memory, update)
-
-
-def name_memory_slots(root: nn.Module) -> None:
-    """Give every memory attention below `root` its module path as memory slot name."""
-    for name, module in root.named_modules():
-        if isinstance(module, MemoryLinearAttention):
-            module.memory_name = name
+    def forward(self, frames: torch.Tensor, motion_frames: torch.Tensor | None, num_frames: int,
+                memory: MotionMemory, update: MemoryUpdate) -> torch.Tensor:
+        """`frames`: the clip folded as `((b f), c, h, w)`; `motion_frames`: the reference-net
+        features of the past frames `((b P), c, h, w)` (only read when the memory is written)."""
+        return self.temporal_transformer(frames, motion_frames, num_frames, memory, update)

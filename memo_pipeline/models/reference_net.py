@@ -1,7 +1,7 @@
 """MEMO's reference net: diffusers' SD1.5 `UNet2DConditionModel` used as a feature extractor.
 
 It encodes the reference image and the past (motion) frames once per clip. What the diffusion
-net consumes from it (architecture notes §5, quirks Q8/Q11):
+net consumes from it (docs/architecture.md#reference-net, #truncated-final-blocks, #reference-features):
 
 - for cross-attention layers, the output of each transformer block's first LayerNorm
   (`norm1`, the tokens right before self-attention), `(batch, h*w, c)`;
@@ -10,7 +10,7 @@ net consumes from it (architecture notes §5, quirks Q8/Q11):
 The released checkpoint has no output head, and its very last transformer only keeps
 `norm`, `proj_in` and `transformer_blocks.0.norm1`; the model here drops the same modules so the
 checkpoint loads with a strict key check. Face tokens `(2, n, c)` ([uncond, cond]) are *tiled*
-over the batch (`.repeat`), so batch entry `i` uses row `i % 2` (quirk Q4).
+over the batch (`.repeat`), so batch entry `i` uses row `i % 2` (docs/architecture.md#reference-tiling).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from __future__ import annotations
 import inspect
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+from .reference_features import ReferenceFeatures
 
 
 class ReferenceNet(UNet2DConditionModel):
@@ -46,11 +47,11 @@ class ReferenceNet(UNet2DConditionModel):
         return last.attentions[-1]
 
     @torch.no_grad()
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> dict:
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> ReferenceFeatures:
         """`sample` `(B, 4, h, w)` (copy-major CFG batch), `encoder_hidden_states` `(k, n, c)` with `B % k == 0`.
 
-        Returns `{"down": [...], "mid": [...], "up": [...]}`, one entry per block, each a list per
-        layer of either a tensor (plain layers) or a list of norm1 outputs (one per transformer block).
+        Returns one feature per diffusion-net layer: the first transformer block's norm1 output of
+        cross-attention layers, the resnet output of plain layers.
         """
         batch = sample.shape[0]
         if batch % encoder_hidden_states.shape[0]:
@@ -61,7 +62,7 @@ class ReferenceNet(UNet2DConditionModel):
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
         temb = self.time_embedding(self.time_proj(timestep).to(dtype=self.dtype))
 
-        features = {"down": [], "mid": [], "up": []}
+        features = ReferenceFeatures([[] for _ in self.down_blocks], [], [[] for _ in self.up_blocks])
         slots = self._feature_slots(features)
         hooks = [module.register_forward_hook(lambda mod, args, out, slot=slot: slot.append(out)) for module, slot in slots]
         try:
@@ -87,21 +88,17 @@ class ReferenceNet(UNet2DConditionModel):
                 hook.remove()
         return features
 
-    def _feature_slots(self, features: dict) -> list:
-        """(module whose output is a feature, the list it goes to), building the nested structure."""
+    def _feature_slots(self, features: ReferenceFeatures) -> list:
+        """(module whose output is a feature, the list it is appended to), in execution order."""
         slots = []
-        sections = [("down", self.down_blocks), ("mid", [self.mid_block]), ("up", self.up_blocks)]
-        for section, blocks in sections:
-            for block in blocks:
-                per_layer = []
-                features[section].append(per_layer)
-                if getattr(block, "has_cross_attention", False) or section == "mid":
-                    for transformer in block.attentions:
-                        per_block = []
-                        per_layer.append(per_block)
-                        slots += [(tb.norm1, per_block) for tb in transformer.transformer_blocks if isinstance(tb, BasicTransformerBlock)]
+        sections = [(features.down, self.down_blocks), ([features.mid], [self.mid_block]), (features.up, self.up_blocks)]
+        for per_level, blocks in sections:
+            for layers, block in zip(per_level, blocks):
+                if getattr(block, "has_cross_attention", False) or block is self.mid_block:
+                    # the diffusion net reads the first transformer block of each layer only
+                    slots += [(transformer.transformer_blocks[0].norm1, layers) for transformer in block.attentions]
                 else:
-                    slots += [(resnet, per_layer) for resnet in block.resnets]
+                    slots += [(resnet, layers) for resnet in block.resnets]
         return slots
 
     def _final_up_block(self, x, skips, temb, context) -> None:

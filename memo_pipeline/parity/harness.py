@@ -108,12 +108,18 @@ def compare(produced: dict, expected: dict, tol: Tolerance) -> tuple[float, list
     return worst, failures
 
 
-def run_case(meta: dict, tensors: dict) -> CaseResult:
+CACHING_KINDS = ("diffusion_net", "full_pipeline")
+"""Cases that run with or without the diffusion net's per-clip constants."""
+
+
+def run_case(meta: dict, tensors: dict, clip_constants: bool = True) -> CaseResult:
     name = meta.get("case", "?")
-    runner, tol = RUNNERS[case_kind(meta)]
+    kind = case_kind(meta)
+    runner, tol = RUNNERS[kind]
     expected = {k: v for k, v in tensors.items() if k.startswith("out.")}
+    options = {"clip_constants": clip_constants} if kind in CACHING_KINDS else {}
     with torch.no_grad():
-        produced = runner(meta, tensors)
+        produced = runner(meta, tensors, **options)
     worst, failures = compare(produced, expected, tol)
     return CaseResult(name, worst, tol, not failures, "; ".join(failures[:3]))
 
@@ -122,7 +128,7 @@ def _not_run(name: str, reason: str) -> CaseResult:
     return CaseResult(name, float("nan"), UNKNOWN_TOL, False, reason)
 
 
-def run_directory(directory: str | Path, only: list[str] | None = None) -> list[CaseResult]:
+def run_directory(directory: str | Path, only: list[str] | None = None, clip_constants: bool = True) -> list[CaseResult]:
     """Run the set's cases (or those named in `only`); with a manifest, check each file first."""
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -139,7 +145,7 @@ def run_directory(directory: str | Path, only: list[str] | None = None) -> list[
             results.append(_not_run(name, f"fixture not run: {problem}"))
             continue
         try:
-            result = run_case(meta, load_file(str(weights)))
+            result = run_case(meta, load_file(str(weights)), clip_constants)
         except Exception as err:  # a case that cannot run counts as a failure, with the reason
             result = _not_run(name, f"could not run: {type(err).__name__}: {err}")
         result.rounding_noise = noise.get(path.stem)
@@ -160,12 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text lines")
     parser.add_argument("--case", action="append", help="run only this case (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixtures were made with 1)")
+    parser.add_argument("--no-clip-constants", action="store_true",
+                        help="compute the diffusion net's per-clip constants at every step instead of once per clip")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.directory).is_dir():
         print(f"error: {args.directory} is not a folder", file=sys.stderr)
         return 2
-    results = run_directory(args.directory, args.case)
+    results = run_directory(args.directory, args.case, clip_constants=not args.no_clip_constants)
     passed = sum(r.passed for r in results)
     failed = len(results) - passed
     if args.json:

@@ -13,47 +13,56 @@ import torch
 
 from ..loading import build_model
 from ..models.audio_attention import AudioModule, JointAudioBlock
+from ..models.clip_constants import ClipConstants
 from ..models.diffusion_net import DiffusionNet
 from ..models.emotion_classifier import AudioEmotionClassifier
 from ..models.motion_memory import MotionMemory
 from ..models.motion_module import MemoryLinearAttention, MotionModule, memory_update_from_flags
 from ..models.projections import AudioProjection, ImageProjection
+from ..models.reference_features import ReferenceFeatures
 from ..models.reference_net import ReferenceNet
 from ..models.spatial_attention import SpatialTransformer
 from .fixtures import load_strict
 
 
-def unflatten_features(tensors: dict, prefix: str) -> dict:
-    """`<prefix>.down.<i>.<j>[.<k>]` tensors -> the nested `{"down": [[...]], "mid": ..., "up": ...}`."""
-    nested = {"down": [], "mid": [], "up": []}
-    entries = []
+def _fixture_key(prefix: str, section: str, level: int, layer: int, feature: torch.Tensor) -> str:
+    """Fixture name of one reference feature: `<prefix>.<section>.<level>.<layer>`, plus the
+    transformer-block index `.0` for token features (the official nesting)."""
+    return f"{prefix}.{section}.{level}.{layer}" + (".0" if feature.dim() == 3 else "")
+
+
+def features_from_fixture(tensors: dict, prefix: str) -> ReferenceFeatures:
+    """`<prefix>.down.<level>.<layer>[.0]` tensors -> `ReferenceFeatures` (mid is level 0 of `mid`)."""
+    nested = {"down": {}, "mid": {}, "up": {}}
     for name, value in tensors.items():
         if name.startswith(prefix + "."):
-            section, *index = name[len(prefix) + 1:].split(".")
-            entries.append((section, [int(i) for i in index], value))
-    for section, index, value in sorted(entries, key=lambda e: (e[0], e[1])):
-        node = nested[section]
-        for i in index[:-1]:
-            while len(node) <= i:
-                node.append([])
-            node = node[i]
-        node.insert(index[-1], value)
-    return nested
+            section, level, layer, *block = name[len(prefix) + 1:].split(".")
+            if block not in ([], ["0"]):
+                raise ValueError(f"{name}: only the first transformer block of a layer is a reference feature")
+            nested[section].setdefault(int(level), {})[int(layer)] = value
+    ordered = {section: [[layers[j] for j in sorted(layers)] for _, layers in sorted(levels.items())]
+               for section, levels in nested.items()}
+    return ReferenceFeatures(ordered["down"], ordered["mid"][0], ordered["up"])
 
 
-def flatten_features(features: dict, prefix: str) -> dict:
+def features_to_fixture(features: ReferenceFeatures, prefix: str) -> dict:
     flat = {}
-
-    def walk(node, path):
-        if torch.is_tensor(node):
-            flat[prefix + "." + ".".join(path)] = node
-        else:
-            for i, child in enumerate(node):
-                walk(child, path + [str(i)])
-
-    for section in ("down", "mid", "up"):
-        walk(features[section], [section])
+    for section, levels in (("down", features.down), ("mid", [features.mid]), ("up", features.up)):
+        for i, layers in enumerate(levels):
+            for j, feature in enumerate(layers):
+                flat[_fixture_key(prefix, section, i, j, feature)] = feature
     return flat
+
+
+def fold_frames(video: torch.Tensor) -> torch.Tensor:
+    """`(b, c, f, h, w)` -> `((b f), c, h, w)`, the layout our modules take."""
+    b, c, f, h, w = video.shape
+    return video.transpose(1, 2).reshape(b * f, c, h, w)
+
+
+def unfold_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    rows, c, h, w = frames.shape
+    return frames.reshape(rows // num_frames, num_frames, c, h, w).transpose(1, 2)
 
 
 def run_memory_linear_attention(meta, t):
@@ -68,7 +77,7 @@ def run_memory_linear_attention(meta, t):
         out[call["outputs"][0]] = hidden
         for name in call["outputs"][1:]:
             kind = name.rsplit(".", 1)[1]
-            out[name] = (memory.kv if kind == "KV" else memory.z)[model.memory_name]
+            out[name] = (memory.kv if kind == "KV" else memory.z)[model.slot_name]
     return out
 
 
@@ -77,7 +86,9 @@ def run_memory_attention(meta, t):
     memory, out = MotionMemory(), {}
     for call in meta["calls"]:
         update = memory_update_from_flags(call["is_new_audio"], call["update_past_memory"])
-        out[call["outputs"][0]] = model(t[call["hidden_states"]], t[call["motion_frames"]], memory, update)
+        hidden, motion = t[call["hidden_states"]], t[call["motion_frames"]]
+        frames = hidden.shape[2]
+        out[call["outputs"][0]] = unfold_frames(model(fold_frames(hidden), fold_frames(motion), frames, memory, update), frames)
         for name in call["outputs"][1:]:
             slot, kind = name.split(".memory.", 1)[1].rsplit(".", 1)
             out[name] = (memory.kv if kind == "KV" else memory.z)[slot]
@@ -94,7 +105,8 @@ def run_spatial_ref_block(meta, t):
     for call in meta["calls"]:
         hidden, reference = (t[name] for name in call["args"])
         mask = t[call["uc_mask"]] if call.get("uc_mask") else None
-        out[call["output"]] = model(hidden, reference, t[call["encoder_hidden_states"]], mask)
+        frames = hidden.shape[2]
+        out[call["output"]] = unfold_frames(model(fold_frames(hidden), reference, t[call["encoder_hidden_states"]], frames, mask), frames)
     return out
 
 
@@ -123,7 +135,13 @@ def _replay_audio_calls(model, meta, t):
     """Audio block and audio module calls: (video tokens, audio tokens, emotion) -> both outputs."""
     out = {}
     for call in meta["calls"]:
-        hidden, audio = model(t[call["hidden_states"]], t[call["encoder_hidden_states"]], _emotion(t, call["emotion"]))
+        hidden = t[call["hidden_states"]]
+        if hidden.dim() == 5:  # a whole audio module: video in, video out
+            frames = hidden.shape[2]
+            hidden, audio = model(fold_frames(hidden), t[call["encoder_hidden_states"]], _emotion(t, call["emotion"]))
+            hidden = unfold_frames(hidden, frames)
+        else:
+            hidden, audio = model(hidden, t[call["encoder_hidden_states"]], _emotion(t, call["emotion"]))
         out[call["outputs"][0]] = hidden
         if len(call["outputs"]) > 1:
             out[call["outputs"][1]] = audio
@@ -164,19 +182,24 @@ def run_reference_net(meta, t):
     sample = t[call["sample"].split(".repeat(")[0]]
     copies = int(re.search(r"\.repeat\((\d+)", call["sample"]).group(1)) if ".repeat(" in call["sample"] else 1
     features = model(sample.repeat(copies, 1, 1, 1), torch.tensor(0.0), t[call["encoder_hidden_states"]])
-    return flatten_features(features, call["output"].rstrip(".*"))
+    return features_to_fixture(features, call["output"].rstrip(".*"))
 
 
-def run_diffusion_net(meta, t):
+def run_diffusion_net(meta, t, clip_constants: bool = True):
+    """Every call of the fixture in order; with `clip_constants`, the calls of one clip (same
+    reference features, face tokens and emotion) share one `ClipConstants`."""
     model = load_strict(build_model(DiffusionNet, meta["config"], "fixture config"), t, "model.", meta["case"])
-    memory, out = MotionMemory(), {}
+    memory, out, prepared = MotionMemory(), {}, {}
     for call in meta["calls"]:
-        features = unflatten_features(t, call["ref_features"].rstrip(".*"))
+        features = features_from_fixture(t, call["ref_features"].rstrip(".*"))
         uc_mask = t[call["uc_mask"]] if call.get("uc_mask") else None
+        face, emotion = t[call["encoder_hidden_states"]], _emotion(t, call["audio_emotion"])
+        constants = None
+        if clip_constants:
+            key = (call["ref_features"], call["encoder_hidden_states"], call["audio_emotion"])
+            constants = prepared.setdefault(key, ClipConstants())
         out[call["output"]] = model(
-            t[call["sample"]], features, t[call["timestep"]], t[call["encoder_hidden_states"]],
-            t[call["audio_embedding"]], _emotion(t, call["audio_emotion"]), memory,
-            memory_update_from_flags(call["is_new_audio"], call["update_past_memory"]), uc_mask,
+            t[call["sample"]], features, t[call["timestep"]], face, t[call["audio_embedding"]], emotion, memory,
+            memory_update_from_flags(call["is_new_audio"], call["update_past_memory"]), uc_mask, constants=constants,
         )
     return out
-

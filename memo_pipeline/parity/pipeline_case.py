@@ -46,9 +46,10 @@ def fixture_settings(meta: dict, **overrides) -> GenerationSettings:
     return GenerationSettings(**values)
 
 
-def run_full_pipeline_case(meta: dict, tensors: dict, vae_batch_size: int = 1, **setting_overrides) -> dict:
+def run_full_pipeline_case(meta: dict, tensors: dict, vae_batch_size: int = 1, clip_constants: bool = True,
+                           **setting_overrides) -> dict:
     pipeline = build_fixture_pipeline(meta, tensors, vae_batch_size)
-    settings = fixture_settings(meta, **setting_overrides)
+    settings = fixture_settings(meta, clip_constants=clip_constants, **setting_overrides)
     audio = WindowedAudio(tensors["in.audio_emb"], num_frames=meta["loop"]["audio_length"])
     out = {}
 

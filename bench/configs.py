@@ -1,0 +1,152 @@
+"""Benchmark configurations shared by the bench scripts, the revision comparison and the GPU check.
+
+Only the public API that every revision since the first release has (`build_model`, `MemoModels`,
+`DiffusersVAE`, `GenerationSettings`, `WindowedAudio`, `reference_pixels`, `MemoPipeline.generate`)
+is used, so `compare_revisions.py` can drive an older checkout with exactly the same code.
+
+- tiny:  `memo_pipeline.tiny` widths (seconds on a CPU), for checking that a script runs;
+- small: three UNet levels of width 64/128/128 and a small VAE (what `bench_pipeline.py` measures);
+- mid:   the released network configs (`tests/fixtures/spec/*/config.json`), an sd-vae-ft-mse-shaped
+         AutoencoderKL, 768-wide audio features of 12 wav2vec2 layers and a 512-wide face embedding.
+Weights and inputs are random and seeded: speed and memory do not depend on their values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SPEC = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "spec"
+
+SMALL_WIDTHS = [64, 128, 128]
+SMALL_VAE_WIDTHS = [32, 64, 128, 128]
+
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    norm_num_groups=32, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    sample_size=256, scaling_factor=0.18215,
+)
+"""The architecture of stabilityai/sd-vae-ft-mse (the VAE MEMO is used with)."""
+
+
+@dataclass
+class BenchCase:
+    """A pipeline and the inputs of one generation."""
+
+    pipeline: object
+    pixels: torch.Tensor
+    face: torch.Tensor | None
+    audio: object
+    emotion: torch.Tensor
+    frames: int
+
+
+def _spec_config(name: str) -> dict:
+    config = json.loads((SPEC / name / "config.json").read_text())
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _networks(size: str) -> tuple[dict, dict]:
+    """Configs of the five MEMO networks and of the VAE for `size`."""
+    from memo_pipeline.tiny import TINY_CONFIGS, TINY_VAE
+
+    if size == "mid":
+        configs = {name: _spec_config(name) for name in ("reference_net", "diffusion_net", "image_proj", "audio_proj")}
+        configs["emotion_classifier"] = dict(TINY_CONFIGS["emotion_classifier"])
+        return configs, dict(SD_VAE)
+    configs = {name: dict(config) for name, config in TINY_CONFIGS.items()}
+    if size == "tiny":
+        return configs, dict(TINY_VAE)
+    if size != "small":
+        raise ValueError(f"unknown benchmark size '{size}' (tiny, small or mid)")
+    kinds = ["CrossAttnDown", "CrossAttnDown", "Down"]
+    for name, suffix in (("reference_net", "2D"), ("diffusion_net", "3D")):
+        configs[name].update(block_out_channels=SMALL_WIDTHS, norm_num_groups=32,
+                             down_block_types=[k + "Block" + suffix for k in kinds],
+                             up_block_types=["UpBlock" + suffix, "CrossAttnUpBlock" + suffix, "CrossAttnUpBlock" + suffix])
+    return configs, dict(TINY_VAE, block_out_channels=SMALL_VAE_WIDTHS, norm_num_groups=32)
+
+
+@contextmanager
+def parameters_on_meta():
+    """Create parameters on the meta device (no memory, no default init); buffers stay real."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def random_model(cls, config: dict, seed: int, scale: float = 1.0) -> torch.nn.Module:
+    """`cls(**config)` with seeded random weights, built without running the default init (which
+    takes minutes for the full-size networks): matrices N(0, scale^2/fan_in), norm scales
+    1 + 0.1 N, biases 0.1 N, as `memo_pipeline.tiny.randomize` draws them."""
+    from memo_pipeline.loading import build_model
+
+    with parameters_on_meta():
+        model = build_model(cls, config, cls.__name__) if hasattr(cls, "config_name") else cls(**config)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            value = torch.empty(param.shape)
+            if param.ndim >= 2:
+                value.normal_(0.0, scale / math.sqrt(param.numel() / param.shape[0]), generator=generator)
+            elif name.endswith("weight"):
+                value.normal_(1.0, 0.1, generator=generator)
+            else:
+                value.normal_(0.0, 0.1, generator=generator)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    return model.eval()
+
+
+def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int = 1,
+               dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> BenchCase:
+    """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px."""
+    from diffusers import AutoencoderKL
+
+    from memo_pipeline.loading import COMPONENTS, MemoModels
+    from memo_pipeline.pipeline import MemoPipeline, WindowedAudio, reference_pixels
+    from memo_pipeline.vae import DiffusersVAE
+
+    configs, vae_config = _networks(size)
+    models = {}
+    for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
+        models[name] = torch.nn.Module.to(random_model(cls, configs[name], seed + i), device=device, dtype=dtype)
+    vae = torch.nn.Module.to(random_model(AutoencoderKL, vae_config, seed + 9, 0.5), device=device, dtype=dtype)
+    pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae, batch_size=vae_batch))
+
+    g = torch.Generator().manual_seed(seed + 100)
+    projection = configs["audio_proj"]
+    frames = clips * frames_per_clip
+    features = torch.randn(frames, projection["seq_len"], projection["blocks"], projection["channels"], generator=g)
+    face = torch.randn(1, configs["image_proj"]["clip_embeddings_dim"], generator=g)
+    emotion = torch.randint(0, 9, (frames,), generator=g)
+    pixels = reference_pixels(torch.rand(resolution, resolution, 3, generator=g))
+    return BenchCase(pipeline, pixels, face, WindowedAudio(features), emotion, frames)
+
+
+def settings_for(steps: int, frames_per_clip: int = 16, past_frames: int = 16, guidance_scale: float = 3.5, **extra):
+    """`GenerationSettings` with the options this checkout knows (older revisions lack some)."""
+    import dataclasses
+
+    from memo_pipeline.pipeline import GenerationSettings
+
+    known = {f.name for f in dataclasses.fields(GenerationSettings)}
+    options = dict(steps=steps, guidance_scale=guidance_scale, frames_per_clip=frames_per_clip,
+                   past_frames=past_frames, init_past_frames=past_frames, seed=42)
+    options.update({k: v for k, v in extra.items() if k in known})
+    return GenerationSettings(**options)

@@ -1,0 +1,61 @@
+"""The reference net's output as the diffusion net consumes it: one tensor per diffusion-net layer.
+
+The reference net sees a stack of `copies * (1 + P)` images per clip (copy-major: for every CFG
+copy, the reference image followed by the `P` motion frames). For a layer with cross-attention
+its feature is the tokens of the layer's transformer right after the first LayerNorm
+(`(rows, h*w, c)`); for a plain layer it is the resnet output (`(rows, c, h, w)`). Each
+diffusion-net layer splits its feature into the reference-image tokens (used by the spatial
+attention at every step) and the motion frames (used by the motion memory when it is written).
+See docs/architecture.md#reference-features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ReferenceFeatures:
+    down: list[list[Tensor]]  # [level][layer]
+    mid: list[Tensor]  # [layer]
+    up: list[list[Tensor]]  # [level][layer]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "ReferenceFeatures":
+        return ReferenceFeatures([[fn(t) for t in level] for level in self.down], [fn(t) for t in self.mid],
+                                 [[fn(t) for t in level] for level in self.up])
+
+    def tensors(self) -> list[Tensor]:
+        """Every feature, in network order (down levels, mid, up levels)."""
+        return [t for level in self.down for t in level] + list(self.mid) + [t for level in self.up for t in level]
+
+    @staticmethod
+    def interleave(reference: "ReferenceFeatures", motion: "ReferenceFeatures", copies: int) -> "ReferenceFeatures":
+        """Merge per-copy reference rows `(copies, ...)` and motion rows `(copies * P, ...)` into
+        the copy-major `(copies * (1 + P), ...)` stack."""
+        pairs = iter(zip(reference.tensors(), motion.tensors()))
+
+        def merge(_):
+            ref, mot = next(pairs)
+            ref_rows = ref.reshape(copies, 1, *ref.shape[1:])
+            mot_rows = mot.reshape(copies, -1, *mot.shape[1:])
+            return torch.cat([ref_rows, mot_rows], dim=1).reshape(-1, *ref.shape[1:])
+
+        return reference.map(merge)
+
+
+def split_reference(feature: Tensor, batch: int, height: int, width: int) -> tuple[Tensor | None, Tensor]:
+    """One layer's feature -> (reference-image tokens `(batch, h*w, c)`, or None for a plain layer;
+    motion frames folded as `(batch * P, c, h, w)`)."""
+    rows = feature.shape[0]
+    stack = rows // batch
+    if feature.dim() == 3:
+        tokens = feature.reshape(batch, stack, height * width, feature.shape[-1])
+        motion = tokens[:, 1:].reshape(batch * (stack - 1), height, width, feature.shape[-1]).permute(0, 3, 1, 2)
+        return tokens[:, 0], motion
+    maps = feature.reshape(batch, stack, *feature.shape[1:])
+    return None, maps[:, 1:].reshape(batch * (stack - 1), *feature.shape[1:])
