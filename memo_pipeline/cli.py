@@ -54,6 +54,46 @@ class Job:
     vae_batch_size: int = 8
     save_state: Path | None = None
     progress: bool = True
+    overwrite: bool = False
+
+    def inputs(self) -> dict[str, Path]:
+        """Every path the job reads, by option name."""
+        named = {"--checkpoint": self.checkpoint, "--vae": self.vae, "--wav2vec": self.wav2vec, "--image": self.image,
+                 "--audio": self.audio, "--emotion2vec": self.emotion2vec, "--face-models": self.face_models}
+        return {name: Path(path) for name, path in named.items() if path is not None}
+
+
+class UsageError(ValueError):
+    """A problem with the command line found before any model loads; one line for the user."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_output_paths(job: Job) -> None:
+    """Refuse outputs that would replace an input or (without `overwrite`) any existing file."""
+    outputs = {"--out": job.out, "--save-state": job.save_state}
+    outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
+    if len(outputs) == 2 and _same_file(outputs["--out"], outputs["--save-state"]):
+        raise UsageError(f"--out and --save-state are the same file ({job.out}); give them different names")
+    for out_name, out in outputs.items():
+        for in_name, source in job.inputs().items():
+            # a new file inside an input folder harms nothing; replacing one of its files would
+            inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
+            if _same_file(out, source) or inside:
+                where = "is" if not inside else "lies inside"
+                raise UsageError(f"{out_name} {out} {where} the input {in_name} {source}; writing it would destroy the "
+                                 "input: choose another output path")
+        if out.is_dir():
+            raise UsageError(f"{out_name} {out} is a folder; give a file name")
+        if out.exists() and not job.overwrite:
+            raise UsageError(f"{out_name} {out} already exists; pass --overwrite to replace it")
 
 
 def _reference_image(job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,6 +147,7 @@ def _emotion_labels(job: Job, models: MemoModels, samples: np.ndarray, frames: i
 
 def run(job: Job) -> dict:
     started = time.perf_counter()
+    check_output_paths(job)
     dtype = resolve_dtype(job.dtype)
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
     vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
@@ -170,7 +211,8 @@ def make_test_tone(path: Path, seconds: float, sample_rate: int = 16000) -> Path
     return path
 
 
-def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, seed: int = 42, progress: bool = True) -> dict:
+def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, seed: int = 42, progress: bool = True,
+         overwrite: bool = False) -> dict:
     from .tiny import write_tiny_bundle
 
     with tempfile.TemporaryDirectory(prefix="memo-demo-") as tmp:
@@ -181,6 +223,7 @@ def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, 
             image=make_test_portrait(tmp / "portrait.png"), audio=make_test_tone(tmp / "tone.wav", seconds), out=out,
             settings=GenerationSettings(steps=steps, seed=seed, frames_per_clip=16, past_frames=16, init_past_frames=16),
             resolution=resolution, emotion2vec=paths["emotion2vec"], allow_no_face=True, progress=progress,
+            overwrite=overwrite,
         )
         return run(job)
 
@@ -213,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call (1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
+    gen.add_argument("--overwrite", action="store_true", help="replace --out / --save-state if they already exist")
     gen.add_argument("--no-progress", action="store_true")
 
     dem = sub.add_parser("demo", help="full chain on tiny random weights and a generated portrait/tone")
@@ -221,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--resolution", type=int, default=64)
     dem.add_argument("--steps", type=int, default=3)
     dem.add_argument("--seed", type=int, default=42)
+    dem.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     dem.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -230,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "demo":
-            info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress)
+            info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress,
+                        args.overwrite)
         else:
             settings = GenerationSettings(steps=args.steps, guidance_scale=args.cfg, frames_per_clip=args.frames_per_clip,
                                           past_frames=args.past_frames, init_past_frames=args.past_frames, seed=args.seed,
@@ -239,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                            resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
                            face_models=args.face_models, crop=args.crop, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
-                           vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress))
+                           vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
+                           overwrite=args.overwrite))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -47,3 +47,23 @@ def test_generate_rejects_bad_resolution_and_missing_face_models(tiny_bundle, tm
         _generate(tiny_bundle, tmp_path)
     code, _ = _generate(tiny_bundle, tmp_path, "--allow-no-face", "--emotion", "ecstatic")
     assert code == 2 and "ecstatic" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_an_input_or_an_existing_file(tiny_bundle, tmp_path, capsys):
+    image = make_test_portrait(tmp_path / "portrait.png", 128)
+    audio = make_test_tone(tmp_path / "tone.wav", 0.3)
+    audio_bytes, image_bytes = audio.read_bytes(), image.read_bytes()
+    base = ["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+            "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(image), "--audio", str(audio),
+            "--steps", "1", "--no-progress", "--allow-no-face", "--resolution", "64"]
+    for extra in (["--out", str(audio)], ["--out", str(tmp_path / "x.mp4"), "--save-state", str(image)],
+                  ["--out", str(tmp_path / "." / "tone.wav"), "--overwrite"]):
+        assert main(base + extra) == 2
+        assert "input" in capsys.readouterr().err
+    assert audio.read_bytes() == audio_bytes and image.read_bytes() == image_bytes
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"keep me")
+    assert main(base + ["--out", str(existing)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+    assert main(base + ["--out", str(existing), "--overwrite"]) == 0
+    assert read_video_info(existing)["frames"] == 9
