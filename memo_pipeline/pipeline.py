@@ -24,18 +24,17 @@ import copy
 import ctypes
 import ctypes.util
 import math
-import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from safetensors.torch import load_file, save_file
 
 from .loading import MemoModels
 from .models.audio_attention import NUM_EMOTION_CLASSES
 from .models.motion_memory import MotionMemory
+from .state import GenerationState  # noqa: F401 - re-exported: it used to live here
 from .vae import VAEAdapter
 
 UNCONDITIONAL_EMOTION = NUM_EMOTION_CLASSES  # the extra embedding row used for CFG
@@ -91,52 +90,6 @@ class GenerationSettings:
             problems.append(f"fps must be positive (got {self.fps})")
         if problems:
             raise ValueError("invalid generation settings: " + "; ".join(problems))
-
-
-@dataclass
-class GenerationState:
-    """Everything needed to continue a generation after `next_clip - 1` clips."""
-
-    memory: MotionMemory
-    past_frames: torch.Tensor | None  # (n, 3, H, W) float32 in [0, 1], the last generated frames
-    next_clip: int
-    rng_state: torch.Tensor  # CPU generator state for the remaining noise draws
-
-    def to(self, device=None) -> "GenerationState":
-        """A detached copy on `device`: continuing the generation never changes it (tensors are
-        replaced, not modified in place, so unchanged ones may be shared)."""
-        past = None if self.past_frames is None else self.past_frames.to(device).clone()
-        return GenerationState(self.memory.to(device), past, self.next_clip, self.rng_state.clone())
-
-    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-        """safetensors file; `metadata` (strings) is stored alongside, e.g. what generation this continues."""
-        tensors = {f"memory.{k}": v.detach().cpu().contiguous() for k, v in self.memory.state_dict().items()}
-        tensors["rng_state"] = self.rng_state.clone()
-        if self.past_frames is not None:
-            tensors["past_frames"] = self.past_frames.detach().cpu().float().contiguous()
-        meta = {**(metadata or {}), "format": "memo-generation-state", "next_clip": str(self.next_clip),
-                "decay": repr(self.memory.decay)}
-        save_file(tensors, os.fspath(path), metadata=meta)
-
-    @staticmethod
-    def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                return dict(f.metadata() or {})
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"cannot read generation state {path}: {err}") from err
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "GenerationState":
-        meta = cls.read_metadata(path)
-        if meta.get("format") != "memo-generation-state":
-            raise ValueError(f"{path} is not a saved MEMO generation state")
-        tensors = load_file(os.fspath(path))
-        memory = MotionMemory.from_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("memory.")},
-                                              float(meta["decay"]))
-        return cls(memory, tensors.get("past_frames"), int(meta["next_clip"]), tensors["rng_state"])
 
 
 @dataclass
