@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from .models.motion_memory import MotionMemory
 
 STATE_FORMAT = "memo-generation-state"
+LIBRARY_KEYS = frozenset({"format", "next_clip", "decay", "past_frames_layout"})
+"""Metadata keys written by `GenerationState.save` itself; every other key is the caller's."""
 
 
 @dataclass

@@ -264,13 +264,13 @@ def save_memo_state(memo_state: MemoState, path: str) -> str:
 
 
 def load_memo_state(path: str) -> MemoState:
-    from ..memo_pipeline.pipeline import GenerationState
+    from ..memo_pipeline.state import LIBRARY_KEYS, GenerationState
 
     if not os.path.isfile(path):
         raise ValueError(f"state file not found: {path}")
     try:
         meta = {key: json.loads(value) for key, value in GenerationState.read_metadata(path).items()
-                if key not in ("format", "next_clip", "decay")}
+                if key not in LIBRARY_KEYS}
         if meta.get("format_node") != "comfyui-memo-state":
             raise ValueError("not saved by comfyui-memo")
         state = GenerationState.load(path)
