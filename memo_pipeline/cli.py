@@ -26,6 +26,7 @@ from .face.image import load_image
 from .face.resize import resize_frames
 from .loading import MemoModels, resolve_dtype
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
+from .state import GenerationState
 from .vae import DiffusersVAE
 from .video_io import VideoWriter, read_video_info
 
@@ -167,7 +168,7 @@ def run(job: Job) -> dict:
                                       on_step=lambda info: bar.update(1)):
             writer.write(clip.frames.permute(0, 2, 3, 1))
             if job.save_state:
-                clip.state.save(job.save_state)
+                clip.state.save(job.save_state, metadata=GenerationState.describe(models, job.settings.frames_per_clip))
     bar.close()
     info = read_video_info(job.out)
     info["seconds"] = time.perf_counter() - started

@@ -214,8 +214,11 @@ def run_clips(plan: RunPlan):
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:
+    from ..memo_pipeline.state import GenerationState
+
     state = clip.state.to("cpu")
     audio = plan.audio
+    state.metadata.update(GenerationState.describe(plan.pipeline.models, audio.frames_per_clip))
     return MemoState(state, audio.num_frames, audio.fps, audio.frames_per_clip, plan.resolution,
                      {"clips_done": state.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
 
