@@ -23,8 +23,8 @@ from .audio.emotions import EMOTION_LABELS, emotion_index, schedule_frame_labels
 from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
 from .face.image import load_image
-from .face.resize import resize_frames
 from .loading import MemoModels, resolve_dtype
+from .reference import REFERENCE_MODES, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .state import GenerationState
 from .vae import DiffusersVAE
@@ -47,7 +47,8 @@ class Job:
     emotion: str | None = None
     emotion2vec: Path | None = None
     face_models: Path | None = None
-    crop: bool = False
+    crop: bool = False  # the older spelling of reference_mode="face-crop"
+    reference_mode: str = "resize"
     crop_scale: float | None = None
     allow_no_face: bool = False
     dtype: str = "fp32"
@@ -99,7 +100,7 @@ def check_output_paths(job: Job) -> None:
 
 def _reference_image(job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Square reference image in [-1, 1] and the ArcFace embedding (None = zeros)."""
-    from .face import FaceAnalyzer, crop_face, find_face_models
+    from .face import FaceAnalyzer, find_face_models
 
     image = load_image(job.image)
     face_root = job.face_models or job.checkpoint
@@ -117,14 +118,12 @@ def _reference_image(job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
         analyzer = FaceAnalyzer(detector, recognizer)
         emb, face = analyzer.identity(image, allow_missing_face=job.allow_no_face, name=str(job.image))
         embedding = torch.from_numpy(np.asarray(emb, dtype=np.float32))
-    if job.crop:
-        if face is None:
-            raise SystemExit("error: --crop needs a detected face")
-        kwargs = {"scale": job.crop_scale} if job.crop_scale else {}
-        square, _ = crop_face(image, face, resolution=job.resolution, **kwargs)
-        square = torch.from_numpy(square)
-    else:  # the official preprocessing: the whole picture resized to a square
-        square = resize_frames(torch.from_numpy(image)[None], job.resolution, job.resolution)[0]
+    mode = job.reference_mode
+    if job.crop and mode == "resize":
+        mode = "face-crop"
+    if mode == "face-crop" and face is None:
+        raise SystemExit("error: --reference-mode face-crop needs a detected face")
+    square = prepare_reference(image, job.resolution, mode, face=face, crop_scale=job.crop_scale, name=str(job.image))
     return reference_pixels(square), embedding
 
 
@@ -250,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--emotion", help="a label (e.g. happy) or a schedule '0:neutral, 3.5:happy' (seconds; 48f = frames)")
     gen.add_argument("--emotion2vec", type=Path, help="emotion2vec_plus_large checkpoint: detect emotions from the audio")
     gen.add_argument("--face-models", type=Path, help="folder with scrfd_10g_bnkps.onnx and glintr100.onnx (default: the checkpoint)")
-    gen.add_argument("--crop", action="store_true", help="crop a square around the face instead of resizing the whole image")
+    gen.add_argument("--reference-mode", choices=REFERENCE_MODES, default="resize",
+                     help="resize: the whole picture resized to a square (the official preprocessing; a non-square "
+                          "picture is squashed); center-crop: the centred square; face-crop: a square around the face")
+    gen.add_argument("--crop", action="store_true", help="same as --reference-mode face-crop")
     gen.add_argument("--crop-scale", type=float, help="crop size relative to the face box")
     gen.add_argument("--allow-no-face", action="store_true", help="use a zero identity embedding when no face/face model is found")
     gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                                           fps=args.fps)
             info = run(Job(args.checkpoint, args.vae, args.wav2vec, args.image, args.audio, args.out, settings,
                            resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
-                           face_models=args.face_models, crop=args.crop, crop_scale=args.crop_scale,
+                           face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
                            vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
                            overwrite=args.overwrite))

@@ -57,8 +57,9 @@ def generation_inputs() -> dict:
         "required": {
             "memo_model": (MEMO_MODEL, {"tooltip": "From MEMO Model Loader."}),
             "vae": ("VAE", {"tooltip": "The SD1.5 VAE MEMO uses (sd-vae-ft-mse), from Load VAE."}),
-            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image). A non-square picture is "
-                                          "centre-cropped to a square; use MEMO Face Crop to frame the face."}),
+            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image), resized to a square as "
+                                          "the official code does: a non-square picture is squashed, so crop it "
+                                          "first (MEMO Face Crop frames the face)."}),
             "memo_audio": (MEMO_AUDIO, {"tooltip": "From MEMO Audio Encode; sets length, frame rate and clip size."}),
             "face": (MEMO_FACE, {"tooltip": "Identity embedding from MEMO Face Crop or MEMO Face Embed."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True,

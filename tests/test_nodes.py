@@ -617,11 +617,14 @@ def test_save_state_node_round_trip(loaded, vae, encoded, face, memo_host, tmp_p
 
 # ----------------------------------------------------------------------------- small helpers
 
-def test_square_reference_centre_crops():
-    wide = torch.zeros(1, 64, 128, 3)
-    wide[:, :, 32:96] = 1.0
+def test_square_reference_is_the_official_resize():
+    from PIL import Image
+
+    wide = torch.rand(1, 64, 128, 3, generator=torch.Generator().manual_seed(0))
     square = common.square_reference(wide, 64)
-    assert square.shape == (64, 64, 3) and torch.allclose(square, torch.ones(64, 64, 3))
+    pixels = (wide[0].numpy() * 255).round().astype("uint8")
+    expected = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255
+    assert square.shape == (64, 64, 3) and torch.equal(square, torch.from_numpy(expected))
     with pytest.raises(ValueError, match="multiple of 8"):
         common.square_reference(wide, 100)
 
