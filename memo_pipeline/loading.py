@@ -224,6 +224,29 @@ class MemoModels:
         return self
 
     @property
+    def audio_feature_shape(self) -> tuple[int, int]:
+        """(wav2vec2 layers, channels) per audio window that `audio_proj` takes (12 x 768 for MEMO)."""
+        config = self.audio_proj.config
+        return int(config.blocks), int(config.channels)
+
+    @property
+    def face_embedding_width(self) -> int:
+        """Length of the identity embedding `image_proj` takes (512 for ArcFace)."""
+        return int(self.image_proj.config.clip_embeddings_dim)
+
+    @property
+    def max_frames_per_clip(self) -> int | None:
+        """Frames one clip may have: the length of the temporal position table (None = unlimited)."""
+        kwargs = dict(getattr(self.diffusion_net.config, "motion_module_kwargs", None) or {})
+        table = kwargs.get("temporal_position_encoding_max_len")
+        return int(table) if table and kwargs.get("temporal_position_encoding", True) else None
+
+    @property
+    def supports_guidance(self) -> bool:
+        """Whether the emotion table has the unconditional row classifier-free guidance needs."""
+        return bool(self.diffusion_net.config.emo_drop_rate > 0)
+
+    @property
     def device(self) -> torch.device:
         return self.diffusion_net.device
 

@@ -38,6 +38,7 @@ from .state import GenerationState  # noqa: F401 - re-exported: it used to live 
 from .vae import VAEAdapter
 
 UNCONDITIONAL_EMOTION = NUM_EMOTION_CLASSES  # the extra embedding row used for CFG
+MAX_SEED = 2**64 - 1  # the largest seed torch's generator (and ComfyUI) takes
 
 
 def _libc_malloc_trim():
@@ -88,6 +89,8 @@ class GenerationSettings:
             problems.append(f"guidance_scale must be a finite number >= 0 (got {self.guidance_scale})")
         if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
             problems.append(f"fps must be positive (got {self.fps})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be a whole number in 0..{MAX_SEED} (2**64 - 1, as in ComfyUI), got {self.seed!r}")
         if problems:
             raise ValueError("invalid generation settings: " + "; ".join(problems))
 
@@ -189,7 +192,7 @@ class MemoPipeline:
         `noise`: replaces the initial-noise draw of a clip (used to replay recorded runs).
         """
         settings = settings or GenerationSettings()
-        settings.validate()
+        self.check_inputs(reference_image, face_embedding, audio, emotion, settings, state)
         audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
         models, dtype, device = self.models, self.models.dtype, self.models.device
         pixels = self._check_reference(reference_image).to(device)
@@ -267,6 +270,55 @@ class MemoPipeline:
             state = GenerationState(memory, video[-min(settings.past_frames, frames):].clone(), clip + 1, generator.get_state())
             yield ClipOutput(clip, start, video[:keep], state, video)
 
+    def check_inputs(self, reference_image: torch.Tensor | None = None, face_embedding: torch.Tensor | None = None,
+                     audio: "AudioSource | torch.Tensor | None" = None, emotion: torch.Tensor | int | None = None,
+                     settings: GenerationSettings | None = None, state: GenerationState | None = None) -> None:
+        """Every compatibility and range check of a generation, without running a network: what is
+        given is checked against the settings and this checkpoint. The command line, the nodes and
+        `generate` all rely on this one policy; a problem is a `ValueError` naming the setting."""
+        settings = settings or GenerationSettings()
+        settings.validate()
+        models = self.models
+        limit = models.max_frames_per_clip
+        if limit is not None and settings.frames_per_clip > limit:
+            raise ValueError(f"frames_per_clip {settings.frames_per_clip} is more than this checkpoint handles "
+                             f"({limit}, the length of its temporal position table)")
+        if settings.guidance_scale > 1 and not models.supports_guidance:
+            raise ValueError("this diffusion_net has no unconditional emotion row (emo_drop_rate = 0), so "
+                             "classifier-free guidance is impossible; use guidance_scale <= 1")
+        if reference_image is not None:
+            self._check_reference(reference_image)
+        if face_embedding is not None:
+            embedding = torch.as_tensor(face_embedding)
+            if embedding.numel() != models.face_embedding_width or not torch.isfinite(embedding.float()).all():
+                raise ValueError(f"face embedding: {embedding.numel()} values, this checkpoint needs "
+                                 f"{models.face_embedding_width} finite ones (ArcFace)")
+        if audio is not None:
+            audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
+            window = audio.windows(0, 1)
+            if tuple(window.shape[-2:]) != models.audio_feature_shape:
+                layers, channels = models.audio_feature_shape
+                raise ValueError(f"audio features have {window.shape[-2]} layers x {window.shape[-1]} channels, this "
+                                 f"checkpoint expects {layers} x {channels}: use the audio encoder MEMO was trained "
+                                 "with (wav2vec2-base-960h)")
+            num_clips = self.num_clips(audio.num_frames, settings.frames_per_clip)
+            if num_clips == 0:
+                raise ValueError("the audio yields no video frames")
+            if num_clips * settings.frames_per_clip > audio.padded_frames:
+                raise ValueError(f"audio features cover {audio.padded_frames} frames but {num_clips} clips of "
+                                 f"{settings.frames_per_clip} need {num_clips * settings.frames_per_clip}: extract "
+                                 "them with the same frames_per_clip")
+            if emotion is not None:
+                self._frame_labels(emotion, num_clips * settings.frames_per_clip)
+            if state is not None:
+                resolution = None if reference_image is None else int(reference_image.shape[-1])
+                if resolution is None and state.past_frames is not None:
+                    resolution = int(state.past_frames.shape[-1])
+                state.check_compatible(models, settings.frames_per_clip, num_clips, resolution or 0,
+                                       settings.past_frames, settings.guidance_scale)
+        elif emotion is not None:
+            self._frame_labels(emotion, 1)
+
     def _check_reference(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"reference image must be (1, 3, H, W) in [-1, 1]; got {tuple(image.shape)} (see reference_pixels)")
@@ -275,8 +327,6 @@ class MemoPipeline:
             raise ValueError(f"MEMO generates square video: the reference image is {width}x{height}; crop or resize it to a square")
         if height % 8:
             raise ValueError(f"resolution {height} is not a multiple of 8 (the VAE downsamples by 8)")
-        if height < 64:
-            raise ValueError(f"resolution {height} is too small (minimum 64)")
         return image
 
     @staticmethod

@@ -179,6 +179,8 @@ class GenerationState:
         if set(self.memory.kv) != set(layers):
             raise StateError("the state's motion memory names other layers than this checkpoint's diffusion net "
                              "(made with another checkpoint)")
+        if resolution <= 0:  # unknown here: the layer sizes cannot be checked
+            return
         copies = 2 if guidance_scale > 1 else 1
         side = resolution // 8
         sizes = {math.ceil(side / 2**k) ** 2 for k in range(6)}

@@ -78,7 +78,7 @@ class MemoAudioEncode:
         }}
 
     def encode(self, audio_encoder, audio, fps=30.0, frames_per_clip=16, start_seconds=0.0, duration_seconds=0.0):
-        from ..memo_pipeline.audio.features import SILENCE_RMS, extract_audio_features
+        from ..memo_pipeline.audio.features import extract_audio_features
         from ..memo_pipeline.audio.io import load_audio
 
         encoder = expect(audio_encoder, MemoAudioEncoder, "audio_encoder", MEMO_AUDIO_ENCODER)
@@ -90,11 +90,6 @@ class MemoAudioEncode:
         waveform = trim_audio(waveform, rate, float(start_seconds), float(duration_seconds), "audio")
         with user_errors("audio"):
             clip = load_audio({"waveform": waveform[None], "sample_rate": rate, "filename": "audio"})
-        rms = float(np.sqrt(np.mean(np.square(clip.samples, dtype=np.float64))))
-        if rms < SILENCE_RMS:
-            raise ValueError(f"audio: the track is {'silent' if rms == 0 else 'nearly silent'} (RMS {rms:.1e}); MEMO "
-                             "animates the face from speech. Check the file, the cut (start/duration) or the vocal "
-                             "separation.")
         shortest = max(encoder.encoder.receptive_field / clip.sample_rate, 1.0 / float(fps))
         if clip.duration_s < shortest:
             raise ValueError(f"audio: {clip.duration_s * 1000:.0f} ms is too short; MEMO needs at least "

@@ -69,7 +69,7 @@ def generation_inputs() -> dict:
                                "conditional pass, about twice as fast."),
             "past_frames": int_input(16, 1, 64, "Motion frames from the previous clip that condition the next "
                                      "(16 in MEMO); the first clip uses the reference image this many times."),
-            "resolution": int_input(512, 64, 2048, "Side of the square video; MEMO was trained at 512.", 8),
+            "resolution": int_input(512, 8, 2048, "Side of the square video (a multiple of 8); MEMO was trained at 512.", 8),
         },
         "optional": {
             "emotion": (MEMO_EMOTION, {"tooltip": "From MEMO Emotion Detect or MEMO Emotion Schedule; without it "
@@ -118,6 +118,7 @@ def _check_int(value, name: str, low: int, high: int) -> int:
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                 emotion=None, state=None, max_clips=0) -> RunPlan:
     from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
+    from ..memo_pipeline.reference import check_resolution
 
     model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
     audio = expect(memo_audio, MemoAudio, "memo_audio", MEMO_AUDIO)
@@ -129,29 +130,15 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     seed = _check_int(seed, "seed", 0, MAX_SEED)
     steps = _check_int(steps, "steps", 1, 10000)
     past_frames = _check_int(past_frames, "past_frames", 1, 1024)
-    resolution = _check_int(resolution, "resolution", 64, 8192)
+    resolution = _check_int(resolution, "resolution", 8, 8192)
     max_clips = _check_int(max_clips, "max_clips", 0, 10**9)
     if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
         raise ValueError(f"input 'cfg' must be a finite number >= 0, got {cfg!r}")
-    if resolution % 8:
-        raise ValueError(f"input 'resolution' must be a multiple of 8, got {resolution}")
+    with user_errors("input 'resolution'"):
+        check_resolution(resolution)
 
     models = model.models
-    layers = audio.features.layer_features.shape[1:]
-    proj = models.audio_proj.config
-    if (proj.blocks, proj.channels) != tuple(layers):
-        raise ValueError(f"memo_audio: its wav2vec2 features have {layers[0]} layers x {layers[1]} channels "
-                         f"('{audio.encoder_name}'), but this MEMO checkpoint expects {proj.blocks} x {proj.channels}; "
-                         "use the audio encoder MEMO was trained with (wav2vec2-base-960h)")
     embedding = identity.embedding.detach().float().reshape(1, -1).cpu()
-    wanted = models.image_proj.config.clip_embeddings_dim
-    if embedding.shape[1] != wanted or not torch.isfinite(embedding).all():
-        raise ValueError(f"face: the embedding has {embedding.shape[1]} values, the checkpoint needs {wanted} finite ones")
-    motion_kwargs = dict(getattr(models.diffusion_net.config, "motion_module_kwargs", None) or {})
-    table = motion_kwargs.get("temporal_position_encoding_max_len")
-    if table and audio.frames_per_clip > table:
-        raise ValueError(f"memo_audio: {audio.frames_per_clip} frames per clip is more than this checkpoint handles "
-                         f"({table}); encode the audio with frames_per_clip <= {table}")
 
     labels = None
     if emotion is not None:
@@ -168,8 +155,6 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     pixels = reference_pixels(square_reference(reference_image, resolution, "reference_image"))
     settings = GenerationSettings(steps=steps, guidance_scale=float(cfg), frames_per_clip=audio.frames_per_clip,
                                   past_frames=past_frames, init_past_frames=past_frames, seed=seed, fps=audio.fps)
-    with user_errors("settings"):
-        settings.validate()
 
     host = host_mod.get_host()
     modules = model.modules()
@@ -179,6 +164,8 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
 
     bridge = ComfyVAEBridge(vae, after_call=keep_loaded)
     pipeline = MemoPipeline(models, bridge)
+    with user_errors("settings"):  # the library's one input policy (same checks as the CLI and the API)
+        pipeline.check_inputs(pixels, embedding, audio.features, labels, settings, generation_state)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution, modules)
 
