@@ -24,7 +24,7 @@ from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
 from .face.image import load_image
 from .loading import MemoModels, resolve_dtype
-from .reference import REFERENCE_MODES, prepare_reference
+from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .state import GenerationState
 from .vae import DiffusersVAE
@@ -57,6 +57,7 @@ class Job:
     save_state: Path | None = None
     progress: bool = True
     overwrite: bool = False
+    resume: Path | None = None
 
     def inputs(self) -> dict[str, Path]:
         """Every path the job reads, by option name."""
@@ -85,7 +86,10 @@ def check_output_paths(job: Job) -> None:
     if len(outputs) == 2 and _same_file(outputs["--out"], outputs["--save-state"]):
         raise UsageError(f"--out and --save-state are the same file ({job.out}); give them different names")
     for out_name, out in outputs.items():
-        for in_name, source in job.inputs().items():
+        sources = dict(job.inputs())
+        if job.resume is not None and out_name == "--out":  # --save-state may update the state it resumes
+            sources["--resume"] = Path(job.resume)
+        for in_name, source in sources.items():
             # a new file inside an input folder harms nothing; replacing one of its files would
             inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
             if _same_file(out, source) or inside:
@@ -145,33 +149,128 @@ def _emotion_labels(job: Job, models: MemoModels, samples: np.ndarray, frames: i
     return torch.full((frames,), emotion_index("neutral"), dtype=torch.long)
 
 
+def _check_input_paths(job: Job) -> None:
+    """Every input exists as the kind of path it must be (one line naming the path otherwise)."""
+    kinds = {"--checkpoint": "dir", "--vae": "any", "--wav2vec": "any", "--image": "file", "--audio": "file",
+             "--emotion2vec": "any", "--face-models": "dir", "--resume": "file"}
+    paths = {**job.inputs(), **({"--resume": Path(job.resume)} if job.resume else {})}
+    for name, path in paths.items():
+        if not path.exists():
+            raise UsageError(f"{name} {path} does not exist")
+        if kinds[name] == "dir" and not path.is_dir():
+            raise UsageError(f"{name} {path} must be a folder")
+        if kinds[name] == "file" and not path.is_file():
+            raise UsageError(f"{name} {path} must be a file")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"{what}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".memo-write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what}: cannot write into {folder} ({err.strerror or err})") from None
+
+
+def prepare_outputs(job: Job) -> None:
+    """Output problems are found before any model loads: name, folders, permissions."""
+    check_output_paths(job)
+    if job.out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out {job.out}: MEMO writes an H.264 .mp4 file; give the name an .mp4 extension")
+    parent = job.out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--out {job.out}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {job.out}: cannot create the folder {parent} ({err.strerror or err})") from None
+    _check_writable(parent, f"--out {job.out}")
+    if job.save_state is not None:
+        _check_writable(job.save_state.parent, f"--save-state {job.save_state}")
+
+
+def _check_settings_and_emotion(job: Job, clip16k) -> None:
+    from .audio.features import frame_count
+
+    job.settings.validate()
+    check_resolution(job.resolution)
+    if job.emotion is not None:
+        if not job.emotion.strip():
+            raise UsageError("--emotion is empty; give a label (e.g. happy) or a schedule, or leave the option out "
+                             "for 'neutral'")
+        frames = frame_count(clip16k.num_samples, job.settings.fps)
+        schedule_frame_labels(job.emotion, max(frames, 1), job.settings.fps)
+
+
+def _interrupted_state_path(job: Job) -> Path:
+    return job.save_state or job.out.with_name(job.out.stem + ".state.safetensors")
+
+
 def run(job: Job) -> dict:
     started = time.perf_counter()
-    check_output_paths(job)
+    # everything that can be checked without a model is checked first: a typo must not cost a load
+    _check_input_paths(job)
+    prepare_outputs(job)
+    clip16k = load_audio(job.audio)
+    _check_settings_and_emotion(job, clip16k)
+    load_image(job.image)
+    state = GenerationState.load(job.resume) if job.resume else None
+
     dtype = resolve_dtype(job.dtype)
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
     vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
     encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
     pixels, face_embedding = _reference_image(job)
 
-    clip16k = load_audio(job.audio)
     features = extract_audio_features(encoder, clip16k, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
     labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)
-    mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
-
     pipeline = MemoPipeline(models, vae)
-    bar = _progress(pipeline.total_steps(features, job.settings), job.progress)
-    job.out.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(job.out, job.settings.fps, audio=(mux.samples, MUX_SAMPLE_RATE)) as writer:
-        for clip in pipeline.generate(pixels, face_embedding, features, labels, job.settings,
+    pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
+    first_clip = state.next_clip if state is not None else 0
+    start_frame = first_clip * job.settings.frames_per_clip
+    mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
+    mux_samples = mux.samples[int(round(start_frame / job.settings.fps * MUX_SAMPLE_RATE)):]
+    describe = GenerationState.describe(models, job.settings.frames_per_clip)
+
+    total = pipeline.total_steps(features, job.settings) - first_clip * job.settings.steps
+    bar = _progress(total, job.progress)
+    writer = VideoWriter(job.out, job.settings.fps, audio=(mux_samples, MUX_SAMPLE_RATE))
+    last = None
+    try:
+        for clip in pipeline.generate(pixels, face_embedding, features, labels, job.settings, state=state,
                                       on_step=lambda info: bar.update(1)):
+            clip.state = clip.state.snapshot()  # the next clip must not change what a stop would save
             writer.write(clip.frames.permute(0, 2, 3, 1))
+            last = clip
             if job.save_state:
-                clip.state.save(job.save_state, metadata=GenerationState.describe(models, job.settings.frames_per_clip))
+                clip.state.save(job.save_state, metadata=describe)
+    except BaseException as err:  # Ctrl-C or any error: keep what is finished, as Generate To File does
+        bar.close()
+        _keep_partial(job, writer, last, describe, err)
+        raise
+    writer.close()
     bar.close()
     info = read_video_info(job.out)
     info["seconds"] = time.perf_counter() - started
     return info
+
+
+def _keep_partial(job: Job, writer: VideoWriter, last, describe: dict, err: BaseException) -> None:
+    if last is None:
+        writer.abort()
+        return
+    writer.close()
+    state_path = _interrupted_state_path(job)
+    if job.save_state is None:
+        if state_path.exists() and not job.overwrite:
+            logger.warning("stopped after clip %d: the finished clips are in %s; %s exists, so no state was saved",
+                           last.index + 1, job.out, state_path)
+            return
+        last.state.save(state_path, metadata=describe)
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by an error ({type(err).__name__})"
+    logger.warning("%s after clip %d: the finished clips are in %s; finish the video with the same command plus "
+                   "--resume %s and another --out", reason, last.index + 1, job.out, state_path)
 
 
 def _progress(total: int, enabled: bool):
@@ -259,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call (1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
+    gen.add_argument("--resume", type=Path, help="continue a generation from a state saved by --save-state or by an "
+                     "interrupted run; --out then gets the remaining clips (with the audio from there on)")
     gen.add_argument("--overwrite", action="store_true", help="replace --out / --save-state if they already exist")
     gen.add_argument("--no-progress", action="store_true")
 
@@ -289,10 +390,17 @@ def main(argv: list[str] | None = None) -> int:
                            face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
                            vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
-                           overwrite=args.overwrite))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+                           overwrite=args.overwrite, resume=args.resume))
+    except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # one line naming the path, never a traceback
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     out = args.out
     print(f"wrote {out}: {info['frames']} frames {info['width']}x{info['height']} at {float(info['fps']):g} fps, "
           f"audio {info['audio_duration']:.2f} s, in {info['seconds']:.1f} s")

@@ -62,6 +62,15 @@ class GenerationState:
         past = None if self.past_frames is None else self.past_frames.to(device).clone()
         return GenerationState(self.memory.to(device), past, self.next_clip, self.rng_state.clone(), dict(self.metadata))
 
+    def snapshot(self) -> "GenerationState":
+        """This state frozen as it is now, without copying tensors.
+
+        A `ClipOutput.state` shares the live motion memory, which the next clip updates; the
+        memory replaces its tensors rather than writing into them, so copying its two dicts is
+        enough to keep this clip's state (e.g. to save it if the run stops during the next clip)."""
+        memory = MotionMemory(dict(self.memory.kv), dict(self.memory.z), self.memory.decay)
+        return GenerationState(memory, self.past_frames, self.next_clip, self.rng_state.clone(), dict(self.metadata))
+
     @staticmethod
     def describe(models, frames_per_clip: int) -> dict[str, str]:
         """Metadata that lets `check_compatible` refuse a state from another checkpoint or clip size."""

@@ -349,6 +349,7 @@ class MemoGenerateToFile:
         last, frames = None, 0
         try:
             for clip in run_clips(plan):
+                clip.state = clip.state.snapshot()  # a stop during the next clip must save this clip's state
                 images = frames_to_image(clip.frames)
                 if crop is not None:
                     images = paste_frames(images, crop, original_image)

@@ -67,3 +67,98 @@ def test_outputs_never_replace_an_input_or_an_existing_file(tiny_bundle, tmp_pat
     assert "--overwrite" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
     assert main(base + ["--out", str(existing), "--overwrite"]) == 0
     assert read_video_info(existing)["frames"] == 9
+
+
+def _base(tiny_bundle, tmp_path, seconds=0.3):
+    image = tmp_path / "portrait.png"
+    audio = tmp_path / "tone.wav"
+    if not image.exists():
+        make_test_portrait(image, 128)
+        make_test_tone(audio, seconds)
+    return ["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+            "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(image), "--audio", str(audio),
+            "--steps", "1", "--no-progress", "--allow-no-face", "--resolution", "64"]
+
+
+def test_settings_files_and_outputs_are_checked_before_any_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch):
+    from memo_pipeline import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(cli.MemoModels, "load", no_loading)
+    base = _base(tiny_bundle, tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (["--out", str(tmp_path / "o.mp4"), "--emotion", ""], "--emotion is empty"),
+        (["--out", str(tmp_path / "o.mp4"), "--emotion", "0:happy, 1:ecstatic"], "ecstatic"),
+        (["--out", str(tmp_path / "o.mp4"), "--steps", "0"], "steps must be >= 1"),
+        (["--out", str(tmp_path / "o.mp4"), "--seed", "-3"], "seed must be"),
+        (["--out", str(tmp_path / "o.mp4"), "--resolution", "0"], "positive multiple of 8"),
+        (["--out", str(tmp_path / "o.mp4"), "--vae", str(tmp_path / "missing_vae")], "--vae"),
+        (["--out", str(tmp_path / "o.mkv")], ".mp4 extension"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(blocker / "o.mp4")], "is a file, not a folder"),
+        (["--out", str(tmp_path / "o.mp4"), "--save-state", str(tmp_path / "nowhere" / "s.safetensors")], "does not exist"),
+        (["--out", str(tmp_path / "o.mp4"), "--resume", str(tmp_path / "missing.safetensors")], "--resume"),
+    ]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((["--out", str(locked / "o.mp4")], "cannot write into"))
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    locked.chmod(0o700)
+
+
+def test_truncated_audio_warns_with_both_durations(tmp_path, caplog):
+    from memo_pipeline.audio.io import load_audio
+
+    full = make_test_tone(tmp_path / "full.wav", 1.0)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        clip = load_audio(cut)
+    assert "truncated" in caplog.text and "1.00 s" in caplog.text and f"{clip.duration_s:.2f} s" in caplog.text
+
+
+def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bundle, tmp_path, monkeypatch):
+    import torch
+
+    from memo_pipeline import cli
+    from memo_pipeline.state import GenerationState
+
+    original_write = cli.VideoWriter.write
+    written = {}
+    interrupt_at = {"clip": None}
+
+    def recording_write(self, frames):
+        clips = written.setdefault(self.path, [])
+        if interrupt_at["clip"] == len(clips):
+            raise KeyboardInterrupt
+        clips.append(frames.clone())
+        return original_write(self, frames)
+
+    monkeypatch.setattr(cli.VideoWriter, "write", recording_write)
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    full, part, rest = tmp_path / "full.mp4", tmp_path / "part.mp4", tmp_path / "rest.mp4"
+    assert main(base + ["--out", str(full)]) == 0
+
+    interrupt_at["clip"] = 2  # Ctrl-C while the third clip is being written
+    assert main(base + ["--out", str(part)]) == 130
+    state_path = tmp_path / "part.state.safetensors"
+    assert read_video_info(part)["frames"] == 16 and GenerationState.load(state_path).next_clip == 2
+
+    interrupt_at["clip"] = None
+    assert main(base + ["--resume", str(state_path), "--out", str(rest)]) == 0
+    info = read_video_info(rest)
+    assert info["frames"] == 14 and info["audio_duration"] == pytest.approx(14 / 30, abs=0.03)
+    joined = torch.cat(written[str(part)] + written[str(rest)])
+    assert torch.equal(joined, torch.cat(written[str(full)]))  # the very frames of the uninterrupted run

@@ -23,6 +23,7 @@ naming the source. Silence is not an error here (see ``features.py``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from fractions import Fraction
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 TARGET_SAMPLE_RATE = 16000
+logger = logging.getLogger("memo_pipeline")
 
 
 class AudioLoadError(ValueError):
@@ -274,9 +276,22 @@ def _decode_file(path: Path, target_rate: int) -> tuple[np.ndarray, int, np.ndar
                 raise AudioLoadError(f"audio file {str(path)!r} changes channel count mid-stream ({sorted(widths)})")
             channels = np.concatenate(chunks, axis=1)
             converted = converter.finish()
+            _warn_if_truncated(path, stream, container, channels.shape[1] / rate)
     except av.error.FFmpegError as error:
         raise AudioLoadError(f"cannot decode audio file {str(path)!r}: {error}") from error
     return channels, rate, converted
+
+
+def _warn_if_truncated(path: Path, stream, container, decoded_s: float) -> None:
+    """A file whose header promises more audio than it holds (cut off while copying or writing)."""
+    declared = None
+    if stream.duration is not None and stream.time_base is not None:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        declared = container.duration / 1_000_000
+    if declared is not None and declared - decoded_s > max(0.1, 0.01 * declared):
+        logger.warning("audio file %s is truncated: its header says %.2f s but it holds %.2f s of audio; "
+                       "the video follows the %.2f s that are there", path, declared, decoded_s, decoded_s)
 
 
 def _frame_channels(frame: Any, name: str) -> np.ndarray:
