@@ -162,3 +162,29 @@ def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bund
     assert info["frames"] == 14 and info["audio_duration"] == pytest.approx(14 / 30, abs=0.03)
     joined = torch.cat(written[str(part)] + written[str(rest)])
     assert torch.equal(joined, torch.cat(written[str(full)]))  # the very frames of the uninterrupted run
+
+
+def test_malicious_yaml_and_pickle_are_one_line_errors(tiny_bundle, tmp_path, capsys):
+    import pickle
+
+    base = _base(tiny_bundle, tmp_path) + ["--out", str(tmp_path / "o.mp4")]
+    yaml_dir = tmp_path / "e2v_yaml"
+    yaml_dir.mkdir()
+    torch_file = yaml_dir / "model.pt"
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, torch_file)
+    (yaml_dir / "config.yaml").write_text("model_conf: !!python/object/apply:os.system ['echo pwned']\n")
+    pickle_dir = tmp_path / "e2v_pickle"
+    pickle_dir.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (pickle_dir / "model.pt").write_bytes(pickle.dumps(Evil()))
+    for folder, word in ((yaml_dir / "model.pt", "not a plain YAML"), (pickle_dir / "model.pt", "refused")):
+        assert main(base + ["--emotion2vec", str(folder)]) == 2
+        captured = capsys.readouterr()
+        assert word in captured.err and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert "pwned" not in captured.out
