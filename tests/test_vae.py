@@ -97,3 +97,20 @@ def test_cli_run_with_a_single_file_vae_opens_no_socket(single_file_vae, tiny_bu
                  "--resolution", "64", "--allow-no-face", "--no-progress"])
     assert code == 0 and not opened
     assert read_video_info(out)["frames"] == 6
+
+
+def test_a_normal_run_prints_no_library_notices(tiny_bundle, tmp_path, capfd, caplog, recwarn):
+    """No 'accelerate not found' (or any other) notice from diffusers/transformers during a run."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        code = main(["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+                     "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(make_test_portrait(tmp_path / "p.png", 96)),
+                     "--audio", str(make_test_tone(tmp_path / "t.wav", 0.2)), "--out", str(tmp_path / "o.mp4"),
+                     "--steps", "1", "--resolution", "64", "--allow-no-face", "--no-progress"])
+    assert code == 0
+    err = capfd.readouterr().err
+    assert "accelerate" not in err.lower() and "accelerate" not in caplog.text.lower()
+    warnings_seen = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings_seen] == ["no face models: using a zero identity embedding"]
+    assert not [w for w in recwarn if "memo" not in str(w.filename)], [str(w.message) for w in recwarn]
