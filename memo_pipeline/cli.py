@@ -58,6 +58,7 @@ class Job:
     progress: bool = True
     overwrite: bool = False
     resume: Path | None = None
+    vocal_separation: str | None = "auto"  # "official" | "full-band" | None (off) | "auto" (official if present)
 
     def inputs(self) -> dict[str, Path]:
         """Every path the job reads, by option name."""
@@ -203,6 +204,31 @@ def _check_settings_and_emotion(job: Job, clip16k) -> None:
         schedule_frame_labels(job.emotion, max(frames, 1), job.settings.fps)
 
 
+VOCAL_SEPARATOR = Path("misc") / "vocal_separator" / "Kim_Vocal_2.onnx"
+
+
+def _vocal_mode(job: Job) -> str | None:
+    if job.vocal_separation == "auto":
+        present = (Path(job.checkpoint) / VOCAL_SEPARATOR).is_file()
+        if not present:
+            logger.info("no %s in the checkpoint: features come from the whole track (no vocal separation)", VOCAL_SEPARATOR)
+        return "official" if present else None
+    if job.vocal_separation and not (Path(job.checkpoint) / VOCAL_SEPARATOR).is_file():
+        raise UsageError(f"--vocal-separation {job.vocal_separation} needs {Path(job.checkpoint) / VOCAL_SEPARATOR}")
+    return job.vocal_separation
+
+
+def _vocals(job: Job, clip16k, mode: str | None):
+    if mode is None:
+        return clip16k
+    from .audio.io import separate_vocals_like_memo
+    from .audio.separation import MDXVocalSeparator
+
+    logger.info("separating vocals with Kim_Vocal_2 (%s order)", mode)
+    separator = MDXVocalSeparator(Path(job.checkpoint) / VOCAL_SEPARATOR)
+    return separate_vocals_like_memo(job.audio, separator, mode, clip=clip16k)
+
+
 def _interrupted_state_path(job: Job) -> Path:
     return job.save_state or job.out.with_name(job.out.stem + ".state.safetensors")
 
@@ -216,6 +242,7 @@ def run(job: Job) -> dict:
     _check_settings_and_emotion(job, clip16k)
     load_image(job.image)
     state = GenerationState.load(job.resume) if job.resume else None
+    vocal_mode = _vocal_mode(job)
 
     dtype = resolve_dtype(job.dtype)
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
@@ -223,8 +250,9 @@ def run(job: Job) -> dict:
     encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
     pixels, face_embedding = _reference_image(job)
 
-    features = extract_audio_features(encoder, clip16k, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
-    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)
+    speech = _vocals(job, clip16k, vocal_mode)
+    features = extract_audio_features(encoder, speech, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
+    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)  # the official path: unseparated
     pipeline = MemoPipeline(models, vae)
     pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
     first_clip = state.next_clip if state is not None else 0
@@ -358,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call (1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
+    gen.add_argument("--vocal-separation", choices=["official", "full-band"], default="auto",
+                     help="separate the vocals with misc/vocal_separator/Kim_Vocal_2.onnx before feature extraction; "
+                          "default: 'official' (as MEMO: the 16 kHz track is separated) when the file is present; "
+                          "'full-band' separates the original track instead")
+    gen.add_argument("--no-vocal-separation", action="store_true", help="extract features from the whole track")
     gen.add_argument("--resume", type=Path, help="continue a generation from a state saved by --save-state or by an "
                      "interrupted run; --out then gets the remaining clips (with the audio from there on)")
     gen.add_argument("--overwrite", action="store_true", help="replace --out / --save-state if they already exist")
@@ -390,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                            face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
                            vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
-                           overwrite=args.overwrite, resume=args.resume))
+                           overwrite=args.overwrite, resume=args.resume,
+                           vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

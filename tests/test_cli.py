@@ -188,3 +188,45 @@ def test_malicious_yaml_and_pickle_are_one_line_errors(tiny_bundle, tmp_path, ca
         captured = capsys.readouterr()
         assert word in captured.err and captured.err.count("\n") == 1 and "Traceback" not in captured.err
         assert "pwned" not in captured.out
+
+
+def test_vocal_separation_is_on_by_default_in_the_official_order(tiny_bundle, tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    from memo_pipeline.audio import separation
+    from memo_pipeline.audio.io import resample
+
+    seen = []
+
+    class RecordingSeparator:  # the separator itself is tested in test_audio_separation.py
+        def __init__(self, path, *args, **kwargs):
+            assert str(path).endswith("misc/vocal_separator/Kim_Vocal_2.onnx")
+
+        def separate(self, waveform, sample_rate, output_sample_rate=None, **kwargs):
+            seen.append((waveform.shape, sample_rate))
+            return np.stack([resample(channel, sample_rate, output_sample_rate) for channel in waveform])
+
+    monkeypatch.setattr(separation, "MDXVocalSeparator", RecordingSeparator)
+    checkpoint = tmp_path / "memo"
+    checkpoint.mkdir()
+    for child in tiny_bundle["memo"].iterdir():
+        (checkpoint / child.name).symlink_to(child)
+    base = _base(tiny_bundle, tmp_path)
+    base[base.index("--checkpoint") + 1] = str(checkpoint)
+    assert main(base + ["--out", str(tmp_path / "plain.mp4")]) == 0 and seen == []  # no Kim_Vocal_2: no separation
+    (checkpoint / "misc").unlink() if (checkpoint / "misc").is_symlink() else None
+    (checkpoint / "misc" / "vocal_separator").mkdir(parents=True)
+    (checkpoint / "misc" / "vocal_separator" / "Kim_Vocal_2.onnx").write_bytes(b"stand-in")
+    if (tiny_bundle["memo"] / "misc" / "audio_emotion_classifier").is_dir():
+        (checkpoint / "misc" / "audio_emotion_classifier").symlink_to(tiny_bundle["memo"] / "misc" / "audio_emotion_classifier")
+    with caplog.at_level("INFO", logger="memo_pipeline"):
+        assert main(base + ["--out", str(tmp_path / "official.mp4")]) == 0
+    assert seen == [((1, 4800), 16000)] and "official order" in caplog.text  # the 16 kHz 16-bit track
+    tone44 = make_test_tone(tmp_path / "tone44.wav", 0.3, sample_rate=44100)
+    base[base.index("--audio") + 1] = str(tone44)
+    assert main(base + ["--out", str(tmp_path / "official44.mp4")]) == 0
+    assert seen[-1] == ((1, 4800), 16000)  # official: the 16 kHz track, whatever the file's rate
+    assert main(base + ["--out", str(tmp_path / "full.mp4"), "--vocal-separation", "full-band"]) == 0
+    assert seen[-1] == ((1, 13230), 44100)  # full band: the file at its own rate
+    seen.clear()
+    assert main(base + ["--out", str(tmp_path / "off.mp4"), "--no-vocal-separation"]) == 0 and seen == []

@@ -51,6 +51,7 @@ class AudioClip:
     source: str
     original_sample_rate: int
     original_channels: int
+    channels: np.ndarray | None = None  # [C, T] at sample_rate before the mono mix (the official 16-bit wav)
 
     @property
     def num_samples(self) -> int:
@@ -98,6 +99,7 @@ def load_audio(source: Any, sample_rate: int | None = None, target_rate: int = T
         source=name,
         original_sample_rate=rate,
         original_channels=int(channels.shape[0]),
+        channels=converted,
     )
 
 
@@ -302,3 +304,30 @@ def _frame_channels(frame: Any, name: str) -> np.ndarray:
     if not frame.format.is_planar:  # packed: one row of interleaved samples
         data = data.reshape(-1, channels).T
     return _to_float32(data, name)
+
+
+VOCAL_MODES = ("official", "full-band")
+
+
+def separate_vocals_like_memo(source: Any, separator, mode: str = "official", clip: AudioClip | None = None) -> AudioClip:
+    """The vocals MEMO extracts features from, as a mono 16 kHz `AudioClip`.
+
+    ``official``: the order of the official preprocessing: the 16 kHz 16-bit track (``clip``, as
+    `load_audio` gives it) is what the separator sees, so it separates content below 8 kHz only;
+    the stem comes back at 16 kHz, is stored as 16-bit and mixed to mono. ``full-band``: the
+    decoded track at its own rate is separated instead (cleaner vocals, but not what MEMO did).
+    ``separator`` is an `MDXVocalSeparator` (Kim_Vocal_2).
+    """
+    if mode not in VOCAL_MODES:
+        raise ValueError(f"unknown vocal separation mode {mode!r}; use one of {', '.join(VOCAL_MODES)}")
+    clip = clip if clip is not None else load_audio(source)
+    if mode == "official":
+        channels, rate = clip.channels if clip.channels is not None else clip.samples[None], clip.sample_rate
+    else:
+        native = load_audio(source, target_rate=clip.original_sample_rate)
+        channels, rate = native.channels if native.channels is not None else native.samples[None], native.sample_rate
+    vocals = np.asarray(separator.separate(channels[:2], rate, output_sample_rate=TARGET_SAMPLE_RATE), dtype=np.float32)
+    vocals = np.clip(np.rint(vocals.reshape(-1, vocals.shape[-1]) * 32768), -32768, 32767) / np.float32(32768)
+    mono = vocals.astype(np.float32).mean(axis=0)
+    return AudioClip(np.ascontiguousarray(mono, dtype=np.float32), TARGET_SAMPLE_RATE, f"vocals of {clip.source}",
+                     clip.original_sample_rate, clip.original_channels, vocals.astype(np.float32))
