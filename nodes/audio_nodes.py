@@ -207,9 +207,12 @@ class MemoVocalSeparation:
                            f"Kim_Vocal_2.onnx under models/vocal_separator/ or a MEMO checkpoint's {VOCAL_SUBPATH}."),
             "peak_normalize": ("BOOLEAN", {"default": True, "tooltip": "Scale the stem to a 0.6-0.9 peak as MEMO's "
                                            "audio-separator does; off keeps the input's level."}),
+            "order": (["official", "full-band"], {"default": "official", "tooltip": "official: as MEMO, the track is "
+                      "first converted to 16 kHz 16-bit and that is separated (the stem comes out at 16 kHz); "
+                      "full-band: the track is separated at its own rate (cleaner, but not what MEMO did)."}),
         }}
 
-    def separate(self, audio, model, peak_normalize=True):
+    def separate(self, audio, model, peak_normalize=True, order="official"):
         from ..memo_pipeline.audio.separation import MDXVocalSeparator, VocalSeparationUnavailable
 
         waveform, rate = comfy_audio(audio, "audio")
@@ -221,8 +224,16 @@ class MemoVocalSeparation:
         try:
             separator = MDXVocalSeparator(path)
             with user_errors("audio"):
-                stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize),
-                                          on_progress=fraction_progress(host))
+                if order == "official":  # the library's official order: separate the 16 kHz 16-bit track
+                    from ..memo_pipeline.audio.io import separate_vocals_like_memo
+
+                    clip = separate_vocals_like_memo({"waveform": waveform[None], "sample_rate": rate}, separator,
+                                                     "official", peak_normalize=bool(peak_normalize),
+                                                     on_progress=fraction_progress(host))
+                    stem, rate = clip.channels, clip.sample_rate
+                else:
+                    stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize),
+                                              on_progress=fraction_progress(host))
         except VocalSeparationUnavailable as exc:
             raise ValueError(f"vocal separation unavailable: {exc}. Without it, connect the audio straight to MEMO "
                              "Audio Encode.") from exc

@@ -341,11 +341,19 @@ def test_emotion_detect_follows_the_official_windows(loaded, encoded):
 
 
 def test_vocal_separation_node(memo_host, speech):
-    (vocals,) = run("MemoVocalSeparation", speech, "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx", False)
+    model = "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx"
+    (vocals,) = run("MemoVocalSeparation", speech, model, False, "full-band")
     assert vocals["sample_rate"] == RATE and vocals["waveform"].shape == speech["waveform"].shape
     # the stand-in model halves the spectrum and the level is kept, so the stem is about half the mix
     ratio = vocals["waveform"].std() / speech["waveform"].std()
     assert 0.35 < float(ratio) < 0.65
+    # the default is MEMO's order: the 16 kHz 16-bit track is separated, the stem is 16 kHz
+    (official,) = run("MemoVocalSeparation", speech, model, False)
+    samples = speech["waveform"].shape[-1]
+    assert official["sample_rate"] == 16000 and official["waveform"].shape[:2] == speech["waveform"].shape[:2]
+    assert abs(official["waveform"].shape[-1] - samples * 16000 / RATE) <= 1
+    assert 0.35 < float(official["waveform"].std() / speech["waveform"].std()) < 0.65
+    assert torch.equal(official["waveform"], torch.round(official["waveform"] * 32768) / 32768)  # 16-bit, as MEMO
     with pytest.raises(ValueError, match=r"input 'model'.*not found"):
         run("MemoVocalSeparation", speech, "vocal_separator/Kim_Vocal_2.onnx", True)
 

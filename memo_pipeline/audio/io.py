@@ -309,7 +309,8 @@ def _frame_channels(frame: Any, name: str) -> np.ndarray:
 VOCAL_MODES = ("official", "full-band")
 
 
-def separate_vocals_like_memo(source: Any, separator, mode: str = "official", clip: AudioClip | None = None) -> AudioClip:
+def separate_vocals_like_memo(source: Any, separator, mode: str = "official", clip: AudioClip | None = None, *,
+                              peak_normalize: bool = True, on_progress=None) -> AudioClip:
     """The vocals MEMO extracts features from, as a mono 16 kHz `AudioClip`.
 
     ``official``: the order of the official preprocessing: the 16 kHz 16-bit track (``clip``, as
@@ -326,7 +327,11 @@ def separate_vocals_like_memo(source: Any, separator, mode: str = "official", cl
     else:
         native = load_audio(source, target_rate=clip.original_sample_rate)
         channels, rate = native.channels if native.channels is not None else native.samples[None], native.sample_rate
-    vocals = np.asarray(separator.separate(channels[:2], rate, output_sample_rate=TARGET_SAMPLE_RATE), dtype=np.float32)
+    extra = {"peak_normalize": peak_normalize} if not peak_normalize else {}
+    if on_progress is not None:
+        extra["on_progress"] = on_progress
+    vocals = np.asarray(separator.separate(channels[:2], rate, output_sample_rate=TARGET_SAMPLE_RATE, **extra),
+                        dtype=np.float32)
     vocals = np.clip(np.rint(vocals.reshape(-1, vocals.shape[-1]) * 32768), -32768, 32767) / np.float32(32768)
     mono = vocals.astype(np.float32).mean(axis=0)
     return AudioClip(np.ascontiguousarray(mono, dtype=np.float32), TARGET_SAMPLE_RATE, f"vocals of {clip.source}",
