@@ -23,9 +23,10 @@ from .audio.emotions import EMOTION_LABELS, emotion_index, schedule_frame_labels
 from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
 from .face.image import load_image
-from .face.resize import resize_frames
 from .loading import MemoModels, resolve_dtype
+from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
+from .state import GenerationState
 from .vae import DiffusersVAE
 from .video_io import VideoWriter, read_video_info
 
@@ -46,7 +47,8 @@ class Job:
     emotion: str | None = None
     emotion2vec: Path | None = None
     face_models: Path | None = None
-    crop: bool = False
+    crop: bool = False  # the older spelling of reference_mode="face-crop"
+    reference_mode: str = "resize"
     crop_scale: float | None = None
     allow_no_face: bool = False
     dtype: str = "fp32"
@@ -54,11 +56,56 @@ class Job:
     vae_batch_size: int = 8
     save_state: Path | None = None
     progress: bool = True
+    overwrite: bool = False
+    resume: Path | None = None
+    vocal_separation: str | None = "auto"  # "official" | "full-band" | None (off) | "auto" (official if present)
+
+    def inputs(self) -> dict[str, Path]:
+        """Every path the job reads, by option name."""
+        named = {"--checkpoint": self.checkpoint, "--vae": self.vae, "--wav2vec": self.wav2vec, "--image": self.image,
+                 "--audio": self.audio, "--emotion2vec": self.emotion2vec, "--face-models": self.face_models}
+        return {name: Path(path) for name, path in named.items() if path is not None}
+
+
+class UsageError(ValueError):
+    """A problem with the command line found before any model loads; one line for the user."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_output_paths(job: Job) -> None:
+    """Refuse outputs that would replace an input or (without `overwrite`) any existing file."""
+    outputs = {"--out": job.out, "--save-state": job.save_state}
+    outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
+    if len(outputs) == 2 and _same_file(outputs["--out"], outputs["--save-state"]):
+        raise UsageError(f"--out and --save-state are the same file ({job.out}); give them different names")
+    for out_name, out in outputs.items():
+        sources = dict(job.inputs())
+        if job.resume is not None and out_name == "--out":  # --save-state may update the state it resumes
+            sources["--resume"] = Path(job.resume)
+        for in_name, source in sources.items():
+            # a new file inside an input folder harms nothing; replacing one of its files would
+            inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
+            if _same_file(out, source) or inside:
+                where = "is" if not inside else "lies inside"
+                raise UsageError(f"{out_name} {out} {where} the input {in_name} {source}; writing it would destroy the "
+                                 "input: choose another output path")
+        if out.is_dir():
+            raise UsageError(f"{out_name} {out} is a folder; give a file name")
+        if out.exists() and not job.overwrite:
+            raise UsageError(f"{out_name} {out} already exists; pass --overwrite to replace it")
 
 
 def _reference_image(job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Square reference image in [-1, 1] and the ArcFace embedding (None = zeros)."""
-    from .face import FaceAnalyzer, crop_face, find_face_models
+    from .face import FaceAnalyzer, find_face_models
 
     image = load_image(job.image)
     face_root = job.face_models or job.checkpoint
@@ -76,14 +123,12 @@ def _reference_image(job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
         analyzer = FaceAnalyzer(detector, recognizer)
         emb, face = analyzer.identity(image, allow_missing_face=job.allow_no_face, name=str(job.image))
         embedding = torch.from_numpy(np.asarray(emb, dtype=np.float32))
-    if job.crop:
-        if face is None:
-            raise SystemExit("error: --crop needs a detected face")
-        kwargs = {"scale": job.crop_scale} if job.crop_scale else {}
-        square, _ = crop_face(image, face, resolution=job.resolution, **kwargs)
-        square = torch.from_numpy(square)
-    else:  # the official preprocessing: the whole picture resized to a square
-        square = resize_frames(torch.from_numpy(image)[None], job.resolution, job.resolution)[0]
+    mode = job.reference_mode
+    if job.crop and mode == "resize":
+        mode = "face-crop"
+    if mode == "face-crop" and face is None:
+        raise SystemExit("error: --reference-mode face-crop needs a detected face")
+    square = prepare_reference(image, job.resolution, mode, face=face, crop_scale=job.crop_scale, name=str(job.image))
     return reference_pixels(square), embedding
 
 
@@ -105,32 +150,155 @@ def _emotion_labels(job: Job, models: MemoModels, samples: np.ndarray, frames: i
     return torch.full((frames,), emotion_index("neutral"), dtype=torch.long)
 
 
+def _check_input_paths(job: Job) -> None:
+    """Every input exists as the kind of path it must be (one line naming the path otherwise)."""
+    kinds = {"--checkpoint": "dir", "--vae": "any", "--wav2vec": "any", "--image": "file", "--audio": "file",
+             "--emotion2vec": "any", "--face-models": "dir", "--resume": "file"}
+    paths = {**job.inputs(), **({"--resume": Path(job.resume)} if job.resume else {})}
+    for name, path in paths.items():
+        if not path.exists():
+            raise UsageError(f"{name} {path} does not exist")
+        if kinds[name] == "dir" and not path.is_dir():
+            raise UsageError(f"{name} {path} must be a folder")
+        if kinds[name] == "file" and not path.is_file():
+            raise UsageError(f"{name} {path} must be a file")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"{what}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".memo-write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what}: cannot write into {folder} ({err.strerror or err})") from None
+
+
+def prepare_outputs(job: Job) -> None:
+    """Output problems are found before any model loads: name, folders, permissions."""
+    check_output_paths(job)
+    if job.out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out {job.out}: MEMO writes an H.264 .mp4 file; give the name an .mp4 extension")
+    parent = job.out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--out {job.out}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {job.out}: cannot create the folder {parent} ({err.strerror or err})") from None
+    _check_writable(parent, f"--out {job.out}")
+    if job.save_state is not None:
+        _check_writable(job.save_state.parent, f"--save-state {job.save_state}")
+
+
+def _check_settings_and_emotion(job: Job, clip16k) -> None:
+    from .audio.features import frame_count
+
+    job.settings.validate()
+    check_resolution(job.resolution)
+    if job.emotion is not None:
+        if not job.emotion.strip():
+            raise UsageError("--emotion is empty; give a label (e.g. happy) or a schedule, or leave the option out "
+                             "for 'neutral'")
+        frames = frame_count(clip16k.num_samples, job.settings.fps)
+        schedule_frame_labels(job.emotion, max(frames, 1), job.settings.fps)
+
+
+VOCAL_SEPARATOR = Path("misc") / "vocal_separator" / "Kim_Vocal_2.onnx"
+
+
+def _vocal_mode(job: Job) -> str | None:
+    if job.vocal_separation == "auto":
+        present = (Path(job.checkpoint) / VOCAL_SEPARATOR).is_file()
+        if not present:
+            logger.info("no %s in the checkpoint: features come from the whole track (no vocal separation)", VOCAL_SEPARATOR)
+        return "official" if present else None
+    if job.vocal_separation and not (Path(job.checkpoint) / VOCAL_SEPARATOR).is_file():
+        raise UsageError(f"--vocal-separation {job.vocal_separation} needs {Path(job.checkpoint) / VOCAL_SEPARATOR}")
+    return job.vocal_separation
+
+
+def _vocals(job: Job, clip16k, mode: str | None):
+    if mode is None:
+        return clip16k
+    from .audio.io import separate_vocals_like_memo
+    from .audio.separation import MDXVocalSeparator
+
+    logger.info("separating vocals with Kim_Vocal_2 (%s order)", mode)
+    separator = MDXVocalSeparator(Path(job.checkpoint) / VOCAL_SEPARATOR)
+    return separate_vocals_like_memo(job.audio, separator, mode, clip=clip16k)
+
+
+def _interrupted_state_path(job: Job) -> Path:
+    return job.save_state or job.out.with_name(job.out.stem + ".state.safetensors")
+
+
 def run(job: Job) -> dict:
     started = time.perf_counter()
+    # everything that can be checked without a model is checked first: a typo must not cost a load
+    _check_input_paths(job)
+    prepare_outputs(job)
+    clip16k = load_audio(job.audio)
+    _check_settings_and_emotion(job, clip16k)
+    load_image(job.image)
+    state = GenerationState.load(job.resume) if job.resume else None
+    vocal_mode = _vocal_mode(job)
+
     dtype = resolve_dtype(job.dtype)
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
     vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
     encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
     pixels, face_embedding = _reference_image(job)
 
-    clip16k = load_audio(job.audio)
-    features = extract_audio_features(encoder, clip16k, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
-    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)
-    mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
-
+    speech = _vocals(job, clip16k, vocal_mode)
+    features = extract_audio_features(encoder, speech, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
+    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)  # the official path: unseparated
     pipeline = MemoPipeline(models, vae)
-    bar = _progress(pipeline.total_steps(features, job.settings), job.progress)
-    job.out.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(job.out, job.settings.fps, audio=(mux.samples, MUX_SAMPLE_RATE)) as writer:
-        for clip in pipeline.generate(pixels, face_embedding, features, labels, job.settings,
+    pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
+    first_clip = state.next_clip if state is not None else 0
+    start_frame = first_clip * job.settings.frames_per_clip
+    mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
+    mux_samples = mux.samples[int(round(start_frame / job.settings.fps * MUX_SAMPLE_RATE)):]
+    describe = GenerationState.describe(models, job.settings.frames_per_clip)
+
+    total = pipeline.total_steps(features, job.settings) - first_clip * job.settings.steps
+    bar = _progress(total, job.progress)
+    writer = VideoWriter(job.out, job.settings.fps, audio=(mux_samples, MUX_SAMPLE_RATE))
+    last = None
+    try:
+        for clip in pipeline.generate(pixels, face_embedding, features, labels, job.settings, state=state,
                                       on_step=lambda info: bar.update(1)):
+            clip.state = clip.state.snapshot()  # the next clip must not change what a stop would save
             writer.write(clip.frames.permute(0, 2, 3, 1))
+            last = clip
             if job.save_state:
-                clip.state.save(job.save_state)
+                clip.state.save(job.save_state, metadata=describe)
+    except BaseException as err:  # Ctrl-C or any error: keep what is finished, as Generate To File does
+        bar.close()
+        _keep_partial(job, writer, last, describe, err)
+        raise
+    writer.close()
     bar.close()
     info = read_video_info(job.out)
     info["seconds"] = time.perf_counter() - started
     return info
+
+
+def _keep_partial(job: Job, writer: VideoWriter, last, describe: dict, err: BaseException) -> None:
+    if last is None:
+        writer.abort()
+        return
+    writer.close()
+    state_path = _interrupted_state_path(job)
+    if job.save_state is None:
+        if state_path.exists() and not job.overwrite:
+            logger.warning("stopped after clip %d: the finished clips are in %s; %s exists, so no state was saved",
+                           last.index + 1, job.out, state_path)
+            return
+        last.state.save(state_path, metadata=describe)
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by an error ({type(err).__name__})"
+    logger.warning("%s after clip %d: the finished clips are in %s; finish the video with the same command plus "
+                   "--resume %s and another --out", reason, last.index + 1, job.out, state_path)
 
 
 def _progress(total: int, enabled: bool):
@@ -170,7 +338,8 @@ def make_test_tone(path: Path, seconds: float, sample_rate: int = 16000) -> Path
     return path
 
 
-def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, seed: int = 42, progress: bool = True) -> dict:
+def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, seed: int = 42, progress: bool = True,
+         overwrite: bool = False) -> dict:
     from .tiny import write_tiny_bundle
 
     with tempfile.TemporaryDirectory(prefix="memo-demo-") as tmp:
@@ -181,6 +350,7 @@ def demo(out: Path, seconds: float = 2.0, resolution: int = 64, steps: int = 3, 
             image=make_test_portrait(tmp / "portrait.png"), audio=make_test_tone(tmp / "tone.wav", seconds), out=out,
             settings=GenerationSettings(steps=steps, seed=seed, frames_per_clip=16, past_frames=16, init_past_frames=16),
             resolution=resolution, emotion2vec=paths["emotion2vec"], allow_no_face=True, progress=progress,
+            overwrite=overwrite,
         )
         return run(job)
 
@@ -206,13 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--emotion", help="a label (e.g. happy) or a schedule '0:neutral, 3.5:happy' (seconds; 48f = frames)")
     gen.add_argument("--emotion2vec", type=Path, help="emotion2vec_plus_large checkpoint: detect emotions from the audio")
     gen.add_argument("--face-models", type=Path, help="folder with scrfd_10g_bnkps.onnx and glintr100.onnx (default: the checkpoint)")
-    gen.add_argument("--crop", action="store_true", help="crop a square around the face instead of resizing the whole image")
+    gen.add_argument("--reference-mode", choices=REFERENCE_MODES, default="resize",
+                     help="resize: the whole picture resized to a square (the official preprocessing; a non-square "
+                          "picture is squashed); center-crop: the centred square; face-crop: a square around the face")
+    gen.add_argument("--crop", action="store_true", help="same as --reference-mode face-crop")
     gen.add_argument("--crop-scale", type=float, help="crop size relative to the face box")
     gen.add_argument("--allow-no-face", action="store_true", help="use a zero identity embedding when no face/face model is found")
     gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call (1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
+    gen.add_argument("--vocal-separation", choices=["official", "full-band"], default="auto",
+                     help="separate the vocals with misc/vocal_separator/Kim_Vocal_2.onnx before feature extraction; "
+                          "default: 'official' (as MEMO: the 16 kHz track is separated) when the file is present; "
+                          "'full-band' separates the original track instead")
+    gen.add_argument("--no-vocal-separation", action="store_true", help="extract features from the whole track")
+    gen.add_argument("--resume", type=Path, help="continue a generation from a state saved by --save-state or by an "
+                     "interrupted run; --out then gets the remaining clips (with the audio from there on)")
+    gen.add_argument("--overwrite", action="store_true", help="replace --out / --save-state if they already exist")
     gen.add_argument("--no-progress", action="store_true")
 
     dem = sub.add_parser("demo", help="full chain on tiny random weights and a generated portrait/tone")
@@ -221,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--resolution", type=int, default=64)
     dem.add_argument("--steps", type=int, default=3)
     dem.add_argument("--seed", type=int, default=42)
+    dem.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     dem.add_argument("--no-progress", action="store_true")
 
     from .models_cli import add_parser as add_models_parser
@@ -238,19 +420,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "demo":
-            info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress)
+            info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress,
+                        args.overwrite)
         else:
             settings = GenerationSettings(steps=args.steps, guidance_scale=args.cfg, frames_per_clip=args.frames_per_clip,
                                           past_frames=args.past_frames, init_past_frames=args.past_frames, seed=args.seed,
                                           fps=args.fps)
             info = run(Job(args.checkpoint, args.vae, args.wav2vec, args.image, args.audio, args.out, settings,
                            resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
-                           face_models=args.face_models, crop=args.crop, crop_scale=args.crop_scale,
+                           face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
-                           vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+                           vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
+                           overwrite=args.overwrite, resume=args.resume,
+                           vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
+    except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # one line naming the path, never a traceback
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     out = args.out
     print(f"wrote {out}: {info['frames']} frames {info['width']}x{info['height']} at {float(info['fps']):g} fps, "
           f"audio {info['audio_duration']:.2f} s, in {info['seconds']:.1f} s")

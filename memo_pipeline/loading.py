@@ -53,6 +53,24 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file that cannot be loaded as a MEMO model."""
 
 
+SAFE_PICKLE_TORCH = "2.10"
+"""Oldest torch whose `torch.load(weights_only=True)` is treated as a safety boundary: public
+advisories showed it bypassable below 2.6 and fixed another hole in 2.10. On older torch the
+pickled formats (.pt/.bin) are refused; safetensors files load on any supported torch."""
+
+
+def require_safe_torch_load(path: str | os.PathLike) -> None:
+    """Refuse to unpickle `path` on a torch whose `weights_only` loader is not trustworthy."""
+    from torch.torch_version import TorchVersion
+
+    if TorchVersion(str(torch.__version__).split("+")[0]) < SAFE_PICKLE_TORCH:
+        raise CheckpointError(
+            f"{path}: pickled weights (.pt/.bin) are only opened with torch >= {SAFE_PICKLE_TORCH}, where "
+            f"torch.load(weights_only=True) is safe; this is torch {torch.__version__}. Upgrade torch or convert the "
+            "file to .safetensors."
+        )
+
+
 def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -101,6 +119,17 @@ def build_model(cls, config: dict, source: str = "config", device: str | torch.d
         raise CheckpointError(f"{source}: cannot build {cls.__name__}: {err}") from err
 
 
+def shard_path(folder: Path, shard, index: Path) -> Path:
+    """The file a safetensors index names, refused unless it is a plain file name inside `folder`."""
+    if not isinstance(shard, str) or not shard:
+        raise CheckpointError(f"{index}: shard names must be file names, got {shard!r}")
+    path = (folder / shard).resolve()
+    if os.path.isabs(shard) or not path.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{index} names the shard '{shard}', which lies outside the model folder {folder}; "
+                              "refused (an index may only name files next to it)")
+    return folder / shard
+
+
 def _weight_files(folder: Path) -> list[Path]:
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
@@ -108,10 +137,10 @@ def _weight_files(folder: Path) -> list[Path]:
         index = folder / f"{name}.index.json"
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()), key=str)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise CheckpointError(f"{index} is not a valid safetensors index: {err}") from err
-            return [folder / shard for shard in shards]
+            return [shard_path(folder, shard, index) for shard in shards]
     pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
@@ -226,6 +255,29 @@ class MemoModels:
         return self
 
     _run_device = None  # set by `load_on_demand` (a class attribute, not a dataclass field)
+
+    @property
+    def audio_feature_shape(self) -> tuple[int, int]:
+        """(wav2vec2 layers, channels) per audio window that `audio_proj` takes (12 x 768 for MEMO)."""
+        config = self.audio_proj.config
+        return int(config.blocks), int(config.channels)
+
+    @property
+    def face_embedding_width(self) -> int:
+        """Length of the identity embedding `image_proj` takes (512 for ArcFace)."""
+        return int(self.image_proj.config.clip_embeddings_dim)
+
+    @property
+    def max_frames_per_clip(self) -> int | None:
+        """Frames one clip may have: the length of the temporal position table (None = unlimited)."""
+        kwargs = dict(getattr(self.diffusion_net.config, "motion_module_kwargs", None) or {})
+        table = kwargs.get("temporal_position_encoding_max_len")
+        return int(table) if table and kwargs.get("temporal_position_encoding", True) else None
+
+    @property
+    def supports_guidance(self) -> bool:
+        """Whether the emotion table has the unconditional row classifier-free guidance needs."""
+        return bool(self.diffusion_net.config.emo_drop_rate > 0)
 
     @property
     def device(self) -> torch.device:

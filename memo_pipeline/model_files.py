@@ -286,18 +286,6 @@ def _ldm_vae(path: Path, tensors: dict, device: str):
     return model, converted, config
 
 
-def load_single_file_vae(path: str | os.PathLike):
-    """An original-layout single-file VAE (as kept in ComfyUI's models/vae) as a diffusers AutoencoderKL,
-    built from its own shapes: no config is downloaded (diffusers' from_single_file fetches one)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    safetensors_shapes(path)  # a clear error for truncated files
-    model, converted, _ = _ldm_vae(path, load_file(os.fspath(path)), "cpu")
-    model.load_state_dict({k: v.reshape(model.state_dict()[k].shape) for k, v in converted.items()}, strict=True)
-    return model
-
-
 def check_vae(path: Path) -> tuple[str, list[Path]]:
     import torch
     from diffusers import AutoencoderKL

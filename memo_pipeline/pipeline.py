@@ -23,13 +23,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from safetensors.torch import load_file, save_file
 
 from .heap import release_freed_memory
 from .loading import MemoModels
@@ -37,7 +35,10 @@ from .audio.emotions import NUM_EMOTION_CLASSES, UNCONDITIONAL_EMOTION, clip_emo
 from .models.clip_constants import ClipConstants
 from .models.motion_memory import MotionMemory
 from .models.reference_features import ReferenceFeatures
+from .state import GenerationState  # noqa: F401 - re-exported: it used to live here
 from .vae import VAEAdapter
+
+MAX_SEED = 2**64 - 1  # the largest seed torch's generator (and ComfyUI) takes
 
 
 
@@ -76,54 +77,10 @@ class GenerationSettings:
             problems.append(f"guidance_scale must be a finite number >= 0 (got {self.guidance_scale})")
         if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
             problems.append(f"fps must be positive (got {self.fps})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be a whole number in 0..{MAX_SEED} (2**64 - 1, as in ComfyUI), got {self.seed!r}")
         if problems:
             raise ValueError("invalid generation settings: " + "; ".join(problems))
-
-
-@dataclass
-class GenerationState:
-    """Everything needed to continue a generation after `next_clip - 1` clips."""
-
-    memory: MotionMemory
-    past_frames: torch.Tensor | None  # (n, 3, H, W) float32 in [0, 1], the last generated frames
-    next_clip: int
-    rng_state: torch.Tensor  # CPU generator state for the remaining noise draws
-
-    def to(self, device=None) -> "GenerationState":
-        """A detached copy on `device`: continuing the generation never changes it (tensors are
-        replaced, not modified in place, so unchanged ones may be shared)."""
-        past = None if self.past_frames is None else self.past_frames.to(device).clone()
-        return GenerationState(self.memory.to(device), past, self.next_clip, self.rng_state.clone())
-
-    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-        """safetensors file; `metadata` (strings) is stored alongside, e.g. what generation this continues."""
-        tensors = {f"memory.{k}": v.detach().cpu().contiguous() for k, v in self.memory.state_dict().items()}
-        tensors["rng_state"] = self.rng_state.clone()
-        if self.past_frames is not None:
-            tensors["past_frames"] = self.past_frames.detach().cpu().float().contiguous()
-        meta = {**(metadata or {}), "format": "memo-generation-state", "next_clip": str(self.next_clip),
-                "decay": repr(self.memory.decay)}
-        save_file(tensors, os.fspath(path), metadata=meta)
-
-    @staticmethod
-    def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                return dict(f.metadata() or {})
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"cannot read generation state {path}: {err}") from err
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "GenerationState":
-        meta = cls.read_metadata(path)
-        if meta.get("format") != "memo-generation-state":
-            raise ValueError(f"{path} is not a saved MEMO generation state")
-        tensors = load_file(os.fspath(path))
-        memory = MotionMemory.from_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("memory.")},
-                                              float(meta["decay"]))
-        return cls(memory, tensors.get("past_frames"), int(meta["next_clip"]), tensors["rng_state"])
 
 
 @dataclass
@@ -241,7 +198,7 @@ class MemoPipeline:
         """
         settings = settings or GenerationSettings()
         audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
-        self.check_inputs(reference_image, audio, settings)
+        self.check_inputs(reference_image, face_embedding, audio, emotion, settings, state)
         cond = self.conditioning(reference_image, face_embedding, audio, emotion, settings)
         state, generator = self.initial_state(settings, state, self.models.device)
         total = cond.num_clips * settings.steps
@@ -267,20 +224,54 @@ class MemoPipeline:
             state = GenerationState(state.memory, past, clip + 1, generator.get_state())
             yield ClipOutput(clip, start, video[:keep], state, video)
 
-    def check_inputs(self, reference_image: torch.Tensor, audio: AudioSource, settings: GenerationSettings) -> None:
-        """Refuse what cannot run, before any network does: settings, reference image, audio length."""
+    def check_inputs(self, reference_image: torch.Tensor | None = None, face_embedding: torch.Tensor | None = None,
+                     audio: "AudioSource | torch.Tensor | None" = None, emotion: torch.Tensor | int | None = None,
+                     settings: GenerationSettings | None = None, state: GenerationState | None = None) -> None:
+        """Every compatibility and range check of a generation, without running a network: what is
+        given is checked against the settings and this checkpoint. The command line, the nodes and
+        `generate` all rely on this one policy; a problem is a `ValueError` naming the setting."""
+        settings = settings or GenerationSettings()
         settings.validate()
-        self._check_reference(reference_image)
-        num_clips = self.num_clips(audio.num_frames, settings.frames_per_clip)
-        if num_clips == 0:
-            raise ValueError("the audio yields no video frames")
-        if num_clips * settings.frames_per_clip > audio.padded_frames:
-            raise ValueError(f"audio features cover {audio.padded_frames} frames but {num_clips} clips of "
-                             f"{settings.frames_per_clip} need {num_clips * settings.frames_per_clip}: extract them with "
-                             "the same frames_per_clip")
-        if settings.guidance_scale > 1 and not self.models.diffusion_net.config.emo_drop_rate > 0:
-            raise ValueError("this diffusion_net has no unconditional emotion row (emo_drop_rate = 0), so classifier-free "
-                             "guidance is impossible; use guidance_scale <= 1")
+        models = self.models
+        limit = models.max_frames_per_clip
+        if limit is not None and settings.frames_per_clip > limit:
+            raise ValueError(f"frames_per_clip {settings.frames_per_clip} is more than this checkpoint handles "
+                             f"({limit}, the length of its temporal position table)")
+        if settings.guidance_scale > 1 and not models.supports_guidance:
+            raise ValueError("this diffusion_net has no unconditional emotion row (emo_drop_rate = 0), so "
+                             "classifier-free guidance is impossible; use guidance_scale <= 1")
+        if reference_image is not None:
+            self._check_reference(reference_image)
+        if face_embedding is not None:
+            embedding = torch.as_tensor(face_embedding)
+            if embedding.numel() != models.face_embedding_width or not torch.isfinite(embedding.float()).all():
+                raise ValueError(f"face embedding: {embedding.numel()} values, this checkpoint needs "
+                                 f"{models.face_embedding_width} finite ones (ArcFace)")
+        if audio is not None:
+            audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
+            window = audio.windows(0, 1)
+            if tuple(window.shape[-2:]) != models.audio_feature_shape:
+                layers, channels = models.audio_feature_shape
+                raise ValueError(f"audio features have {window.shape[-2]} layers x {window.shape[-1]} channels, this "
+                                 f"checkpoint expects {layers} x {channels}: use the audio encoder MEMO was trained "
+                                 "with (wav2vec2-base-960h)")
+            num_clips = self.num_clips(audio.num_frames, settings.frames_per_clip)
+            if num_clips == 0:
+                raise ValueError("the audio yields no video frames")
+            if num_clips * settings.frames_per_clip > audio.padded_frames:
+                raise ValueError(f"audio features cover {audio.padded_frames} frames but {num_clips} clips of "
+                                 f"{settings.frames_per_clip} need {num_clips * settings.frames_per_clip}: extract "
+                                 "them with the same frames_per_clip")
+            if emotion is not None:
+                self._frame_labels(emotion, num_clips * settings.frames_per_clip)
+            if state is not None:
+                resolution = None if reference_image is None else int(reference_image.shape[-1])
+                if resolution is None and state.past_frames is not None:
+                    resolution = int(state.past_frames.shape[-1])
+                state.check_compatible(models, settings.frames_per_clip, num_clips, resolution or 0,
+                                       settings.past_frames, settings.guidance_scale)
+        elif emotion is not None:
+            self._frame_labels(emotion, 1)
 
     def conditioning(self, reference_image, face_embedding, audio: AudioSource, emotion, settings) -> Conditioning:
         """Face tokens (with the unconditional copy for CFG) and per-frame emotion labels."""
@@ -370,8 +361,7 @@ class MemoPipeline:
         """`(1, 4, F, h, w)` latents -> `(F, 3, H, W)` float32 CPU frames in [0, 1]."""
         return self.vae.decode(latents[0].transpose(0, 1)).cpu()
 
-    @staticmethod
-    def _check_reference(image: torch.Tensor) -> torch.Tensor:
+    def _check_reference(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"reference image must be (1, 3, H, W) in [-1, 1]; got {tuple(image.shape)} (see reference_pixels)")
         height, width = image.shape[-2:]
@@ -379,8 +369,6 @@ class MemoPipeline:
             raise ValueError(f"MEMO generates square video: the reference image is {width}x{height}; crop or resize it to a square")
         if height % 8:
             raise ValueError(f"resolution {height} is not a multiple of 8 (the VAE downsamples by 8)")
-        if height < 64:
-            raise ValueError(f"resolution {height} is too small (minimum 64)")
         return image
 
     @staticmethod

@@ -78,7 +78,7 @@ class MemoAudioEncode:
         }}
 
     def encode(self, audio_encoder, audio, fps=30.0, frames_per_clip=16, start_seconds=0.0, duration_seconds=0.0):
-        from ..memo_pipeline.audio.features import SILENCE_RMS, extract_audio_features
+        from ..memo_pipeline.audio.features import extract_audio_features
         from ..memo_pipeline.audio.io import load_audio
 
         encoder = expect(audio_encoder, MemoAudioEncoder, "audio_encoder", MEMO_AUDIO_ENCODER)
@@ -92,11 +92,6 @@ class MemoAudioEncode:
         cut_start = int(round(float(start_seconds) * rate))  # where trim_audio started
         with user_errors("audio"):
             clip = load_audio({"waveform": waveform[None], "sample_rate": rate, "filename": "audio"})
-        rms = float(np.sqrt(np.mean(np.square(clip.samples, dtype=np.float64))))
-        if rms < SILENCE_RMS:
-            raise ValueError(f"audio: the track is {'silent' if rms == 0 else 'nearly silent'} (RMS {rms:.1e}); MEMO "
-                             "animates the face from speech. Check the file, the cut (start/duration) or the vocal "
-                             "separation.")
         shortest = max(encoder.receptive_field / clip.sample_rate, 1.0 / float(fps))
         if clip.duration_s < shortest:
             raise ValueError(f"audio: {clip.duration_s * 1000:.0f} ms is too short; MEMO needs at least "
@@ -214,9 +209,12 @@ class MemoVocalSeparation:
                            f"Kim_Vocal_2.onnx under models/vocal_separator/ or a MEMO checkpoint's {VOCAL_SUBPATH}."),
             "peak_normalize": ("BOOLEAN", {"default": True, "tooltip": "Scale the stem to a 0.6-0.9 peak as MEMO's "
                                            "audio-separator does; off keeps the input's level."}),
+            "order": (["official", "full-band"], {"default": "official", "tooltip": "official: as MEMO, the track is "
+                      "first converted to 16 kHz 16-bit and that is separated (the stem comes out at 16 kHz); "
+                      "full-band: the track is separated at its own rate (cleaner, but not what MEMO did)."}),
         }}
 
-    def separate(self, audio, model, peak_normalize=True):
+    def separate(self, audio, model, peak_normalize=True, order="official"):
         from ..memo_pipeline.audio.separation import MDXVocalSeparator, VocalSeparationUnavailable
 
         waveform, rate = comfy_audio(audio, "audio")
@@ -228,8 +226,16 @@ class MemoVocalSeparation:
         try:
             separator = MDXVocalSeparator(path)
             with user_errors("audio"):
-                stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize),
-                                          on_progress=fraction_progress(host))
+                if order == "official":  # the library's official order: separate the 16 kHz 16-bit track
+                    from ..memo_pipeline.audio.io import separate_vocals_like_memo
+
+                    clip = separate_vocals_like_memo({"waveform": waveform[None], "sample_rate": rate}, separator,
+                                                     "official", peak_normalize=bool(peak_normalize),
+                                                     on_progress=fraction_progress(host))
+                    stem, rate = clip.channels, clip.sample_rate
+                else:
+                    stem = separator.separate(waveform.numpy(), rate, peak_normalize=bool(peak_normalize),
+                                              on_progress=fraction_progress(host))
         except VocalSeparationUnavailable as exc:
             raise ValueError(f"vocal separation unavailable: {exc}. Without it, connect the audio straight to MEMO "
                              "Audio Encode.") from exc

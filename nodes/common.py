@@ -74,23 +74,12 @@ def single_image(image: Any, input_name: str) -> torch.Tensor:
 
 
 def square_reference(image: Any, resolution: int, input_name: str = "reference_image") -> torch.Tensor:
-    """Centre-crop the picture to a square and resize it to `resolution`: `[R, R, 3]` in [0, 1].
+    """The library's reference preprocessing (`prepare_reference`, official 'resize' mode): the whole
+    picture resized to `[R, R, 3]` in [0, 1], as the command line and the official code do it."""
+    from ..memo_pipeline.reference import prepare_reference
 
-    Square inputs (such as MEMO Face Crop's output) are only resized; MEMO itself generates
-    square video only.
-    """
-    from ..memo_pipeline.face.resize import resize_frames
-
-    if resolution < 64 or resolution % 8:
-        raise ValueError(f"resolution must be a multiple of 8 and at least 64, got {resolution}")
     picture = single_image(image, input_name)
-    height, width = picture.shape[:2]
-    if min(height, width) < 16:
-        raise ValueError(f"input '{input_name}' is only {width}x{height} pixels")
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = picture[top:top + side, left:left + side]
-    return resize_frames(square[None].clamp(0, 1), resolution, resolution)[0]
+    return prepare_reference(picture.clamp(0, 1), resolution, "resize", name=f"input '{input_name}'")
 
 
 def comfy_audio(audio: Any, input_name: str) -> tuple[torch.Tensor, int]:

@@ -58,8 +58,9 @@ def generation_inputs() -> dict:
         "required": {
             "memo_model": (MEMO_MODEL, {"tooltip": "From MEMO Model Loader."}),
             "vae": ("VAE", {"tooltip": "The SD1.5 VAE MEMO uses (sd-vae-ft-mse), from Load VAE."}),
-            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image). A non-square picture is "
-                                          "centre-cropped to a square; use MEMO Face Crop to frame the face."}),
+            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image), resized to a square as "
+                                          "the official code does: a non-square picture is squashed, so crop it "
+                                          "first (MEMO Face Crop frames the face)."}),
             "memo_audio": (MEMO_AUDIO, {"tooltip": "From MEMO Audio Encode; sets length, frame rate and clip size."}),
             "face": (MEMO_FACE, {"tooltip": "Identity embedding from MEMO Face Crop or MEMO Face Embed."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True,
@@ -69,7 +70,7 @@ def generation_inputs() -> dict:
                                "conditional pass, about twice as fast."),
             "past_frames": int_input(16, 1, 64, "Motion frames from the previous clip that condition the next "
                                      "(16 in MEMO); the first clip uses the reference image this many times."),
-            "resolution": int_input(512, 64, 2048, "Side of the square video; MEMO was trained at 512.", 8),
+            "resolution": int_input(512, 8, 2048, "Side of the square video (a multiple of 8); MEMO was trained at 512.", 8),
         },
         "optional": {
             "emotion": (MEMO_EMOTION, {"tooltip": "From MEMO Emotion Detect or MEMO Emotion Schedule; without it "
@@ -117,6 +118,7 @@ def _check_int(value, name: str, low: int, high: int) -> int:
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                 emotion=None, state=None, max_clips=0) -> RunPlan:
     from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
+    from ..memo_pipeline.reference import check_resolution
 
     model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
     audio = expect(memo_audio, MemoAudio, "memo_audio", MEMO_AUDIO)
@@ -128,28 +130,15 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     seed = _check_int(seed, "seed", 0, MAX_SEED)
     steps = _check_int(steps, "steps", 1, 10000)
     past_frames = _check_int(past_frames, "past_frames", 1, 1024)
-    resolution = _check_int(resolution, "resolution", 64, 8192)
+    resolution = _check_int(resolution, "resolution", 8, 8192)
     max_clips = _check_int(max_clips, "max_clips", 0, 10**9)
     if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
         raise ValueError(f"input 'cfg' must be a finite number >= 0, got {cfg!r}")
-    if resolution % 8:
-        raise ValueError(f"input 'resolution' must be a multiple of 8, got {resolution}")
+    with user_errors("input 'resolution'"):
+        check_resolution(resolution)
 
     models = model.models
-    layers = tuple(audio.features.layer_features.shape[1:])
-    if models.audio_feature_shape != layers:
-        expected = " x ".join(map(str, models.audio_feature_shape))
-        raise ValueError(f"memo_audio: its wav2vec2 features have {layers[0]} layers x {layers[1]} channels "
-                         f"('{audio.encoder_name}'), but this MEMO checkpoint expects {expected}; "
-                         "use the audio encoder MEMO was trained with (wav2vec2-base-960h)")
     embedding = identity.embedding.detach().float().reshape(1, -1).cpu()
-    wanted = models.face_embedding_size
-    if embedding.shape[1] != wanted or not torch.isfinite(embedding).all():
-        raise ValueError(f"face: the embedding has {embedding.shape[1]} values, the checkpoint needs {wanted} finite ones")
-    table = models.max_frames_per_clip
-    if table and audio.frames_per_clip > table:
-        raise ValueError(f"memo_audio: {audio.frames_per_clip} frames per clip is more than this checkpoint handles "
-                         f"({table}); encode the audio with frames_per_clip <= {table}")
 
     labels = None
     if emotion is not None:
@@ -166,10 +155,10 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     pixels = reference_pixels(square_reference(reference_image, resolution, "reference_image"))
     settings = GenerationSettings(steps=steps, guidance_scale=float(cfg), frames_per_clip=audio.frames_per_clip,
                                   past_frames=past_frames, init_past_frames=past_frames, seed=seed, fps=audio.fps)
-    with user_errors("settings"):
-        settings.validate()
 
     pipeline = MemoPipeline(models, ComfyVAEBridge(vae))
+    with user_errors("settings"):  # the library's one input policy (same checks as the CLI and the API)
+        pipeline.check_inputs(pixels, embedding, audio.features, labels, settings, generation_state)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution)
 
@@ -256,8 +245,11 @@ def run_clips(plan: RunPlan):
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:
+    from ..memo_pipeline.state import GenerationState
+
     state = clip.state.to("cpu")
     audio = plan.audio
+    state.metadata.update(GenerationState.describe(plan.pipeline.models, audio.frames_per_clip))
     return MemoState(state, audio.num_frames, audio.fps, audio.frames_per_clip, plan.resolution,
                      {"clips_done": state.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
 
@@ -306,13 +298,13 @@ def save_memo_state(memo_state: MemoState, path: str) -> str:
 
 
 def load_memo_state(path: str) -> MemoState:
-    from ..memo_pipeline.pipeline import GenerationState
+    from ..memo_pipeline.state import LIBRARY_KEYS, GenerationState
 
     if not os.path.isfile(path):
         raise ValueError(f"state file not found: {path}")
     try:
         meta = {key: json.loads(value) for key, value in GenerationState.read_metadata(path).items()
-                if key not in ("format", "next_clip", "decay")}
+                if key not in LIBRARY_KEYS}
         if meta.get("format_node") != "comfyui-memo-state":
             raise ValueError("not saved by comfyui-memo")
         state = GenerationState.load(path)
@@ -404,6 +396,7 @@ class MemoGenerateToFile:
         last, frames = None, 0
         try:
             for clip in run_clips(plan):
+                clip.state = clip.state.snapshot()  # a stop during the next clip must save this clip's state
                 images = frames_to_image(clip.frames)
                 if crop is not None:
                     images = paste_frames(images, crop, original_image)

@@ -42,8 +42,191 @@ def test_generate_short_audio_at_25_fps(tiny_bundle, tmp_path):
 
 def test_generate_rejects_bad_resolution_and_missing_face_models(tiny_bundle, tmp_path, capsys):
     code, out = _generate(tiny_bundle, tmp_path, "--resolution", "100", "--allow-no-face")
-    assert code == 2 and "not a multiple of 8" in capsys.readouterr().err and not out.exists()
+    assert code == 2 and "multiple of 8" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit, match="no face models"):
         _generate(tiny_bundle, tmp_path)
     code, _ = _generate(tiny_bundle, tmp_path, "--allow-no-face", "--emotion", "ecstatic")
     assert code == 2 and "ecstatic" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_an_input_or_an_existing_file(tiny_bundle, tmp_path, capsys):
+    image = make_test_portrait(tmp_path / "portrait.png", 128)
+    audio = make_test_tone(tmp_path / "tone.wav", 0.3)
+    audio_bytes, image_bytes = audio.read_bytes(), image.read_bytes()
+    base = ["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+            "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(image), "--audio", str(audio),
+            "--steps", "1", "--no-progress", "--allow-no-face", "--resolution", "64"]
+    for extra in (["--out", str(audio)], ["--out", str(tmp_path / "x.mp4"), "--save-state", str(image)],
+                  ["--out", str(tmp_path / "." / "tone.wav"), "--overwrite"]):
+        assert main(base + extra) == 2
+        assert "input" in capsys.readouterr().err
+    assert audio.read_bytes() == audio_bytes and image.read_bytes() == image_bytes
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"keep me")
+    assert main(base + ["--out", str(existing)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+    assert main(base + ["--out", str(existing), "--overwrite"]) == 0
+    assert read_video_info(existing)["frames"] == 9
+
+
+def _base(tiny_bundle, tmp_path, seconds=0.3):
+    image = tmp_path / "portrait.png"
+    audio = tmp_path / "tone.wav"
+    if not image.exists():
+        make_test_portrait(image, 128)
+        make_test_tone(audio, seconds)
+    return ["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+            "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(image), "--audio", str(audio),
+            "--steps", "1", "--no-progress", "--allow-no-face", "--resolution", "64"]
+
+
+def test_settings_files_and_outputs_are_checked_before_any_model_loads(tiny_bundle, tmp_path, capsys, monkeypatch):
+    from memo_pipeline import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(cli.MemoModels, "load", no_loading)
+    base = _base(tiny_bundle, tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (["--out", str(tmp_path / "o.mp4"), "--emotion", ""], "--emotion is empty"),
+        (["--out", str(tmp_path / "o.mp4"), "--emotion", "0:happy, 1:ecstatic"], "ecstatic"),
+        (["--out", str(tmp_path / "o.mp4"), "--steps", "0"], "steps must be >= 1"),
+        (["--out", str(tmp_path / "o.mp4"), "--seed", "-3"], "seed must be"),
+        (["--out", str(tmp_path / "o.mp4"), "--resolution", "0"], "positive multiple of 8"),
+        (["--out", str(tmp_path / "o.mp4"), "--vae", str(tmp_path / "missing_vae")], "--vae"),
+        (["--out", str(tmp_path / "o.mkv")], ".mp4 extension"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(blocker / "o.mp4")], "is a file, not a folder"),
+        (["--out", str(tmp_path / "o.mp4"), "--save-state", str(tmp_path / "nowhere" / "s.safetensors")], "does not exist"),
+        (["--out", str(tmp_path / "o.mp4"), "--resume", str(tmp_path / "missing.safetensors")], "--resume"),
+    ]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((["--out", str(locked / "o.mp4")], "cannot write into"))
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    locked.chmod(0o700)
+
+
+def test_truncated_audio_warns_with_both_durations(tmp_path, caplog):
+    from memo_pipeline.audio.io import load_audio
+
+    full = make_test_tone(tmp_path / "full.wav", 1.0)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        clip = load_audio(cut)
+    assert "truncated" in caplog.text and "1.00 s" in caplog.text and f"{clip.duration_s:.2f} s" in caplog.text
+
+
+def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bundle, tmp_path, monkeypatch):
+    import torch
+
+    from memo_pipeline import cli
+    from memo_pipeline.state import GenerationState
+
+    original_write = cli.VideoWriter.write
+    written = {}
+    interrupt_at = {"clip": None}
+
+    def recording_write(self, frames):
+        clips = written.setdefault(self.path, [])
+        if interrupt_at["clip"] == len(clips):
+            raise KeyboardInterrupt
+        clips.append(frames.clone())
+        return original_write(self, frames)
+
+    monkeypatch.setattr(cli.VideoWriter, "write", recording_write)
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    full, part, rest = tmp_path / "full.mp4", tmp_path / "part.mp4", tmp_path / "rest.mp4"
+    assert main(base + ["--out", str(full)]) == 0
+
+    interrupt_at["clip"] = 2  # Ctrl-C while the third clip is being written
+    assert main(base + ["--out", str(part)]) == 130
+    state_path = tmp_path / "part.state.safetensors"
+    assert read_video_info(part)["frames"] == 16 and GenerationState.load(state_path).next_clip == 2
+
+    interrupt_at["clip"] = None
+    assert main(base + ["--resume", str(state_path), "--out", str(rest)]) == 0
+    info = read_video_info(rest)
+    assert info["frames"] == 14 and info["audio_duration"] == pytest.approx(14 / 30, abs=0.03)
+    joined = torch.cat(written[str(part)] + written[str(rest)])
+    assert torch.equal(joined, torch.cat(written[str(full)]))  # the very frames of the uninterrupted run
+
+
+def test_malicious_yaml_and_pickle_are_one_line_errors(tiny_bundle, tmp_path, capsys):
+    import pickle
+
+    base = _base(tiny_bundle, tmp_path) + ["--out", str(tmp_path / "o.mp4")]
+    yaml_dir = tmp_path / "e2v_yaml"
+    yaml_dir.mkdir()
+    torch_file = yaml_dir / "model.pt"
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, torch_file)
+    (yaml_dir / "config.yaml").write_text("model_conf: !!python/object/apply:os.system ['echo pwned']\n")
+    pickle_dir = tmp_path / "e2v_pickle"
+    pickle_dir.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (pickle_dir / "model.pt").write_bytes(pickle.dumps(Evil()))
+    for folder, word in ((yaml_dir / "model.pt", "not a plain YAML"), (pickle_dir / "model.pt", "refused")):
+        assert main(base + ["--emotion2vec", str(folder)]) == 2
+        captured = capsys.readouterr()
+        assert word in captured.err and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert "pwned" not in captured.out
+
+
+def test_vocal_separation_is_on_by_default_in_the_official_order(tiny_bundle, tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    from memo_pipeline.audio import separation
+    from memo_pipeline.audio.io import resample
+
+    seen = []
+
+    class RecordingSeparator:  # the separator itself is tested in test_audio_separation.py
+        def __init__(self, path, *args, **kwargs):
+            assert str(path).endswith("misc/vocal_separator/Kim_Vocal_2.onnx")
+
+        def separate(self, waveform, sample_rate, output_sample_rate=None, **kwargs):
+            seen.append((waveform.shape, sample_rate))
+            return np.stack([resample(channel, sample_rate, output_sample_rate) for channel in waveform])
+
+    monkeypatch.setattr(separation, "MDXVocalSeparator", RecordingSeparator)
+    checkpoint = tmp_path / "memo"
+    checkpoint.mkdir()
+    for child in tiny_bundle["memo"].iterdir():
+        (checkpoint / child.name).symlink_to(child)
+    base = _base(tiny_bundle, tmp_path)
+    base[base.index("--checkpoint") + 1] = str(checkpoint)
+    assert main(base + ["--out", str(tmp_path / "plain.mp4")]) == 0 and seen == []  # no Kim_Vocal_2: no separation
+    (checkpoint / "misc").unlink() if (checkpoint / "misc").is_symlink() else None
+    (checkpoint / "misc" / "vocal_separator").mkdir(parents=True)
+    (checkpoint / "misc" / "vocal_separator" / "Kim_Vocal_2.onnx").write_bytes(b"stand-in")
+    if (tiny_bundle["memo"] / "misc" / "audio_emotion_classifier").is_dir():
+        (checkpoint / "misc" / "audio_emotion_classifier").symlink_to(tiny_bundle["memo"] / "misc" / "audio_emotion_classifier")
+    with caplog.at_level("INFO", logger="memo_pipeline"):
+        assert main(base + ["--out", str(tmp_path / "official.mp4")]) == 0
+    assert seen == [((1, 4800), 16000)] and "official order" in caplog.text  # the 16 kHz 16-bit track
+    tone44 = make_test_tone(tmp_path / "tone44.wav", 0.3, sample_rate=44100)
+    base[base.index("--audio") + 1] = str(tone44)
+    assert main(base + ["--out", str(tmp_path / "official44.mp4")]) == 0
+    assert seen[-1] == ((1, 4800), 16000)  # official: the 16 kHz track, whatever the file's rate
+    assert main(base + ["--out", str(tmp_path / "full.mp4"), "--vocal-separation", "full-band"]) == 0
+    assert seen[-1] == ((1, 13230), 44100)  # full band: the file at its own rate
+    seen.clear()
+    assert main(base + ["--out", str(tmp_path / "off.mp4"), "--no-vocal-separation"]) == 0 and seen == []

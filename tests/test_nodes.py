@@ -314,9 +314,16 @@ def test_audio_encode_trims(loaded, speech):
     assert segment["waveform"].shape[-1] == round(0.2 * RATE)
 
 
+@pytest.mark.parametrize("waveform, word", [(torch.zeros(1, 1, RATE), "silent"),
+                                           (torch.full((1, 1, RATE), 5e-5), "nearly silent")])
+def test_silent_audio_warns_and_encodes_as_the_library_and_cli_do(loaded, caplog, waveform, word):
+    with caplog.at_level("WARNING"):
+        memo_audio = run("MemoAudioEncode", loaded["encoder"], {"waveform": waveform, "sample_rate": RATE},
+                         fps=10.0, frames_per_clip=4, start_seconds=0.0, duration_seconds=0.0)[0]
+    assert f"is {word}" in caplog.text and memo_audio.num_frames == 10
+
+
 @pytest.mark.parametrize("audio, kwargs, message", [
-    ({"waveform": torch.zeros(1, 1, RATE), "sample_rate": RATE}, {}, r"audio: the track is silent"),
-    ({"waveform": torch.full((1, 1, RATE), 1e-6), "sample_rate": RATE}, {}, r"nearly silent"),
     ({"waveform": torch.randn(1, 1, 50) * 0.1, "sample_rate": RATE}, {}, r"too short"),
     ({"waveform": torch.randn(2, 1, RATE) * 0.1, "sample_rate": RATE}, {}, r"input 'audio' holds 2 tracks"),
     ({"waveform": torch.randn(1, 1, RATE) * 0.1, "sample_rate": 0}, {}, r"sample_rate must be a positive integer"),
@@ -369,11 +376,19 @@ def test_emotion_detect_follows_the_official_windows(loaded, encoded):
 
 
 def test_vocal_separation_node(memo_host, speech):
-    (vocals,) = run("MemoVocalSeparation", speech, "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx", False)
+    model = "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx"
+    (vocals,) = run("MemoVocalSeparation", speech, model, False, "full-band")
     assert vocals["sample_rate"] == RATE and vocals["waveform"].shape == speech["waveform"].shape
     # the stand-in model halves the spectrum and the level is kept, so the stem is about half the mix
     ratio = vocals["waveform"].std() / speech["waveform"].std()
     assert 0.35 < float(ratio) < 0.65
+    # the default is MEMO's order: the 16 kHz 16-bit track is separated, the stem is 16 kHz
+    (official,) = run("MemoVocalSeparation", speech, model, False)
+    samples = speech["waveform"].shape[-1]
+    assert official["sample_rate"] == 16000 and official["waveform"].shape[:2] == speech["waveform"].shape[:2]
+    assert abs(official["waveform"].shape[-1] - samples * 16000 / RATE) <= 1
+    assert 0.35 < float(official["waveform"].std() / speech["waveform"].std()) < 0.65
+    assert torch.equal(official["waveform"], torch.round(official["waveform"] * 32768) / 32768)  # 16-bit, as MEMO
     with pytest.raises(ValueError, match=r"input 'model'.*not found"):
         run("MemoVocalSeparation", speech, "vocal_separator/Kim_Vocal_2.onnx", True)
 
@@ -634,7 +649,7 @@ def test_sampler_emotion_changes_the_video(loaded, vae, encoded, face, memo_host
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"resolution": 68}, r"input 'resolution' must be a multiple of 8"),
+    ({"resolution": 68}, r"input 'resolution': .*multiple of 8"),
     ({"cfg": float("nan")}, r"input 'cfg'"),
     ({"steps": 0}, r"input 'steps'"),
     ({"reference_image": torch.rand(2, 64, 64, 3)}, r"reference_image' is a batch of 2"),
@@ -809,11 +824,14 @@ def test_save_state_node_round_trip(loaded, vae, encoded, face, memo_host, tmp_p
 
 # ----------------------------------------------------------------------------- small helpers
 
-def test_square_reference_centre_crops():
-    wide = torch.zeros(1, 64, 128, 3)
-    wide[:, :, 32:96] = 1.0
+def test_square_reference_is_the_official_resize():
+    from PIL import Image
+
+    wide = torch.rand(1, 64, 128, 3, generator=torch.Generator().manual_seed(0))
     square = common.square_reference(wide, 64)
-    assert square.shape == (64, 64, 3) and torch.allclose(square, torch.ones(64, 64, 3))
+    pixels = (wide[0].numpy() * 255).round().astype("uint8")
+    expected = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255
+    assert square.shape == (64, 64, 3) and torch.equal(square, torch.from_numpy(expected))
     with pytest.raises(ValueError, match="multiple of 8"):
         common.square_reference(wide, 100)
 

@@ -166,9 +166,10 @@ def test_resume_from_saved_state_equals_uninterrupted_run(pipeline, tmp_path):
     tail = list(pipeline.generate(pixels, face, audio, 3, settings, state=state))
     assert [c.index for c in tail] == [2]
     resumed = torch.cat([c.frames for c in head + tail])
-    # tensors read back from a file may sit at other memory alignments, which can change BLAS
-    # summation order in the last bit; the result must still agree to rounding
-    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=0)
+    # the saved frames come back in the layout the VAE decoded them in (channels-last), so the
+    # re-encode runs the same convolution kernels and the rest of the video is bit-identical
+    assert state.past_frames.stride() == head[-1].state.past_frames.stride()
+    assert torch.equal(resumed, full)
 
 
 def test_guidance_one_runs_a_single_conditional_pass(pipeline):
@@ -213,7 +214,7 @@ def test_other_resolutions(pipeline, resolution):
 
 
 @pytest.mark.parametrize("shape, message", [((100, 100, 3), "not a multiple of 8"), ((64, 72, 3), "square"),
-                                             ((32, 32, 3), "too small")])
+                                             ((4, 4, 3), "not a multiple of 8")])
 def test_bad_resolution_is_a_clear_error(pipeline, shape, message):
     pixels = reference_pixels(torch.rand(*shape))
     audio = WindowedAudio(torch.randn(4, 5, 2, 16))

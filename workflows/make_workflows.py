@@ -85,9 +85,11 @@ def graph_detected_emotion() -> dict[int, dict]:
         6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
                                                   "dtype": "fp32"}),
         7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
-        8: N("MemoAudioEncode", (400, 380), {"audio_encoder": L(5), "audio": L(2), "fps": 30.0, "frames_per_clip": 16,
+        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True,
+                                                  "order": "official"}, None, (320, 130)),
+        8: N("MemoAudioEncode", (400, 550), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
                                              "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionDetect", (400, 650), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
+        9: N("MemoEmotionDetect", (400, 820), {"emotion_model": L(6), "audio": L(2)}, None, (320, 80)),
         10: N("MemoFaceEmbed", (400, 0), {"face_model": L(7), "image": L(1), "face_index": 0, "no_face": "error"},
               None, (320, 130)),
         11: N("MemoSampler", (800, 0), _sampler_inputs(L(1), L(10), L(9)), None, (340, 400)),
@@ -124,8 +126,8 @@ def graph_long_audio_to_file() -> dict[int, dict]:
         6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
                                                   "dtype": "fp32"}),
         7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
-        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True},
-              None, (320, 110)),
+        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True,
+                                                  "order": "official"}, None, (320, 130)),
         8: N("MemoAudioEncode", (400, 530), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
                                              "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
         9: N("MemoEmotionDetect", (400, 800), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
@@ -139,7 +141,8 @@ def graph_long_audio_to_file() -> dict[int, dict]:
 
 
 GRAPHS = {
-    "memo_talking_video": ("Portrait + speech -> talking video, emotion detected from the speech",
+    "memo_talking_video": ("Portrait + speech -> talking video: vocals separated as MEMO does, emotion detected "
+                           "from the speech",
                            graph_detected_emotion),
     "memo_schedule_paste_back": ("Face crop, manual emotion schedule, video pasted back into the original picture",
                                  graph_schedule_paste_back),

@@ -143,7 +143,11 @@ class Emotion2VecConfig:
         import yaml  # PyYAML ships with transformers
 
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as error:  # unsafe tags (python objects) land here too: one line, no traceback
+                reason = " ".join(str(error).split())
+                raise ValueError(f"{path}: not a plain YAML config ({reason[:200]}); refused") from None
         if not isinstance(data, Mapping) or "model_conf" not in data:
             raise ValueError(f"{path}: no 'model_conf' section; expected a funasr emotion2vec config.yaml")
         return cls.from_model_conf(data["model_conf"])
@@ -495,6 +499,11 @@ class Emotion2Vec(nn.Module):
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
     """Tensors of a checkpoint file: safetensors, or a torch pickle opened with ``weights_only=True``.
 
@@ -505,6 +514,9 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    from ..loading import require_safe_torch_load
+
+    require_safe_torch_load(path)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -516,7 +528,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
         raise ValueError(
             f"{path}: could not be read as a tensors-only checkpoint with torch.load(weights_only=True). "
             "The released emotion2vec_plus_large model.pt holds only tensors and dicts; a file that needs "
-            f"other Python objects is refused instead of unpickled. Reason: {e}"
+            f"other Python objects is refused instead of unpickled. Reason: {_first_line(e)}"
         ) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):

@@ -199,10 +199,19 @@ def _read_folder(folder: Path) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor],
     if (folder / "model.safetensors").is_file():
         tensors = _read_tensors(folder / "model.safetensors")
     elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        from ..loading import shard_path
+
+        try:
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()), key=str)
+        except (ValueError, AttributeError, TypeError) as error:
+            raise Wav2Vec2WeightsError(f"{index} is not a valid safetensors index: {error}") from None
         tensors = {}
         for shard in shards:
-            tensors.update(_read_tensors(folder / shard))
+            try:
+                path = shard_path(folder, shard, index)
+            except ValueError as refusal:
+                raise Wav2Vec2WeightsError(str(refusal)) from None
+            tensors.update(_read_tensors(path))
     elif (folder / "pytorch_model.bin").is_file():
         tensors = _read_tensors(folder / "pytorch_model.bin")
     else:
@@ -217,6 +226,12 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         if path.suffix in (".bin", ".pt", ".pth"):
+            from ..loading import require_safe_torch_load
+
+            try:
+                require_safe_torch_load(path)
+            except ValueError as refusal:
+                raise Wav2Vec2WeightsError(str(refusal)) from None
             data = torch.load(str(path), map_location="cpu", weights_only=True)
             if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
                 raise Wav2Vec2WeightsError(f"{path} does not hold a flat state dict of tensors")
@@ -226,7 +241,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise FileNotFoundError(f"wav2vec2 weights file not found: {path}") from None
     except Exception as error:  # corrupt files surface as many different library errors
-        raise Wav2Vec2WeightsError(f"cannot read wav2vec2 weights {path}: {error}") from error
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise Wav2Vec2WeightsError(f"cannot read wav2vec2 weights {path} (refused or corrupt): {reason}") from error
     raise Wav2Vec2WeightsError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors")
 
 

@@ -106,3 +106,15 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, width: int, height: int) 
 def norm_crop(image: np.ndarray, kps: np.ndarray, image_size: int = 112) -> np.ndarray:
     """The aligned ``[image_size, image_size, C]`` face crop of ``image`` (same value range)."""
     return warp_affine(image, estimate_norm(kps, image_size), image_size, image_size)
+
+
+def norm_crop_8bit(pixels: np.ndarray, kps: np.ndarray, image_size: int = 112) -> np.ndarray:
+    """The aligned crop of a uint8 picture as float32 0..255 integers: `cv2.warpAffine` (black
+    border), exactly as insightface's ``norm_crop``, where OpenCV is present; else the float warp, rounded."""
+    from .. import image_ops
+
+    matrix = estimate_norm(kps, image_size)
+    cv2 = image_ops.opencv()
+    if cv2 is not None:
+        return cv2.warpAffine(np.ascontiguousarray(pixels), matrix, (image_size, image_size), borderValue=0.0).astype(np.float32)
+    return np.clip(np.rint(warp_affine(pixels.astype(np.float32), matrix, image_size, image_size)), 0, 255)

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .alignment import norm_crop
+from ..image_ops import to_8bit
+from .alignment import norm_crop_8bit
 from .detection import Face
 from .errors import FaceModelError, NoFaceError
 from .image import as_rgb_image
@@ -65,10 +66,9 @@ class ArcFaceEmbedder:
             )
         rgb = as_rgb_image(image, name)
         try:
-            aligned = norm_crop(rgb * 255.0, kps, self.input_size)
+            return norm_crop_8bit(to_8bit(rgb), kps, self.input_size)
         except ValueError as exc:
             raise NoFaceError(f"{name}: unusable face landmarks {kps.tolist()}: {exc}") from exc
-        return np.clip(np.rint(aligned), 0, 255)
 
     def embed(self, image, face: Face, name: str = "image") -> np.ndarray:
         """float32 ``[1, 512]`` identity embedding of ``face`` in ``image``."""

@@ -20,7 +20,7 @@ import torch
 from .detection import Face
 from .errors import FaceImageError
 from .image import as_rgb_image
-from .resize import resize_frames
+from ..image_ops import resize_frames
 
 DEFAULT_SCALE = 2.5
 DEFAULT_SHIFT_Y = 0.25

@@ -89,12 +89,17 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
     Areas use the inclusive-pixel convention ``(x2 - x1 + 1) * (y2 - y1 + 1)`` of insightface's
     SCRFD post-processing, so overlaps (and thus which boxes survive) match it; a box is dropped
-    when its overlap with a kept box is strictly above the threshold.
+    when its overlap with a kept box is strictly above the threshold. Equal scores are ordered
+    as insightface orders them: rows in float32, sorted by descending score with numpy's default
+    ``argsort`` reversed, then sorted once more the same way inside its NMS.
     """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    rows = np.hstack([np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                      np.asarray(scores, dtype=np.float32).reshape(-1, 1)])
+    first = rows[:, 4].argsort()[::-1]
+    rows = rows[first]
+    x1, y1, x2, y2, ranked = rows.T
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = ranked.argsort()[::-1]
     keep = []
     while order.size:
         best, rest = order[0], order[1:]
@@ -104,4 +109,4 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         inter = inter_w * inter_h
         overlap = inter / (areas[best] + areas[rest] - inter)
         order = rest[overlap <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    return first[np.asarray(keep, dtype=np.int64)].astype(np.int64)

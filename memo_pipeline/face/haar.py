@@ -22,7 +22,7 @@ import numpy as np
 from .detection import Face
 from .errors import FaceModelError
 from .image import as_rgb_image
-from .resize import resize_like_cv2_linear
+from ..image_ops import resize_like_cv2_linear
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 # Where system OpenCV data packages put the cascades (e.g. Debian/Ubuntu `opencv-data`), searched

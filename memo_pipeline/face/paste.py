@@ -22,7 +22,7 @@ import torch
 from .crop import CropInfo, crop_with_info
 from .errors import FaceImageError
 from .image import as_rgb_frames, as_rgb_image
-from .resize import resize_frames
+from ..image_ops import resize_frames
 
 DEFAULT_FEATHER = 0.1
 DEFAULT_CHUNK = 16

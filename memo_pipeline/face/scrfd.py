@@ -20,7 +20,7 @@ from .detection import Face, faces_from_arrays, nms
 from .errors import FaceModelError
 from .image import as_rgb_image
 from .onnx_session import open_session
-from .resize import resize_like_cv2_linear
+from .. import image_ops
 
 STRIDES = (8, 16, 32)
 ANCHORS_PER_CELL = 2
@@ -32,8 +32,8 @@ def letterbox(rgb: np.ndarray, det_width: int, det_height: int) -> tuple[np.ndar
     """Scale ``rgb`` ([0, 1] floats) to fit the canvas, top-left aligned, as 0..255 pixel values.
 
     Returns the canvas ``[det_height, det_width, 3]`` and the factor from image to canvas
-    coordinates. The sizes are truncated like the reference implementation and the pixels are
-    rounded to integers, as an 8-bit resize would leave them.
+    coordinates. The sizes are truncated like the reference implementation; the picture is
+    resized as 8-bit pixels, with `cv2.resize` where OpenCV is present (as insightface does).
     """
     height, width = rgb.shape[:2]
     if height / width > det_height / det_width:
@@ -42,9 +42,9 @@ def letterbox(rgb: np.ndarray, det_width: int, det_height: int) -> tuple[np.ndar
     else:
         new_width = det_width
         new_height = max(1, int(new_width * (height / width)))
-    resized = resize_like_cv2_linear(rgb * 255.0, new_height, new_width)
+    resized = image_ops.resize_8bit_linear(image_ops.to_8bit(rgb), new_height, new_width)
     canvas = np.zeros((det_height, det_width, 3), dtype=np.float32)
-    canvas[:new_height, :new_width] = np.clip(np.rint(resized), 0, 255)
+    canvas[:new_height, :new_width] = resized
     return canvas, new_height / height
 
 
