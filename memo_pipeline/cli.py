@@ -222,12 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--steps", type=int, default=3)
     dem.add_argument("--seed", type=int, default=42)
     dem.add_argument("--no-progress", action="store_true")
+
+    from .quality.cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "report":
+        from .quality.cli import main_report
+
+        return main_report(args)
     try:
         if args.command == "demo":
             info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress)

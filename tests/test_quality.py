@@ -244,7 +244,7 @@ def test_sync_proxy_recovers_a_known_lag(head_analyzer, lag):
         reporter.add_frames(frames[start:start + 16])
     report = reporter.finish((speech(envelope), RATE))
     assert report.sync.lag_frames is not None and abs(report.sync.lag_frames - lag) <= 1, report.sync.to_dict()
-    assert report.sync.peak_r > 0.5 and report.sync.frames_used == 250
+    assert report.sync.peak_r > 0.5 and report.sync.frames_used == 250 and report.sync.clear
     if lag:
         assert report.sync.r_at_zero < report.sync.peak_r
     summary = report.to_dict()["sync_proxy"]
@@ -261,6 +261,15 @@ def test_sync_proxy_through_an_mp4_with_its_own_audio(head_analyzer, tmp_path):
     write_video(path, frames, fps=FPS, audio=(speech(envelope), RATE))
     report = analyze_video(path, head_analyzer, frames[0], frames_per_clip=16, identity_every=50)
     assert report.frames == 200 and abs(report.sync.lag_frames - lag) <= 1 and report.sync.peak_r > 0.5
+
+
+def test_sync_proxy_with_unrelated_audio_finds_no_clear_peak(head_analyzer):
+    frames = talking_head(syllables(250, seed=21), 0)
+    reporter = QualityReporter(head_analyzer, frames[0], FPS, identity_every=50)
+    reporter.add_frames(frames)
+    report = reporter.finish((speech(syllables(250, seed=22)), RATE))  # another "sentence"
+    assert not report.sync.clear and report.sync.peak_r < report.sync.threshold
+    assert "no clear peak" in report.sync.note and "no clear peak" in report.text()
 
 
 def test_sync_proxy_without_a_mouth_says_so(head_analyzer):

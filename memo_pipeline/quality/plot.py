@@ -99,29 +99,31 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
     def x_of(frame: float) -> float:
         return LEFT + frame / max(frames, 1) * plot_w
 
-    top_id, bottom_id = 40, int(height * 0.52)
-    top_sync, bottom_sync = bottom_id + 40, int(height * 0.84)
+    top_id, bottom_id = 52, int(height * 0.52)
+    top_sync, bottom_sync = bottom_id + 44, int(height * 0.84)
     top_emo, bottom_emo = bottom_sync + 26, bottom_sync + 50
 
     ident = report.identity_summary()
     draw.text((LEFT, 8), "MEMO quality report", fill=AXIS, font=normal)
     head = (f"identity mean {ident['mean']:.3f}  min {ident['min']:.3f}  no face: {ident['frames_no_face']}/{frames} frames"
             if ident["mean"] is not None else f"identity: no frame scored ({ident['frames_no_face']}/{frames} without a face)")
-    draw.text((LEFT + 200, 8), head, fill=IDENTITY, font=normal)
+    draw.text((LEFT + 170, 8), head, fill=IDENTITY, font=normal)
 
     # --- identity panel
     s = report.similarity
     finite = s[np.isfinite(s)]
-    low = 0.0 if finite.size == 0 else min(0.0, math.floor(float(finite.min()) * 10) / 10)
+    # From just below the lowest score to 1 (a 0..1 axis flattens what matters: 0.95 vs 0.85).
+    low = 0.0 if finite.size == 0 else max(-1.0, min(0.9, math.floor((float(finite.min()) - 0.02) * 10) / 10))
     high = 1.0
 
     def y_id(v):
         return bottom_id - (v - low) / (high - low) * (bottom_id - top_id)
 
-    for tick in np.arange(low, high + 1e-9, 0.1 if high - low <= 1.0 else 0.2):
+    tick_step = 0.02 if high - low <= 0.2 else (0.1 if high - low <= 1.0 else 0.2)
+    for tick in np.arange(low, high + 1e-9, tick_step):
         y = y_id(tick)
         draw.line([(LEFT, y), (LEFT + plot_w, y)], fill=GRID)
-        draw.text((8, y - 7), f"{tick:.1f}", fill=AXIS, font=small)
+        draw.text((8, y - 7), f"{tick:.2f}", fill=AXIS, font=small)
     clips = report.clips
     if clips > 1:
         step = max(1, math.ceil(clips / 120))  # at most ~120 boundary lines
@@ -152,7 +154,7 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
     draw.rectangle([LEFT, top_id, LEFT + plot_w, bottom_id], outline=AXIS)
     legend = [("identity (ArcFace cosine) per frame", IDENTITY), ("clip mean", CLIP_MEAN), ("drift fit", DRIFT),
               ("no face", NO_FACE), ("clip boundary", CLIP_LINE)]
-    _legend(draw, LEFT + 6, top_id + 4, legend, small)
+    _legend(draw, LEFT, top_id - 18, legend, small, horizontal=True)
 
     # --- sync proxy panel
     draw.rectangle([LEFT, top_sync, LEFT + plot_w, bottom_sync], outline=AXIS)
@@ -168,11 +170,13 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
         sync = report.sync
         if sync.peak_r is not None:
             text = (f"SYNC PROXY (not SyncNet): peak r {sync.peak_r:.2f} at lag {sync.lag_frames:+d} frames "
-                    f"({sync.lag_ms:+.0f} ms, + = mouth late)")
+                    f"({sync.lag_ms:+.0f} ms, + = mouth late)" + ("" if sync.clear else " - NO CLEAR PEAK"))
         else:
             text = f"SYNC PROXY: not computed - {sync.note}"
         draw.text((LEFT, top_sync - 18), text, fill=AXIS, font=normal)
-        _legend(draw, LEFT + 6, top_sync + 4, [("mouth motion energy", MOTION), ("speech-energy flux", FLUX)], small)
+        _legend(draw, LEFT + draw.textlength(text, font=normal) + 30, top_sync - 17,
+                [("mouth motion energy", MOTION), ("speech-energy flux (each scaled to its 99th percentile)", FLUX)],
+                small, horizontal=True)
     else:
         draw.text((LEFT, top_sync - 18), "SYNC PROXY: no audio given", fill=AXIS, font=normal)
 
@@ -190,7 +194,7 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
         for seg in report.emotion["segments"]:
             if seg["label"] not in seen:
                 seen.append(seg["label"])
-        _legend(draw, LEFT + 300, top_emo - 18, [(name, EMOTION_COLOURS[name]) for name in seen
+        _legend(draw, LEFT + 280, top_emo - 17, [(name, EMOTION_COLOURS[name]) for name in seen
                                                  if name in EMOTION_LABELS], small, horizontal=True)
     else:
         draw.rectangle([LEFT, top_emo, LEFT + plot_w, bottom_emo], outline=GRID)
@@ -210,14 +214,14 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
 
 
 def _legend(draw, x, y, items, font, horizontal=False):
+    """Colour swatches with their names, in a row (``horizontal``) or a column."""
     for text, colour in items:
         draw.rectangle([x, y + 3, x + 14, y + 11], fill=colour)
         draw.text((x + 18, y), text, fill=AXIS, font=font)
-        width = draw.textlength(text, font=font) + 30
         if horizontal:
-            x += width
+            x += draw.textlength(text, font=font) + 30
         else:
-            x += width
+            y += 16
     return x
 
 

@@ -84,7 +84,8 @@ class QualityReporter:
         motion = self.motion.series()
         envelope = flux = None
         sync = None
-        lag = int(round(fps)) if max_lag is None else int(max_lag)
+        # Default: up to 1 s, and no lag beyond a quarter of the video (too few overlapping frames there).
+        lag = min(int(round(fps)), frames // 4) if max_lag is None else min(int(max_lag), max(frames - 1, 0))
         if audio is not None:
             samples, rate = audio
             samples = np.asarray(samples, dtype=np.float64)
@@ -92,7 +93,7 @@ class QualityReporter:
                 samples = samples.mean(axis=0)
             envelope = speech_envelope(samples, int(rate), fps, frames)
             flux = envelope_flux(envelope)
-            sync = sync_proxy(motion, flux, fps, min(lag, max(frames - 1, 0)))
+            sync = sync_proxy(motion, flux, fps, lag)
         timeline = None
         if emotion_labels is not None:
             timeline = emotion_timeline(emotion_labels, fps, self.frames_per_clip, emotion_source, frames)

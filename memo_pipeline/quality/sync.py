@@ -151,11 +151,13 @@ def envelope_flux(envelope: np.ndarray) -> np.ndarray:
     return np.abs(np.gradient(envelope))
 
 
-def lagged_correlation(visual: np.ndarray, audio: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+def lagged_correlation(visual: np.ndarray, audio: np.ndarray, max_lag: int,
+                       counts: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pearson r of ``visual[t]`` with ``audio[t - k]`` for ``k`` in ``[-max_lag, max_lag]``.
 
     NaN entries of either series are left out pairwise; a lag with fewer than ``MIN_PAIRS`` pairs,
-    or with a constant side, gets NaN. Returns (lags, r).
+    or with a constant side, gets NaN. Returns (lags, r); ``counts``, if given, receives the
+    number of pairs per lag.
     """
     visual = np.asarray(visual, dtype=np.float64)
     audio = np.asarray(audio, dtype=np.float64)
@@ -169,6 +171,8 @@ def lagged_correlation(visual: np.ndarray, audio: np.ndarray, max_lag: int) -> t
         else:
             v, a = visual[: n + k], audio[-k:]
         ok = np.isfinite(v) & np.isfinite(a)
+        if counts is not None:
+            counts.append(int(ok.sum()))
         if ok.sum() < MIN_PAIRS:
             continue
         v, a = v[ok] - v[ok].mean(), a[ok] - a[ok].mean()
@@ -191,6 +195,12 @@ class SyncProxyResult:
     lags: np.ndarray
     r: np.ndarray
     note: str = ""
+    threshold: float | None = None  # 3 / sqrt(pairs at the peak): r of unrelated series stays below it
+
+    @property
+    def clear(self) -> bool:
+        """Whether the peak stands out from what two unrelated series give (about 3 standard errors)."""
+        return self.peak_r is not None and self.threshold is not None and self.peak_r >= self.threshold
 
     def to_dict(self) -> dict:
         return {
@@ -201,6 +211,8 @@ class SyncProxyResult:
             "r_at_lag_0": _round(self.r_at_zero),
             "max_lag_frames": self.max_lag,
             "frames_used": self.frames_used,
+            "clear_peak": self.clear,
+            "clear_peak_threshold": _round(self.threshold),
             "note": self.note,
         }
 
@@ -208,7 +220,8 @@ class SyncProxyResult:
 def sync_proxy(motion: np.ndarray, flux: np.ndarray, fps: float, max_lag: int) -> SyncProxyResult:
     """Cross-correlate per-frame mouth motion energy with the speech flux; peak and its lag."""
     max_lag = max(0, int(max_lag))
-    lags, r = lagged_correlation(motion, flux, max_lag)
+    counts: list[int] = []
+    lags, r = lagged_correlation(motion, flux, max_lag, counts)
     n = min(len(motion), len(flux))
     used = int(np.count_nonzero(np.isfinite(np.asarray(motion[:n], dtype=np.float64))))
     if not np.isfinite(r).any():
@@ -218,11 +231,14 @@ def sync_proxy(motion: np.ndarray, flux: np.ndarray, fps: float, max_lag: int) -
     best = int(np.nanargmax(r))
     zero = r[lags == 0][0]
     lag = int(lags[best])
-    note = ""
-    if abs(lag) == max_lag and max_lag > 0:
-        note = "the peak is at the edge of the searched lags; the true offset may be larger"
+    threshold = 3.0 / math.sqrt(counts[best])
+    notes = []
+    if r[best] < threshold:
+        notes.append(f"no clear peak (r {r[best]:.2f} < {threshold:.2f} = 3/sqrt(frames)): the lag means nothing here")
+    elif abs(lag) == max_lag and max_lag > 0:
+        notes.append("the peak is at the edge of the searched lags; the true offset may be larger")
     return SyncProxyResult(float(r[best]), lag, 1000.0 * lag / fps, None if not np.isfinite(zero) else float(zero),
-                           max_lag, used, lags, r, note)
+                           max_lag, used, lags, r, "; ".join(notes), threshold)
 
 
 def _round(value, digits: int = 4):
