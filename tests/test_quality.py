@@ -308,6 +308,18 @@ def test_speech_envelope_follows_the_per_frame_level():
     assert levels[3] / levels[1] == pytest.approx(0.5, rel=0.15)
 
 
+def test_speech_envelope_streams_block_by_block():
+    audio = speech(syllables(120, seed=4))
+    whole = speech_envelope(audio, RATE, FPS, 120, block=audio.size)
+    np.testing.assert_allclose(speech_envelope(audio, RATE, FPS, 120, block=777), whole, rtol=1e-9, atol=1e-12)
+    # 44.1 kHz stereo gives the same envelope as 16 kHz mono of the same sound, up to resampling
+    from scipy.signal import resample_poly
+
+    stereo = np.stack([resample_poly(audio, 441, 160)] * 2)
+    measured = speech_envelope(stereo.mean(axis=0), 44100, FPS, 120)
+    assert np.corrcoef(measured, whole)[0, 1] > 0.99
+
+
 def test_mouth_box_is_in_face_units():
     box = mouth_box_matrix(HEAD_KPS)
     scaled = mouth_box_matrix(HEAD_KPS * 3)

@@ -25,8 +25,10 @@ from .identity import cosine_similarity, linear_drift, reference_embedding
 from .plot import render_report, report_image_array
 from .report import QualityReport, QualityReporter
 from .sync import (
+    SpeechEnvelope,
     SyncProxyResult,
     envelope_flux,
+    file_speech_envelope,
     lagged_correlation,
     mouth_box_matrix,
     mouth_patch,
@@ -41,19 +43,18 @@ def analyze_video(path: str | os.PathLike, analyzer, reference_image, *, audio=N
                   max_lag: int | None = None, fps: float | None = None, on_chunk=None) -> QualityReport:
     """Report on a video file, decoded one clip at a time.
 
-    ``audio`` is (samples, rate); by default the file's own audio track is used (none: no sync
-    proxy). ``fps`` defaults to the file's frame rate. ``on_chunk(frames_done)`` is called after
-    every clip (progress, cancel).
+    ``audio`` is (samples, rate) or a ``SpeechEnvelope``; by default the file's own audio track is
+    used, decoded block by block (none: no sync proxy). ``fps`` defaults to the file's frame rate.
+    ``on_chunk(frames_done)`` is called after every clip (progress, cancel).
     """
-    from ..audio.io import AudioLoadError, load_audio
+    from ..audio.io import AudioLoadError
 
     rate = video_frame_rate(path) if fps is None else float(fps)
     reporter = QualityReporter(analyzer, reference_image, rate, frames_per_clip, identity_every)
     notes = []
     if audio is None:
         try:
-            clip = load_audio(path)
-            audio = (clip.samples, clip.sample_rate)
+            audio = file_speech_envelope(path, rate)
         except AudioLoadError as exc:
             notes.append(f"no sync proxy: {exc}")
     for chunk in iter_video_chunks(path, frames_per_clip):
@@ -69,6 +70,7 @@ __all__ = [
     "EmotionSegment",
     "QualityReport",
     "QualityReporter",
+    "SpeechEnvelope",
     "SyncProxyResult",
     "analyze_video",
     "clip_conditioning",
@@ -76,6 +78,7 @@ __all__ = [
     "emotion_segments",
     "emotion_timeline",
     "envelope_flux",
+    "file_speech_envelope",
     "iter_video_chunks",
     "lagged_correlation",
     "linear_drift",

@@ -59,7 +59,7 @@ def _face_analyzer(args):
     return FaceAnalyzer(detector, recognizer, providers=providers)
 
 
-def _emotion_labels(args, audio, frames: int, fps: float):
+def _emotion_labels(args, audio_path, frames: int, fps: float):
     """(per-frame labels over whole clips, source text) or (None, "")."""
     import warnings
 
@@ -79,14 +79,12 @@ def _emotion_labels(args, audio, frames: int, fps: float):
 
         if args.checkpoint is None:
             raise ValueError("--emotion2vec needs --checkpoint (MEMO's misc/audio_emotion_classifier)")
-        if audio is None:
-            raise ValueError("--emotion2vec needs audio: the video has no audio track; pass --audio")
+        from ..audio.io import load_audio
+
+        samples = load_audio(audio_path).samples  # 16 kHz mono, as for generation
         sub, cls, _ = COMPONENTS["emotion_classifier"]
         classifier = load_component(args.checkpoint / sub, cls)
         backbone = Emotion2Vec.from_checkpoint(args.emotion2vec)
-        samples, rate = audio
-        if rate != 16000:
-            raise ValueError("internal: emotion detection needs 16 kHz audio")
         with torch.no_grad():
             labels = detect_emotions(samples, padded, backbone, classifier.float())
         return labels, "detected (emotion2vec + MEMO classifier) from the audio"
@@ -94,9 +92,9 @@ def _emotion_labels(args, audio, frames: int, fps: float):
 
 
 def run_report(args) -> int:
-    from ..audio.io import AudioLoadError, load_audio
+    from ..audio.io import AudioLoadError
     from ..face.image import load_image
-    from . import analyze_video, render_report, video_frame_rate
+    from . import analyze_video, file_speech_envelope, render_report, video_frame_rate
 
     if args.frames_per_clip < 1 or args.identity_every < 1:
         raise ValueError("--frames-per-clip and --identity-every must be at least 1")
@@ -104,9 +102,10 @@ def run_report(args) -> int:
     reference = load_image(args.reference)
     fps = video_frame_rate(args.video)
     source = args.audio if args.audio is not None else args.video
+    if args.audio is not None and not args.audio.is_file():
+        raise FileNotFoundError(f"audio file not found: {args.audio}")
     try:
-        clip = load_audio(source)
-        audio = (clip.samples, clip.sample_rate)
+        audio = file_speech_envelope(source, fps)  # decoded block by block
     except AudioLoadError as exc:
         if args.audio is not None:
             raise
@@ -115,7 +114,9 @@ def run_report(args) -> int:
     from ..video_io import read_video_info
 
     frames = read_video_info(args.video)["frames"]
-    labels, emotion_source = _emotion_labels(args, audio, frames, fps)
+    if args.emotion2vec is not None and audio is None:
+        raise ValueError("--emotion2vec needs audio: the video has no audio track; pass --audio")
+    labels, emotion_source = _emotion_labels(args, source, frames, fps)
     report = analyze_video(args.video, analyzer, reference, audio=audio, emotion_labels=labels,
                            emotion_source=emotion_source, frames_per_clip=args.frames_per_clip,
                            identity_every=args.identity_every, max_lag=args.max_lag, fps=fps)

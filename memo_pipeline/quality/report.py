@@ -19,7 +19,7 @@ import numpy as np
 from ..face.image import as_rgb_frames, as_rgb_image
 from .emotion_timeline import emotion_timeline
 from .identity import cosine_similarity, linear_drift, reference_embedding
-from .sync import MouthMotion, SyncProxyResult, envelope_flux, mouth_patch, speech_envelope, sync_proxy
+from .sync import MouthMotion, SpeechEnvelope, SyncProxyResult, envelope_flux, mouth_patch, speech_envelope, sync_proxy
 
 SYNC_NAME = "sync proxy"
 
@@ -74,9 +74,10 @@ class QualityReporter:
             self.scored.append(due and face is not None and kps is not None)
             self.motion.add(None if kps is None else mouth_patch(rgb, kps))
 
-    def finish(self, audio: tuple[np.ndarray, int] | None = None, emotion_labels=None, emotion_source: str = "",
-               max_lag: int | None = None) -> "QualityReport":
-        """The report; ``audio`` is (mono or [C, T] samples, sample rate), ``emotion_labels`` per frame."""
+    def finish(self, audio: tuple[np.ndarray, int] | SpeechEnvelope | None = None, emotion_labels=None,
+               emotion_source: str = "", max_lag: int | None = None) -> "QualityReport":
+        """The report; ``audio`` is (mono or [C, T] samples, sample rate) or a filled ``SpeechEnvelope``,
+        ``emotion_labels`` one label per frame (may run past the video, as generation pads to clips)."""
         if self.frames == 0:
             raise ValueError("no frames were analysed")
         frames, fps = self.frames, self.fps
@@ -86,12 +87,15 @@ class QualityReporter:
         sync = None
         # Default: up to 1 s, and no lag beyond a quarter of the video (too few overlapping frames there).
         lag = min(int(round(fps)), frames // 4) if max_lag is None else min(int(max_lag), max(frames - 1, 0))
-        if audio is not None:
+        if isinstance(audio, SpeechEnvelope):
+            envelope = audio.values(frames)
+        elif audio is not None:
             samples, rate = audio
-            samples = np.asarray(samples, dtype=np.float64)
+            samples = np.asarray(samples, dtype=np.float32)
             if samples.ndim == 2:
                 samples = samples.mean(axis=0)
             envelope = speech_envelope(samples, int(rate), fps, frames)
+        if envelope is not None:
             flux = envelope_flux(envelope)
             sync = sync_proxy(motion, flux, fps, lag)
         timeline = None

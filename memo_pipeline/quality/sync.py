@@ -16,9 +16,9 @@ measure:
   neighbouring transitions, which puts it back on the frame grid without a half-frame bias.
   Frames without a face (or with no landmarks) have no value.
 
-The audio side is the speech-energy envelope at the video frame rate: the audio is resampled to
-16 kHz, band-passed to the speech band (``SPEECH_BAND_HZ``) and its RMS is taken over each video
-frame's interval ``[t / fps, (t + 1) / fps)``. Motion energy is a *rate of change* (it is high
+The audio side is the speech-energy envelope at the video frame rate: the audio (channels
+averaged) is band-passed to the speech band (``SPEECH_BAND_HZ``) and its RMS is taken over each
+video frame's interval ``[t / fps, (t + 1) / fps)``, streaming (``SpeechEnvelope``). Motion energy is a *rate of change* (it is high
 while the mouth opens or closes and low while it holds a shape, open or shut), so it is compared
 with the envelope's rate of change, ``|envelope[t + 1] - envelope[t - 1]| / 2``, the speech
 "flux"; compared with the envelope itself, a symmetric syllable gives an almost flat
@@ -45,7 +45,6 @@ MOUTH_MARGIN = 0.25  # added to each side of the mouth-corner distance
 MOUTH_HEIGHT = 0.8
 MOUTH_DOWN = 0.1  # centre below the corner midpoint
 SPEECH_BAND_HZ = (150.0, 4000.0)
-ENVELOPE_RATE = 16000
 MIN_PAIRS = 8  # fewer overlapping frames than this: no correlation value for that lag
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -120,27 +119,97 @@ def frame_energy(transitions: np.ndarray, frames: int) -> np.ndarray:
     return out
 
 
-def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float, frames: int) -> np.ndarray:
+class SpeechEnvelope:
+    """Streaming speech-energy envelope: feed mono blocks in order, read the per-frame RMS at the end.
+
+    The band-pass is a causal 4th-order Butterworth run block by block with its state carried over
+    (so the result does not depend on the block size); its group delay in the speech band is a few
+    milliseconds, far below a frame. It runs at the audio's own rate (the upper edge is kept below
+    0.45 x the rate), so nothing is resampled and memory stays at one block plus a float a frame.
+    """
+
+    def __init__(self, sample_rate: int, fps: float):
+        from scipy.signal import butter, sosfilt_zi
+
+        if int(sample_rate) <= 0 or not fps > 0:
+            raise ValueError(f"need a positive sample rate and fps, got {sample_rate} and {fps}")
+        self.rate = int(sample_rate)
+        self.fps = float(fps)
+        low, high = SPEECH_BAND_HZ
+        high = min(high, 0.45 * self.rate)
+        self._sos = butter(4, [low, high], btype="bandpass", fs=self.rate, output="sos")
+        self._state = sosfilt_zi(self._sos) * 0.0
+        self._position = 0  # samples consumed
+        self._sums: list[float] = []  # per frame: sum of squares
+        self._counts: list[int] = []
+
+    def add(self, block: np.ndarray) -> None:
+        from scipy.signal import sosfilt
+
+        block = np.asarray(block, dtype=np.float64).reshape(-1)
+        if block.size == 0:
+            return
+        filtered, self._state = sosfilt(self._sos, block, zi=self._state)
+        squares = filtered * filtered
+        first = self._position
+        self._position += block.size
+        # frame of each sample: floor(sample * fps / rate), in exact integer arithmetic where possible
+        frames = np.floor((np.arange(first, self._position) + 1e-9) * self.fps / self.rate).astype(np.int64)
+        top = int(frames[-1]) + 1
+        while len(self._sums) < top:
+            self._sums.append(0.0)
+            self._counts.append(0)
+        base = int(frames[0])
+        sums = np.bincount(frames - base, weights=squares)
+        counts = np.bincount(frames - base)
+        for i in range(sums.size):
+            self._sums[base + i] += float(sums[i])
+            self._counts[base + i] += int(counts[i])
+
+    def values(self, frames: int) -> np.ndarray:
+        """RMS per video frame ``[frames]``; frames past the end of the audio are 0 (silence)."""
+        out = np.zeros(frames)
+        n = min(frames, len(self._sums))
+        sums = np.asarray(self._sums[:n])
+        counts = np.asarray(self._counts[:n], dtype=np.float64)
+        np.divide(sums, counts, out=out[:n], where=counts > 0)
+        return np.sqrt(np.maximum(out, 0.0))
+
+
+def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float, frames: int, block: int = 1 << 16) -> np.ndarray:
     """RMS of the speech band over each video frame's interval, ``[frames]`` (0 past the audio's end)."""
-    from scipy.signal import butter, sosfiltfilt
+    samples = np.asarray(samples).reshape(-1)
+    envelope = SpeechEnvelope(sample_rate, fps)
+    for start in range(0, samples.size, block):
+        envelope.add(samples[start:start + block])
+    return envelope.values(frames)
 
-    from ..audio.io import resample
 
-    samples = np.asarray(samples, dtype=np.float64).reshape(-1)
-    if sample_rate != ENVELOPE_RATE:
-        samples = resample(samples, int(sample_rate), ENVELOPE_RATE)
-    low, high = SPEECH_BAND_HZ
-    sos = butter(4, [low, high], btype="bandpass", fs=ENVELOPE_RATE, output="sos")
-    if samples.size > 3 * (2 * sos.shape[0] + 1):  # shorter than filtfilt's padding: unfiltered
-        samples = sosfiltfilt(sos, samples)
-    edges = np.floor(np.arange(frames + 1) * ENVELOPE_RATE / float(fps) + 1e-9).astype(np.int64)
-    edges = np.clip(edges, 0, samples.size)
-    squares = np.concatenate([[0.0], np.cumsum(samples * samples)])
-    counts = np.diff(edges)
-    energy = np.diff(squares[edges])
-    out = np.zeros(frames)
-    np.divide(energy, counts, out=out, where=counts > 0)
-    return np.sqrt(np.maximum(out, 0.0))
+def file_speech_envelope(path, fps: float) -> SpeechEnvelope:
+    """The envelope of a media file's first audio stream, decoded block by block (channels averaged).
+
+    Raises AudioLoadError when the file has no (decodable) audio.
+    """
+    import av
+
+    from ..audio.io import AudioLoadError, _frame_channels
+
+    envelope = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioLoadError(f"{path} has no audio stream")
+            for frame in container.decode(container.streams.audio[0]):
+                if envelope is None:
+                    envelope = SpeechEnvelope(frame.sample_rate, fps)
+                elif frame.sample_rate != envelope.rate:
+                    raise AudioLoadError(f"{path}: the audio changes sample rate mid-stream")
+                envelope.add(_frame_channels(frame, str(path)).mean(axis=0))
+    except av.error.FFmpegError as exc:
+        raise AudioLoadError(f"cannot decode the audio of {path}: {exc}") from exc
+    if envelope is None:
+        raise AudioLoadError(f"{path}: the audio stream decodes to no samples")
+    return envelope
 
 
 def envelope_flux(envelope: np.ndarray) -> np.ndarray:
