@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import host as host_mod
-from .common import CATEGORY, comfy_audio, float_input, int_input, logger, user_errors
+from .common import CATEGORY, comfy_audio, float_input, int_input, logger, single_image, user_errors
 from .memo_types import MEMO_EMOTION, MEMO_FACE_MODEL, MemoEmotion, MemoFaceModel, expect
 
 CATEGORY_QUALITY = f"{CATEGORY}/quality"
@@ -78,6 +78,7 @@ class MemoQualityReport:
     def report(self, face_model, reference_image, audio, fps=30.0, frames_per_clip=16, identity_every=1,
                images=None, video_path="", emotion=None):
         from ..memo_pipeline.quality import QualityReporter, iter_video_chunks, report_image_array, video_frame_rate
+        from ..memo_pipeline.video_io import read_video_info
 
         model = expect(face_model, MemoFaceModel, "face_model", MEMO_FACE_MODEL)
         if not model.can_embed:
@@ -93,24 +94,24 @@ class MemoQualityReport:
             raise ValueError("connect either 'images' or 'video_path' (one of them, not both)")
         if images is not None and (not torch.is_tensor(images) or images.dim() != 4):
             raise ValueError(f"input 'images' must be an IMAGE batch [N, H, W, C], got {getattr(images, 'shape', type(images))}")
-        if not torch.is_tensor(reference_image):
-            raise ValueError(f"input 'reference_image' must be an IMAGE tensor, got {type(reference_image).__name__}")
+        reference = single_image(reference_image, "reference_image")
         waveform, rate = comfy_audio(audio, "audio")
         notes = []
+        total = images.shape[0] if images is not None else 0
         if path:
             if not os.path.isfile(path):
                 raise ValueError(f"input 'video_path': no such file: {path}")
             with user_errors("video_path"):
                 file_fps = video_frame_rate(path)
+                total = read_video_info(path)["frames"]
             if abs(file_fps - float(fps)) > 1e-2:
                 notes.append(f"the video file runs at {file_fps:g} fps; that rate is used, not the fps input ({fps:g})")
             fps = file_fps
 
         host = host_mod.get_host()
         with user_errors("reference_image"):
-            reporter = QualityReporter(model.analyzer, reference_image[:1], float(fps), frames_per_clip, identity_every)
-        expected = images.shape[0] if images is not None else None
-        bar = host.progress(expected or max(1, math.ceil(waveform.shape[1] / rate * float(fps))))
+            reporter = QualityReporter(model.analyzer, reference.numpy(), float(fps), frames_per_clip, identity_every)
+        bar = host.progress(max(1, total))
         chunks = iter_video_chunks(path, frames_per_clip) if path else images.split(frames_per_clip)
         with user_errors("video_path" if path else "images"):
             for chunk in chunks:

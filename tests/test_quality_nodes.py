@@ -96,6 +96,8 @@ def test_report_input_errors(face_model, standalone, tmp_path):
     haar = memo_types.MemoFaceModel(FaceAnalyzer(), "haar")
     with pytest.raises(ValueError, match="no identity network"):
         run(haar, portrait, _audio(), 10.0, 4, 1, images=frames)
+    with pytest.raises(ValueError, match="reference_image' is a batch of 2"):
+        run(face_model, portrait.repeat(2, 1, 1, 1), _audio(), 10.0, 4, 1, images=frames)
     with pytest.raises(ValueError, match="input 'audio'"):
         run(face_model, portrait, "speech.wav", 10.0, 4, 1, images=frames)
     detected = memo_types.MemoEmotion("detected", sample_labels=torch.zeros(16000, dtype=torch.int8), duration_s=1.0)
