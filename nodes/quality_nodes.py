@@ -6,7 +6,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import host as host_mod
