@@ -175,7 +175,7 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
             text = f"SYNC PROXY: not computed - {sync.note}"
         draw.text((LEFT, top_sync - 18), text, fill=AXIS, font=normal)
         _legend(draw, LEFT + draw.textlength(text, font=normal) + 30, top_sync - 17,
-                [("mouth motion energy", MOTION), ("speech-energy flux (each scaled to its 99th percentile)", FLUX)],
+                [("mouth motion energy", MOTION), ("speech-energy flux", FLUX)],
                 small, horizontal=True)
     else:
         draw.text((LEFT, top_sync - 18), "SYNC PROXY: no audio given", fill=AXIS, font=normal)
