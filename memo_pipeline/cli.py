@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .models_cli import add_parser as add_models_parser
 
     add_models_parser(sub)
+    from .quality.cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 
@@ -418,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_models(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "report":
+        from .quality.cli import main_report
+
+        return main_report(args)
     try:
         if args.command == "demo":
             info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress,

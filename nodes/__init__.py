@@ -3,10 +3,10 @@ when ComfyUI is there (see host.py)."""
 
 from __future__ import annotations
 
-from . import audio_nodes, face_nodes, loaders, sampler
+from . import audio_nodes, face_nodes, loaders, quality_nodes, sampler
 from .host import get_host, in_comfyui
 
-_MODULES = (loaders, audio_nodes, face_nodes, sampler)
+_MODULES = (loaders, audio_nodes, face_nodes, sampler, quality_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -136,7 +136,7 @@ def test_root_package_exports_all_nodes():
     expected = {"MemoModelLoader", "MemoAudioEncoderLoader", "MemoAudioEncode", "MemoEmotionModelLoader",
                 "MemoEmotionDetect", "MemoEmotionSchedule", "MemoVocalSeparation", "MemoFaceModelLoader",
                 "MemoFaceCrop", "MemoFaceEmbed", "MemoPasteBack", "MemoSampler", "MemoGenerateToFile",
-                "MemoSaveState", "MemoLoadState"}
+                "MemoSaveState", "MemoLoadState", "MemoQualityReport"}
     assert set(NODES) == expected == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
     assert not host.in_comfyui()  # CI has no ComfyUI: comfy_adapter cannot import, the standalone host is used
 

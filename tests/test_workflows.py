@@ -8,6 +8,7 @@ CreateVideo, SaveVideo). The live tests check the same workflows against a runni
 """
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -33,6 +34,7 @@ CORE_NODES = {
                     "outputs": ["VIDEO"]},
     "SaveVideo": {"required": {"video": "VIDEO", "filename_prefix": "STRING", "format": ["auto", "mp4"],
                                "codec": ["auto", "h264"]}, "optional": {}, "outputs": []},
+    "PreviewImage": {"required": {"images": "IMAGE"}, "optional": {}, "outputs": []},
 }
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -187,6 +189,7 @@ class CoreStandIns:
     def __init__(self, input_dir: Path, output_dir: Path, vae_folder: Path):
         self.input_dir, self.output_dir, self.vae_folder = input_dir, output_dir, vae_folder
         self.saved: list[Path] = []
+        self.previewed: list[torch.Tensor] = []
 
     def LoadImage(self, image):  # noqa: N802 - node names
         return (S.read_png(self.input_dir / image), None)
@@ -207,6 +210,11 @@ class CoreStandIns:
         with VideoWriter(path, video["fps"], audio=(audio["waveform"][0], audio["sample_rate"])) as writer:
             writer.write(video["images"])
         self.saved.append(path)
+        return ()
+
+    def PreviewImage(self, images):  # noqa: N802
+        assert torch.is_tensor(images) and images.dim() == 4 and images.shape[-1] == 3
+        self.previewed.append(images)
         return ()
 
 
@@ -297,6 +305,13 @@ def test_long_audio_workflow_streams_to_a_file(workspace):
     vocals = results["15"][0]
     assert vocals["sample_rate"] == 16000  # MEMO's order: the 16 kHz 16-bit track is what gets separated
     assert vocals["waveform"].shape == (1, 2, int(1.2 * 16000))
+    plot, summary = results["16"]  # the optional quality report of the written file
+    report = json.loads(summary)
+    assert report["video"]["frames"] == EXPECTED_FRAMES and report["video"]["fps"] == 30.0
+    assert report["identity"]["frames_scored"] == EXPECTED_FRAMES and -1 <= report["identity"]["mean"] <= 1
+    assert "proxy" in report["sync_proxy"]["kind"] and report["emotion"]["segments"]
+    assert len(report["identity"]["per_clip"]) == 3
+    assert core.previewed == [plot] and plot.shape == (1, 640, 1200, 3)
 
 
 def _cut_one_second(prompt):

@@ -38,6 +38,7 @@ CORE_NODES = {
     "SaveVideo": {"inputs": [("video", "VIDEO", "link"), ("filename_prefix", "STRING", "widget"),
                              ("format", "COMBO", "widget"), ("codec", "COMBO", "widget")],
                   "outputs": []},
+    "PreviewImage": {"inputs": [("images", "IMAGE", "link")], "outputs": []},  # nodes.py PreviewImage
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -136,6 +137,12 @@ def graph_long_audio_to_file() -> dict[int, dict]:
         11: N("MemoGenerateToFile", (800, 0), {**_sampler_inputs(L(10), L(10, 2), L(9)),
                                                "filename_prefix": "MEMO/long", "audio": L(8, 1), "crop": L(10, 1),
                                                "original_image": L(1), "crf": 18}, None, (360, 560)),
+        # Optional branch: the quality report of the finished file (mute or delete both nodes to skip it).
+        16: N("MemoQualityReport", (1220, 0), {"face_model": L(7), "reference_image": L(1), "audio": L(15),
+                                               "fps": L(8, 3), "frames_per_clip": 16, "identity_every": 1,
+                                               "video_path": L(11), "emotion": L(9)},
+              "MEMO Quality Report (optional)", (340, 260)),
+        17: N("PreviewImage", (1600, 0), {"images": L(16)}, "Quality report plot", (600, 360)),
     })
     return nodes
 
@@ -146,7 +153,8 @@ GRAPHS = {
                            graph_detected_emotion),
     "memo_schedule_paste_back": ("Face crop, manual emotion schedule, video pasted back into the original picture",
                                  graph_schedule_paste_back),
-    "memo_long_audio_to_file": ("Long audio: vocals separated, clips streamed into an mp4 as they are made",
+    "memo_long_audio_to_file": ("Long audio: vocals separated, clips streamed into an mp4 as they are made, "
+                                "then an optional quality report (identity, sync proxy, emotions) of the file",
                                 graph_long_audio_to_file),
 }
 
