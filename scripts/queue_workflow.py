@@ -2,10 +2,10 @@
 """Queue an API-format ComfyUI workflow with your own files and download what it makes.
 
 Examples:
-  queue_workflow.py workflows/memo_api.json --set 12.image=@portrait.png \\
-      --set 7.audio=@speech.wav --set 3.seed=42 --out results/
-  queue_workflow.py workflows/memo_api.json --set 12.image=@portrait.png \\
-      --batch 7.audio=clips/ --pattern '*.wav' --out results/
+  queue_workflow.py workflows/api/memo_talking_video_api.json --set Portrait.image=@portrait.png \\
+      --set Speech.audio=@speech.wav --set 11.seed=42 --out results/
+  queue_workflow.py workflows/api/memo_talking_video_api.json --set Portrait.image=@portrait.png \\
+      --batch Speech.audio=clips/ --pattern '*.wav' --out results/
 
 --set NODE.INPUT=VALUE   NODE is a node id (or a node's unique title); VALUE is
     @FILE     upload FILE to ComfyUI's input folder and use the name it returns
