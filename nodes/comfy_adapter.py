@@ -35,6 +35,11 @@ MODEL_FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def metadata_disabled() -> bool:
+    """ComfyUI runs with --disable-metadata: saved files must not carry the prompt or workflow."""
+    return bool(getattr(_comfy_args, "disable_metadata", False))
+
+
 # ------------------------------------------------------------------ folders and paths
 
 def register_model_folders() -> None:
