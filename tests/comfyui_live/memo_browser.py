@@ -100,8 +100,10 @@ class ComfyPage:
         self.native_dialogs: list[str] = []
         self.page_errors: list[str] = []
         self.console_errors: list[str] = []
+        self.responses: list[tuple[str, int]] = []  # (url, HTTP status) of everything the page fetched
         page.add_init_script(_TOAST_RECORDER)
         page.on("dialog", self._on_dialog)
+        page.on("response", lambda r: self.responses.append((r.url, r.status)))
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
         page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
 
