@@ -3,7 +3,8 @@
 Needs the `playwright` Python package and a system Chromium (Debian: `apt-get install chromium`);
 Playwright's own browser download is never used: the browser is launched from
   MEMO_CHROMIUM   path of the Chromium executable (default: /usr/bin/chromium, then `chromium` on PATH).
-Without either, `why_no_browser()` says why and the browser tests skip.
+Without either, `why_no_browser()` says why and the browser tests skip, unless
+  MEMO_REQUIRE_BROWSER=1 (set by .ci/run after installing both), where a missing browser fails them.
 
 `ComfyPage` opens the editor of a running server and records every alert the page raises: toast
 messages (the frontend's "Invalid workflow against zod schema" alert is one), native dialogs and
@@ -49,8 +50,12 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def browser_required() -> bool:
+    return os.environ.get("MEMO_REQUIRE_BROWSER", "").strip() not in ("", "0")
+
+
 def why_no_browser() -> str | None:
-    """Reason the browser tests cannot run here, or None."""
+    """Reason the browser tests cannot run here, or None (see MEMO_REQUIRE_BROWSER)."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

@@ -1,7 +1,8 @@
 """Start a real ComfyUI on 127.0.0.1 and talk to it, for comfyui-memo's live tests.
 
 Configuration (environment):
-  COMFYUI_PATH           ComfyUI checkout (main.py, comfy/). Unset -> live tests skip.
+  COMFYUI_PATH           ComfyUI checkout (main.py, comfy/). Unset -> live tests skip; set but not a
+                         usable ComfyUI (no main.py/comfy/, no Python for it) -> they fail.
   COMFYUI_PYTHON         its interpreter; default COMFYUI_PATH/venv/bin/python, then
                          COMFYUI_PATH/../venv/bin/python (scripts/setup_comfyui.sh makes the first).
   COMFYUI_START_TIMEOUT  seconds to wait for the server (default 240).
@@ -68,22 +69,37 @@ def comfyui_python(comfy_dir: Path) -> Path | None:
     return None
 
 
-def why_no_comfyui() -> str | None:
-    """Reason the live tests cannot run here, or None when they can."""
+class BrokenComfyUI(RuntimeError):
+    """COMFYUI_PATH is set but does not name a usable ComfyUI: the live tests must fail, not skip."""
+
+
+def comfyui_problem() -> str | None:
+    """What is wrong with the configured ComfyUI (None when it looks usable or none is configured)."""
     comfy = comfyui_path()
     if comfy is None:
-        return "COMFYUI_PATH is not set (run scripts/setup_comfyui.sh DIR, then COMFYUI_PATH=DIR)"
+        return None
     if not (comfy / "main.py").is_file() or not (comfy / "comfy").is_dir():
         return f"COMFYUI_PATH={comfy} does not contain ComfyUI (no main.py / comfy/)"
     py = comfyui_python(comfy)
     if py is None or not py.exists():
-        return (f"no Python for ComfyUI: set COMFYUI_PYTHON or create {comfy}/venv "
-                "(scripts/setup_comfyui.sh does)")
+        return (f"no Python for the ComfyUI at COMFYUI_PATH={comfy}: set COMFYUI_PYTHON or create "
+                f"{comfy}/venv (scripts/setup_comfyui.sh does)")
+    return None
+
+
+def why_no_comfyui() -> str | None:
+    """Reason the live tests are skipped here (no ComfyUI configured), or None when they run.
+    Raises BrokenComfyUI when COMFYUI_PATH is set but unusable: that is a failure, never a skip."""
+    if comfyui_path() is None:
+        return "COMFYUI_PATH is not set (run scripts/setup_comfyui.sh DIR, then COMFYUI_PATH=DIR)"
+    problem = comfyui_problem()
+    if problem:
+        raise BrokenComfyUI(problem)
     return None
 
 
 def skip_module_unless_comfyui() -> None:
-    """Module-level skip for live test files when no ComfyUI is configured."""
+    """Module-level skip for live test files when no ComfyUI is configured (a broken one fails)."""
     reason = why_no_comfyui()
     if reason:
         pytest.skip(f"live ComfyUI tests skipped: {reason}", allow_module_level=True)

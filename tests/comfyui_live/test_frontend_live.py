@@ -89,6 +89,8 @@ def editor(comfy, tiny_bundle):
     """One browser page on the live editor, opened after the workflows' models and inputs are in place
     (the editor reads the model lists when it starts)."""
     reason = browser_mod.why_no_browser()
+    if reason and browser_mod.browser_required():
+        pytest.fail(f"MEMO_REQUIRE_BROWSER is set but {reason}")
     if reason:
         pytest.skip(f"browser tests skipped: {reason}")
     pytest.importorskip("onnx")
