@@ -128,8 +128,9 @@ class ComfyPage:
         return self.page.evaluate("() => window.__memoToasts.slice()")
 
     def alerts(self) -> list[str]:
-        """Error/warning toasts and native dialogs seen so far."""
-        found = [t["text"] for t in self.toasts() if "error" in t["cls"] or "warn" in t["cls"]]
+        """Toasts (all but plain info ones) and native dialogs seen so far. The zod-schema alert is a
+        "warn" toast; the link repair after loading a graph with bad links says so in a "success" one."""
+        found = [t["text"] for t in self.toasts() if "p-toast-message-info" not in t["cls"]]
         return found + self.native_dialogs
 
     def open_dialogs(self) -> list[str]:
