@@ -13,8 +13,10 @@ Layout: the editor files sit directly in workflows/, which ComfyUI's template sc
 custom_nodes/*/workflows/*.json, one level only; each template's thumbnail is the .jpg of the same
 name next to it); the API files go to workflows/api/, which that scan does not list. Each editor
 file gets a fixed UUID as its `id` (the frontend's zod schema requires a UUID there) and the
-schema version the frontend itself writes (LiteGraph VERSION 0.4). Widget order and types of our nodes come from their INPUT_TYPES; the
-core nodes used (ComfyUI 0.8.0) are described in `CORE_NODES`.
+schema version the frontend itself writes (LiteGraph VERSION 0.4).
+
+Widget order and types of our nodes come from their INPUT_TYPES; the core nodes used (ComfyUI
+0.8.0) are described in `CORE_NODES`.
 """
 
 from __future__ import annotations
