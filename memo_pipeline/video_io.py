@@ -6,6 +6,10 @@ As in MEMO's ``tensor_to_video``, the result lasts as long as the shorter of
 video and audio: frames past ``ceil(samples * fps / sample_rate)`` are dropped
 and the audio is cut where the last frame ends.
 
+``metadata`` (e.g. ComfyUI's ``prompt`` and ``workflow``) goes into the mp4 as container tags, each
+value as its JSON text, as ComfyUI's own Save Video writes it (``movflags=use_metadata_tags``), so
+the ComfyUI editor restores the graph from a dropped file; :func:`read_video_metadata` reads them.
+
 The file is written under a hidden temporary name in the target folder and
 renamed on a successful :meth:`VideoWriter.close`; on error or cancellation the
 temporary file is deleted and nothing appears (or is replaced) at the target.
@@ -13,6 +17,7 @@ temporary file is deleted and nothing appears (or is replaced) at the target.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -131,6 +136,7 @@ class VideoWriter:
 
     ``audio=(waveform, sample_rate)`` (``[N]`` or ``[C, N]``, C = 1 or 2) is
     muxed as AAC and caps the frame count at ``ceil(N * fps / sample_rate)``.
+    ``metadata`` ``{key: JSON-serialisable value}`` is stored as container tags (JSON text).
     Use as a context manager, or call :meth:`close` / :meth:`abort` yourself.
     """
 
@@ -143,6 +149,7 @@ class VideoWriter:
         crf: float = 18,
         preset: str = "medium",
         audio_bitrate: int = 192_000,
+        metadata: dict | None = None,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.fps = as_fps_fraction(fps)
@@ -158,6 +165,7 @@ class VideoWriter:
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"output path is a folder: {self.path}")
         self._crf, self._preset, self._audio_bitrate = crf, preset, audio_bitrate
+        tags = _metadata_tags(metadata)
 
         self._audio = None
         self.max_frames: int | None = None
@@ -175,11 +183,15 @@ class VideoWriter:
         self._closed = False
         self._tmp_path = os.path.join(folder, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.part")
         try:
-            self._container = av.open(self._tmp_path, mode="w", format="mp4")
+            # Free-form keys are only kept in mp4 with use_metadata_tags (as ComfyUI's Save Video opens it).
+            options = {"movflags": "use_metadata_tags"} if tags else {}
+            self._container = av.open(self._tmp_path, mode="w", format="mp4", options=options)
         except Exception as exc:
             self._closed = True
             self._remove_tmp()
             raise OSError(f"cannot create a video file in {folder}: {exc}") from exc
+        for key, value in tags.items():  # before the header is written with the first packet
+            self._container.metadata[key] = value
 
     # -- public ---------------------------------------------------------------
 
@@ -307,6 +319,23 @@ class VideoWriter:
             pass
 
 
+def _metadata_tags(metadata) -> dict[str, str]:
+    """``{key: value}`` -> ``{key: JSON text}``, checked before any file is created."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    tags = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or any(ch in key for ch in "=\0"):
+            raise ValueError(f"metadata key must be a non-empty string without '=' or NUL, got {key!r}")
+        try:
+            tags[key] = json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata[{key!r}] is not JSON-serialisable: {exc}") from exc
+    return tags
+
+
 def write_video(path, frames, fps, audio=None, **options) -> int:
     """Write a whole video: ``frames`` is one clip ``[F, H, W, 3]`` or an iterable of clips.
 
@@ -319,6 +348,18 @@ def write_video(path, frames, fps, audio=None, **options) -> int:
             for clip in frames:
                 writer.write(clip)
     return writer.frames_written
+
+
+def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The container tags of a video file as stored (JSON text for what :class:`VideoWriter` wrote)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such video file: {path}")
+    try:
+        with av.open(path) as container:
+            return dict(container.metadata)
+    except av.FFmpegError as exc:
+        raise ValueError(f"{path} is not a readable media file: {exc}") from exc
 
 
 def read_video_info(path: str | os.PathLike) -> dict:

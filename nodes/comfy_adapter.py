@@ -44,6 +44,12 @@ def _previews_enabled() -> bool:
     return _comfy_args.preview_method != _PreviewMethod.NoPreviews
 
 
+def metadata_disabled() -> bool:
+    """ComfyUI runs with --disable-metadata: saved files must not carry the prompt or workflow."""
+    return bool(getattr(_comfy_args, "disable_metadata", False))
+
+
+
 class ComfyProgress:
     """A node's progress bar in ComfyUI's UI, with previews as `--preview-method` asks.
 

@@ -21,6 +21,29 @@ DTYPES = ["fp32", "fp16", "bf16"]
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
+# ComfyUI's hidden inputs that every node writing a file takes, as core's savers do.
+HIDDEN_WORKFLOW_INPUTS = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+
+
+def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict | None:
+    """What a saved file carries so that ComfyUI restores its graph: ``extra_pnginfo``'s entries
+    (the editor sends ``workflow`` there) and ``prompt``, like core's Save Video / Save Latent.
+    None when there is nothing to store or ComfyUI runs with --disable-metadata."""
+    from . import host as host_mod
+
+    if host_mod.in_comfyui():
+        from . import comfy_adapter
+
+        if comfy_adapter.metadata_disabled():
+            return None
+    metadata = {}
+    if isinstance(extra_pnginfo, dict):
+        metadata.update({str(key): value for key, value in extra_pnginfo.items()})
+    if prompt is not None:
+        metadata["prompt"] = prompt
+    return metadata or None
+
+
 def combo(options: list[str], tooltip: str, default: str | None = None) -> tuple:
     extra: dict[str, Any] = {"tooltip": tooltip}
     if default is not None:

@@ -23,6 +23,8 @@ import torch
 
 from . import host as host_mod
 from .common import (
+    HIDDEN_WORKFLOW_INPUTS,
+    workflow_metadata,
     CATEGORY_GENERATE,
     MAX_SEED,
     float_input,
@@ -289,11 +291,13 @@ class MemoSampler:
         return (images, float(plan.audio.fps), memo_state_from(last, plan), segment)
 
 
-def save_memo_state(memo_state: MemoState, path: str) -> str:
-    """Write `path` (`*.state.safetensors`); what the state belongs to goes into its metadata."""
+def save_memo_state(memo_state: MemoState, path: str, workflow: dict | None = None) -> str:
+    """Write `path` (`*.state.safetensors`); what the state belongs to goes into its metadata, with
+    `workflow` (see `workflow_metadata`: prompt/workflow, which the editor restores from a dropped file)."""
     description = {"format_node": "comfyui-memo-state", "num_frames": memo_state.num_frames, "fps": memo_state.fps,
                    "frames_per_clip": memo_state.frames_per_clip, "resolution": memo_state.resolution, **memo_state.info}
-    memo_state.state.save(path, metadata={key: json.dumps(value) for key, value in description.items()})
+    extra = {key: value for key, value in (workflow or {}).items() if key not in description}
+    memo_state.state.save(path, metadata={key: json.dumps(value) for key, value in {**description, **extra}.items()})
     return path
 
 
@@ -368,11 +372,12 @@ class MemoGenerateToFile:
             "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
             "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),
         })
+        inputs["hidden"] = dict(HIDDEN_WORKFLOW_INPUTS)
         return inputs
 
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
-                 original_image=None, crf=18):
+                 original_image=None, crf=18, prompt=None, extra_pnginfo=None):
         from ..memo_pipeline.video_io import VideoWriter
         from .face_nodes import paste_frames
 
@@ -392,7 +397,8 @@ class MemoGenerateToFile:
         name = f"{filename}_{counter:05}_"
         path = os.path.join(folder, name + ".mp4")
 
-        writer = VideoWriter(path, plan.audio.fps, audio=(waveform, rate), crf=crf)
+        workflow = workflow_metadata(prompt, extra_pnginfo)
+        writer = VideoWriter(path, plan.audio.fps, audio=(waveform, rate), crf=crf, metadata=workflow)
         last, frames = None, 0
         try:
             for clip in run_clips(plan):
@@ -405,17 +411,17 @@ class MemoGenerateToFile:
                 frames = writer.frames_written
             writer.close()
         except BaseException:
-            _keep_partial(writer, last, plan, path, os.path.join(folder, name + STATE_SUFFIX))
+            _keep_partial(writer, last, plan, path, os.path.join(folder, name + STATE_SUFFIX), workflow)
             raise
         memo_state = memo_state_from(last, plan)
         if memo_state.next_clip < plan.audio.num_clips:
-            save_memo_state(memo_state, os.path.join(folder, name + STATE_SUFFIX))
+            save_memo_state(memo_state, os.path.join(folder, name + STATE_SUFFIX), workflow)
         file_name = name + ".mp4"
         ui = {"images": [{"filename": file_name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         return {"ui": ui, "result": (path, int(frames), memo_state)}
 
 
-def _keep_partial(writer, last, plan: RunPlan, path: str, state_path: str) -> None:
+def _keep_partial(writer, last, plan: RunPlan, path: str, state_path: str, workflow: dict | None = None) -> None:
     """After a failed or cancelled run: finish the video of the clips already written and save the state
     to continue from (nothing is kept when no clip was finished)."""
     if last is None or not writer.frames_written:
@@ -423,7 +429,7 @@ def _keep_partial(writer, last, plan: RunPlan, path: str, state_path: str) -> No
         return
     try:
         writer.close()  # a playable video of the finished clips
-        save_memo_state(memo_state_from(last, plan), state_path)
+        save_memo_state(memo_state_from(last, plan), state_path, workflow)
     except Exception as exc:  # noqa: BLE001 - the original error matters more; say what was lost
         writer.abort()
         logger.error("MEMO Generate To File: could not keep the partial video %s: %s", path, exc)
@@ -470,12 +476,13 @@ class MemoSaveState:
             "state": (MEMO_STATE, {"tooltip": "From MEMO Sampler or MEMO Generate To File."}),
             "filename_prefix": ("STRING", {"default": "MEMO/memo", "tooltip": "Path inside the output folder; a "
                                 "counter and .state.safetensors are appended."}),
-        }}
+        }, "hidden": dict(HIDDEN_WORKFLOW_INPUTS)}
 
-    def save(self, state, filename_prefix="MEMO/memo"):
+    def save(self, state, filename_prefix="MEMO/memo", prompt=None, extra_pnginfo=None):
         memo_state = expect(state, MemoState, "state", MEMO_STATE)
         folder, filename, counter, subfolder = host_mod.get_host().save_path(filename_prefix)
-        path = save_memo_state(memo_state, os.path.join(folder, f"{filename}_{counter:05}_{STATE_SUFFIX}"))
+        path = save_memo_state(memo_state, os.path.join(folder, f"{filename}_{counter:05}_{STATE_SUFFIX}"),
+                               workflow_metadata(prompt, extra_pnginfo))
         text = f"saved after clip {memo_state.next_clip} of {memo_state.info.get('clips_total', '?')}: {path}"
         return {"ui": {"text": [text]}, "result": (path,)}
 

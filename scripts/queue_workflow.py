@@ -2,9 +2,9 @@
 """Queue an API-format ComfyUI workflow with your own files and download what it makes.
 
 Examples (from the pack's folder; Portrait and Speech are node titles, 11 the sampler's id):
-  python scripts/queue_workflow.py workflows/memo_talking_video_api.json \\
+  python scripts/queue_workflow.py workflows/api/memo_talking_video_api.json \\
       --set Portrait.image=@portrait.png --set Speech.audio=@speech.wav --set 11.seed=7 --out results/
-  python scripts/queue_workflow.py workflows/memo_talking_video_api.json \\
+  python scripts/queue_workflow.py workflows/api/memo_talking_video_api.json \\
       --set Portrait.image=@portrait.png --batch Speech.audio=clips/ --pattern '*.wav' --out results/
 
 Every --set and --batch target is checked against the workflow before anything is uploaded.

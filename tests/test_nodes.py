@@ -126,8 +126,10 @@ def test_node_declarations_are_complete_and_consistent(name, memo_host):
     for input_name, param in params.items():
         if input_name == "self":
             continue
-        assert input_name in required or input_name in optional, f"{name}: parameter {input_name} is not declared"
-        if input_name in optional:
+        hidden = cls.INPUT_TYPES().get("hidden", {})
+        assert input_name in required or input_name in optional or input_name in hidden, \
+            f"{name}: parameter {input_name} is not declared"
+        if input_name in optional or input_name in hidden:
             assert param.default is not inspect.Parameter.empty, f"optional {name}.{input_name} needs a default"
     assert not hasattr(cls, "IS_CHANGED") or name == "MemoLoadState", "loaders must be cached by ComfyUI"
 

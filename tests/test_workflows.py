@@ -68,7 +68,7 @@ def input_type(schema: dict, name: str):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_files_exist_in_both_formats(name):
-    assert (WORKFLOWS / f"{name}.json").is_file() and (WORKFLOWS / f"{name}_api.json").is_file()
+    assert (WORKFLOWS / f"{name}.json").is_file() and (WORKFLOWS / "api" / f"{name}_api.json").is_file()
 
 
 def test_workflow_files_are_what_the_generator_writes():
@@ -80,7 +80,7 @@ def test_workflow_files_are_what_the_generator_writes():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_uses_existing_nodes_and_inputs(name):
-    prompt = S.json_file(WORKFLOWS / f"{name}_api.json")
+    prompt = S.json_file(WORKFLOWS / "api" / f"{name}_api.json")
     for node_id, node in prompt.items():
         class_type = node["class_type"]
         assert class_type in PACK.NODE_CLASS_MAPPINGS or class_type in CORE_NODES, f"unknown node {class_type}"
@@ -126,7 +126,7 @@ def _is_model_list(class_type: str, input_name: str) -> bool:
 def test_editor_workflow_is_consistent_and_matches_the_api_file(name):
     """Re-derive the API prompt from the editor file (widget order + link table) and compare."""
     editor = S.json_file(WORKFLOWS / f"{name}.json")
-    api = S.json_file(WORKFLOWS / f"{name}_api.json")
+    api = S.json_file(WORKFLOWS / "api" / f"{name}_api.json")
     assert editor["version"] == 0.4 and editor["last_node_id"] == max(n["id"] for n in editor["nodes"])
     links = {link[0]: link for link in editor["links"]}
     assert editor["last_link_id"] == max(links)
@@ -258,7 +258,7 @@ def _run(name, workspace, edit=None, tag=""):
     output = root / "output" / (name + tag)
     output.mkdir(parents=True)
     core = CoreStandIns(root / "input", output, bundle["vae"])
-    prompt = S.small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / f"{name}_api.json"))
     if edit is not None:
         edit(prompt)
     with host.use_host(host.StandaloneHost(roots, output_dir=output)):

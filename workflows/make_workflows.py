@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Write the shipped workflows, each in ComfyUI's editor format and API format, from one description.
 
-    python workflows/make_workflows.py            # (re)write workflows/*.json
+    python workflows/make_workflows.py            # (re)write workflows/*.json and workflows/api/*_api.json
     python workflows/make_workflows.py --check    # exit 1 if a file differs from what would be written
 
 Each graph is described once (`GRAPHS`): nodes with their widget values and links. The editor
 format (what File > Open / drag-and-drop loads) needs, per node, the widget values in widget order
 and the link table; the API format (what POST /prompt takes) needs named inputs. Both are derived
-here so they cannot disagree. Widget order and types of our nodes come from their INPUT_TYPES; the
-core nodes used (ComfyUI 0.8.0) are described in `CORE_NODES`.
+here so they cannot disagree.
+
+Layout: the editor files sit directly in workflows/, which ComfyUI's template scan lists (it globs
+custom_nodes/*/workflows/*.json, one level only; each template's thumbnail is the .jpg of the same
+name next to it); the API files go to workflows/api/, which that scan does not list. Each editor
+file gets a fixed UUID as its `id` (the frontend's zod schema requires a UUID there) and the
+schema version the frontend itself writes (LiteGraph VERSION 0.4).
+
+Widget order and types of our nodes come from their INPUT_TYPES; the core nodes used (ComfyUI
+0.8.0) are described in `CORE_NODES`.
 """
 
 from __future__ import annotations
@@ -17,10 +25,15 @@ import argparse
 import importlib.util
 import json
 import sys
+import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACK_ROOT = HERE.parent
+API_SUBDIR = "api"  # API-format files: outside the folder level that the template scan lists
+# Workflow ids are UUIDs derived from the file name, so regenerating a file never changes its id.
+WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-memo/workflows")
+EDITOR_SCHEMA_VERSION = 0.4  # what the ComfyUI frontend (1.35, LiteGraph VERSION) writes and validates
 
 # Core nodes, from ComfyUI 0.8.0 (nodes.py: LoadImage, VAELoader; comfy_extras/nodes_audio.py: LoadAudio;
 # comfy_extras/nodes_video.py: CreateVideo, SaveVideo):
@@ -286,12 +299,17 @@ def to_editor(nodes: dict[int, dict], pack, name: str, description: str) -> dict
             entry["title"] = node["title"]
         editor_nodes.append(entry)
     return {
-        "id": f"comfyui-memo-{name}", "revision": 0,
+        "id": workflow_id(name), "revision": 0,
         "last_node_id": max(nodes), "last_link_id": len(links),
         "nodes": editor_nodes, "links": links, "groups": [], "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "comfyui-memo": {"description": description}},
-        "version": 0.4,
+        "version": EDITOR_SCHEMA_VERSION,
     }
+
+
+def workflow_id(name: str) -> str:
+    """The editor file's `id`: a UUID (the frontend rejects anything else), fixed per workflow name."""
+    return str(uuid.uuid5(WORKFLOW_ID_NAMESPACE, name))
 
 
 def _widget_default(node_type: str, input_name: str, pack):
@@ -311,7 +329,7 @@ def render_all() -> dict[str, str]:
     for name, (description, build) in GRAPHS.items():
         nodes = build()
         files[f"{name}.json"] = json.dumps(to_editor(nodes, pack, name, description), indent=2) + "\n"
-        files[f"{name}_api.json"] = json.dumps(to_api(nodes, pack), indent=2) + "\n"
+        files[f"{API_SUBDIR}/{name}_api.json"] = json.dumps(to_api(nodes, pack), indent=2) + "\n"
     return files
 
 
@@ -326,6 +344,7 @@ def main(argv=None) -> int:
             if not path.is_file() or path.read_text() != text:
                 stale.append(filename)
         else:
+            path.parent.mkdir(exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
     if stale:

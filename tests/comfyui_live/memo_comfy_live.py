@@ -69,17 +69,32 @@ def comfyui_python(comfy_dir: Path) -> Path | None:
     return None
 
 
-def why_no_comfyui() -> str | None:
-    """Reason the live tests cannot run here, or None when they can."""
+class BrokenComfyUI(RuntimeError):
+    """COMFYUI_PATH is set but does not name a usable ComfyUI: the live tests must fail, not skip."""
+
+
+def comfyui_problem() -> str | None:
+    """What is wrong with the configured ComfyUI (None when it looks usable or none is configured)."""
     comfy = comfyui_path()
     if comfy is None:
-        return "COMFYUI_PATH is not set (run scripts/setup_comfyui.sh DIR, then COMFYUI_PATH=DIR)"
+        return None
     if not (comfy / "main.py").is_file() or not (comfy / "comfy").is_dir():
         return f"COMFYUI_PATH={comfy} does not contain ComfyUI (no main.py / comfy/)"
     py = comfyui_python(comfy)
     if py is None or not py.exists():
-        return (f"no Python for ComfyUI: set COMFYUI_PYTHON or create {comfy}/venv "
-                "(scripts/setup_comfyui.sh does)")
+        return (f"no Python for the ComfyUI at COMFYUI_PATH={comfy}: set COMFYUI_PYTHON or create "
+                f"{comfy}/venv (scripts/setup_comfyui.sh does)")
+    return None
+
+
+def why_no_comfyui() -> str | None:
+    """Reason the live tests are skipped here (no ComfyUI configured), or None when they run.
+    Raises BrokenComfyUI when COMFYUI_PATH is set but unusable: that is a failure, never a skip."""
+    if comfyui_path() is None:
+        return "COMFYUI_PATH is not set (run scripts/setup_comfyui.sh DIR, then COMFYUI_PATH=DIR)"
+    problem = comfyui_problem()
+    if problem:
+        raise BrokenComfyUI(problem)
     return None
 
 

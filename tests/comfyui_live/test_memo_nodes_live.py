@@ -116,7 +116,7 @@ def test_core_node_inputs_used_by_the_workflows_match_the_server(served):
 def test_shipped_workflow_runs(served, name, video_node, size):
     from comfyui_memo.memo_pipeline.video_io import read_video_info
 
-    prompt = S.small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / f"{name}_api.json"))
     entry = served.queue_and_wait(prompt, timeout=600)
     files = served.output_files(entry)
     assert [f["node_id"] for f in files] == [video_node], files
@@ -133,7 +133,7 @@ def test_shipped_workflow_runs(served, name, video_node, size):
 def test_shipped_workflow_with_a_1s_cut_has_an_aligned_soundtrack(served, name, video_node):
     """Load Audio gets 2.2 s, MEMO Audio Encode starts at 1 s: the mp4 ComfyUI saves is 1.2 s long and its
     soundtrack is the source from 1 s on (cross-correlation peak at 0 offset against that segment)."""
-    prompt = S.small(S.json_file(WORKFLOWS / f"{name}_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / f"{name}_api.json"))
     prompt["2"]["inputs"]["audio"] = "speech_long.wav"
     prompt["8"]["inputs"]["start_seconds"] = 1.0
     entry = served.queue_and_wait(prompt, timeout=600)
@@ -186,7 +186,7 @@ def test_readme_queue_command_runs_against_the_server(served, tmp_path):
 
 
 def test_bad_input_is_reported_by_comfyui_with_our_message(served):
-    prompt = S.small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / "memo_talking_video_api.json"))
     prompt["2"]["inputs"]["audio"] = "silence.wav"
     with pytest.raises(live.ComfyError) as caught:
         served.queue_and_wait(prompt, timeout=300)
@@ -195,7 +195,7 @@ def test_bad_input_is_reported_by_comfyui_with_our_message(served):
 
 
 def test_unknown_model_name_is_rejected_at_queue_time(served):
-    prompt = S.small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / "memo_talking_video_api.json"))
     prompt["4"]["inputs"]["checkpoint"] = "memo/not-there"
     with pytest.raises(live.ComfyError) as caught:
         served.queue(prompt)
@@ -206,7 +206,7 @@ def test_cancel_stops_the_sampler_between_steps(served):
     """POST /interrupt while MEMO Sampler runs 3 x 200 steps: it stops within a few steps, at the sampler."""
     import time
 
-    prompt = S.small(S.json_file(WORKFLOWS / "memo_talking_video_api.json"))
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / "memo_talking_video_api.json"))
     prompt["11"]["inputs"]["steps"] = 200
     prompt_id = served.queue(prompt)
     deadline = time.monotonic() + 120
