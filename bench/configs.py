@@ -113,7 +113,7 @@ def random_model(cls, config: dict, seed: int, scale: float = 1.0) -> torch.nn.M
     return model.eval()
 
 
-def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int = 1,
+def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int | None = None,
                dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> BenchCase:
     """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px."""
     from diffusers import AutoencoderKL
@@ -127,7 +127,8 @@ def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16
     for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
         models[name] = torch.nn.Module.to(random_model(cls, configs[name], seed + i), device=device, dtype=dtype)
     vae = torch.nn.Module.to(random_model(AutoencoderKL, vae_config, seed + 9, 0.5), device=device, dtype=dtype)
-    pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae, batch_size=vae_batch))
+    # each revision's own default batch size unless one is asked for
+    pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae) if vae_batch is None else DiffusersVAE(vae, batch_size=vae_batch))
 
     g = torch.Generator().manual_seed(seed + 100)
     projection = configs["audio_proj"]

@@ -53,7 +53,7 @@ class Job:
     allow_no_face: bool = False
     dtype: str = "fp32"
     device: str = "cpu"
-    vae_batch_size: int = 8
+    vae_batch_size: int | None = None
     save_state: Path | None = None
     progress: bool = True
     overwrite: bool = False
@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-no-face", action="store_true", help="use a zero identity embedding when no face/face model is found")
     gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    gen.add_argument("--vae-batch", type=int, default=8, help="frames per VAE call (1 = exactly the official per-frame calls)")
+    gen.add_argument("--vae-batch", type=int, default=None,
+                     help="frames per VAE call (default: chosen per device; 1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
     gen.add_argument("--vocal-separation", choices=["official", "full-band"], default="auto",
                      help="separate the vocals with misc/vocal_separator/Kim_Vocal_2.onnx before feature extraction; "

@@ -1,21 +1,13 @@
 """MEMO Quality Report node, without ComfyUI (StandaloneHost), on the synthetic face models of
-test_nodes_support (one scripted face at a fixed place of a 128x128 canvas)."""
+pack_support (one scripted face at a fixed place of a 128x128 canvas)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("memo_nodes_support", Path(__file__).with_name("test_nodes_support.py"))
-S = sys.modules.get("memo_nodes_support")
-if S is None:
-    S = importlib.util.module_from_spec(_spec)
-    sys.modules["memo_nodes_support"] = S
-    _spec.loader.exec_module(S)
+import pack_support as S  # tests/ is on the import path (pyproject.toml), so this module loads once
 
 PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.face import FaceAnalyzer  # noqa: E402

@@ -53,12 +53,14 @@ class SinusoidalPositions(nn.Module):
         self.register_buffer("pe", pe)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x`: `(b, frames, ...,  dim)`: frame `i` gets row `i` of the table."""
         if x.shape[1] > self.pe.shape[1]:
             raise ValueError(
                 f"clip of {x.shape[1]} frames is longer than the model's temporal position table "
                 f"({self.pe.shape[1]}, temporal_position_encoding_max_len)"
             )
-        return x + self.pe[:, : x.shape[1]]
+        pe = self.pe[0, : x.shape[1]]
+        return x + pe.view(1, x.shape[1], *([1] * (x.dim() - 3)), pe.shape[-1])
 
 
 class MemoryLinearAttention(nn.Module):
@@ -81,52 +83,52 @@ class MemoryLinearAttention(nn.Module):
         )
         self.slot_name = ""
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.reshape(batch, length, self.heads, self.head_dim).permute(0, 2, 1, 3).reshape(batch * self.heads, length, self.head_dim)
+    def _heads(self, projected: torch.Tensor, batch: int, frames: int, acc: torch.dtype) -> torch.Tensor:
+        """`((b f), tokens, inner)` -> `(b, f, tokens, heads, head_dim)` in `acc` (a view when no cast)."""
+        return projected.view(batch, frames, projected.shape[1], self.heads, self.head_dim).to(acc)
 
-    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch_heads, length, dim = x.shape
-        batch = batch_heads // self.heads
-        return x.reshape(batch, self.heads, length, dim).permute(0, 2, 1, 3).reshape(batch, length, self.heads * dim)
-
-    def _write_memory(self, motion: torch.Tensor, memory: MotionMemory, update: MemoryUpdate) -> None:
-        """`motion`: `(sequences, P, dim)` normalised motion tokens."""
-        num_motion = motion.shape[1]
+    def _write_memory(self, motion: torch.Tensor, batch: int, memory: MotionMemory, update: MemoryUpdate) -> None:
+        """`motion`: `((b P), tokens, dim)` normalised motion tokens."""
+        num_motion = motion.shape[0] // batch
         acc = memory.dtype or motion.dtype
-        keys = torch.softmax(self._split_heads(self.to_k(motion)).to(acc), dim=-2)
-        values = self._split_heads(self.to_v(motion)).to(acc)
-        weights = (memory.decay ** torch.arange(num_motion - 1, -1, -1, device=keys.device, dtype=keys.dtype)).view(1, num_motion, 1)
+        keys = torch.softmax(self._heads(self.to_k(motion), batch, num_motion, acc), dim=1)
+        values = self._heads(self.to_v(motion), batch, num_motion, acc)
+        weights = memory.decay ** torch.arange(num_motion - 1, -1, -1, device=keys.device, dtype=keys.dtype)
+        weights = weights.view(1, num_motion, 1, 1, 1)
         keys, values = keys * weights, values * weights
-        kv_new = torch.einsum("bij,bik->bjk", keys, values)
-        z_new = keys.sum(dim=1, keepdim=True)
+        kv_new = torch.einsum("bpthd,bpthe->bthde", keys, values).reshape(-1, self.head_dim, self.head_dim)
+        z_new = keys.sum(dim=1).reshape(-1, 1, self.head_dim)
         if update == "reset":
             memory.forget(self.slot_name)
         memory.absorb(self.slot_name, kv_new, z_new, num_motion)
 
     def forward(self, hidden_states: torch.Tensor, motion_tokens: torch.Tensor | None, num_frames: int,
                 memory: MotionMemory, update: MemoryUpdate) -> torch.Tensor:
-        """`hidden_states`: `((b f), d, c)`; `motion_tokens`: `((b P), d, c)` (unused for `read`)."""
+        """`hidden_states`: `((b f), tokens, c)`; `motion_tokens`: `((b P), tokens, c)` (unused for `read`).
+
+        Attention runs along the frame axis of every (copy, token) pair; the projections work on the
+        folded rows as they come and the heads are views, so no frame/token transpose is needed.
+        The memory is kept per `(b, token, head)` row, as `(b*tokens*heads, d, d)` and `(.., 1, d)`."""
         rows, tokens, channels = hidden_states.shape
         batch = rows // num_frames
-        x = hidden_states.reshape(batch, num_frames, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_frames, channels)
+        x = hidden_states
         if self.pos_encoder is not None:
-            x = self.pos_encoder(x)
+            x = self.pos_encoder(x.view(batch, num_frames, tokens, channels)).view(rows, tokens, channels)
         if update != "read":
-            num_motion = motion_tokens.shape[0] // batch
-            m = motion_tokens.reshape(batch, num_motion, tokens, channels).transpose(1, 2).reshape(batch * tokens, num_motion, channels)
-            self._write_memory(m, memory, update)
+            self._write_memory(motion_tokens, batch, memory, update)
 
         acc = memory.dtype or x.dtype  # the linear attention's own precision (docs/architecture.md#precision)
-        query = torch.softmax(self._split_heads(self.to_q(x)).to(acc), dim=-1) * self.head_dim**-0.5
-        key = torch.softmax(self._split_heads(self.to_k(x)).to(acc), dim=-2)
-        value = self._split_heads(self.to_v(x)).to(acc)
+        query = torch.softmax(self._heads(self.to_q(x), batch, num_frames, acc), dim=-1) * self.head_dim**-0.5
+        key = torch.softmax(self._heads(self.to_k(x), batch, num_frames, acc), dim=1)
+        value = self._heads(self.to_v(x), batch, num_frames, acc)
         kv_mem, z_mem = memory.read(self.slot_name)
-        kv = memory.decay * kv_mem.to(acc) + torch.einsum("bnd,bne->bde", key, value)
-        z = memory.decay * z_mem.to(acc) + key.sum(dim=-2, keepdim=True)
-        out = torch.einsum("bnd,bde->bne", query, kv) / torch.einsum("bnd,bod->bno", query, z).clamp(min=1e-10)
-        out = self.to_out[1](self.to_out[0](self._merge_heads(out.to(x.dtype))))
-        return out.reshape(batch, tokens, num_frames, channels).transpose(1, 2).reshape(rows, tokens, channels)
+        kv_mem = kv_mem.view(batch, tokens, self.heads, self.head_dim, self.head_dim).to(acc)
+        z_mem = z_mem.view(batch, tokens, self.heads, self.head_dim).to(acc)
+        kv = memory.decay * kv_mem + torch.einsum("bfthd,bfthe->bthde", key, value)
+        z = memory.decay * z_mem + key.sum(dim=1)
+        out = torch.einsum("bfthd,bthde->bfthe", query, kv) / torch.einsum("bfthd,bthd->bfth", query, z).clamp(min=1e-10).unsqueeze(-1)
+        out = out.reshape(rows, tokens, self.heads * self.head_dim).to(x.dtype)
+        return self.to_out[1](self.to_out[0](out))
 
 
 class TemporalBlock(nn.Module):
