@@ -43,7 +43,7 @@ def memory_layers(diffusion_net) -> dict[str, tuple[int, int]]:
     """Motion-memory slot name -> (heads, head_dim) of every memory attention of a diffusion net."""
     from .models.motion_module import MemoryLinearAttention
 
-    return {m.memory_name: (m.heads, m.head_dim) for m in diffusion_net.modules() if isinstance(m, MemoryLinearAttention)}
+    return {m.slot_name: (m.heads, m.head_dim) for m in diffusion_net.modules() if isinstance(m, MemoryLinearAttention)}
 
 
 @dataclass

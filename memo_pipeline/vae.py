@@ -202,6 +202,9 @@ def load_single_file_vae(path: str | os.PathLike):
     groups = _metadata(path).get("norm_num_groups")  # only a non-SD file needs to say it (e.g. the tiny test VAE)
     if groups is not None:
         config["norm_num_groups"] = int(groups)
+    elif any(width % config["norm_num_groups"] for width in config["block_out_channels"]):
+        raise ValueError(f"{path}: widths {config['block_out_channels']} are not those of a Stable Diffusion VAE and "
+                         "the file does not say its GroupNorm group count (metadata 'norm_num_groups')")
     if not any(k.startswith("encoder.down_blocks.") for k in tensors):
         tensors = convert_ldm_vae_checkpoint(tensors, config)
     return _build_and_load(config, tensors, path)

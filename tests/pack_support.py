@@ -295,9 +295,16 @@ def soundtrack_alignment(track: dict, reference: torch.Tensor, rate: int, max_la
     (lag in seconds of the cross-correlation peak, Pearson correlation at that lag). Lag 0 with a
     correlation near 1 means the track starts with exactly that audio; lag > 0 means the track
     plays `reference` late (it starts with audio from before it)."""
-    assert track["sample_rate"] == rate, (track["sample_rate"], rate)
     ours = track["waveform"][0].double().mean(0).numpy()
     ref = reference.double().mean(0).numpy()
+    if track["sample_rate"] != rate:  # e.g. MEMO's vocal separation hands on 16 kHz
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        step = gcd(int(track["sample_rate"]), int(rate))
+        ref = resample_poly(ref, int(track["sample_rate"]) // step, int(rate) // step)
+        rate = int(track["sample_rate"])
     size = 1 << int(np.ceil(np.log2(len(ours) + len(ref))))
     corr = np.fft.irfft(np.fft.rfft(ours, size) * np.conj(np.fft.rfft(ref, size)), size)
     max_lag = int(max_lag_s * rate)

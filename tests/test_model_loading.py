@@ -149,6 +149,15 @@ def test_full_checkpoint_round_trip(tmp_path, tiny_bundle):
     assert MemoModels.load(tmp_path / "copy").emotion_classifier is None
 
 
+def _run(module, video, motion, memory, update):
+    """The module on a `(b, c, f, h, w)` clip, folded as the diffusion net hands it over."""
+    from memo_pipeline.parity.modules import fold_frames, unfold_frames
+
+    frames = video.shape[2]
+    out = module(fold_frames(video), None if motion is None else fold_frames(motion), frames, memory, update)
+    return unfold_frames(out, frames)
+
+
 def _motion_module():
     module = MotionModule(64, num_attention_heads=8, num_transformer_block=1, temporal_position_encoding=True,
                           temporal_position_encoding_max_len=32)
@@ -163,9 +172,9 @@ def test_memory_is_data_and_runs_are_bit_identical():
     for _ in range(2):
         memory = MotionMemory()
         with torch.no_grad():
-            first = module(x, motion, memory, "reset")
-            later = module(x, motion, memory, "append")
-            read = module(x, None, memory, "read")
+            first = _run(module, x, motion, memory, "reset")
+            later = _run(module, x, motion, memory, "append")
+            read = _run(module, x, None, memory, "read")
         results.append((first, later, read, memory.copy()))
     for a, b in zip(results[0][:3], results[1][:3]):
         assert torch.equal(a, b)
@@ -178,7 +187,7 @@ def test_memory_reset_copy_move_save_load(tmp_path):
     module = _motion_module()
     memory = MotionMemory()
     with torch.no_grad():
-        module(torch.randn(2, 64, 4, 3, 3), torch.randn(2, 64, 4, 3, 3), memory, "reset")
+        _run(module, torch.randn(2, 64, 4, 3, 3), torch.randn(2, 64, 4, 3, 3), memory, "reset")
     snapshot = memory.copy()
     memory.save(tmp_path / "memory.safetensors")
     restored = MotionMemory.load(tmp_path / "memory.safetensors")
@@ -190,7 +199,7 @@ def test_memory_reset_copy_move_save_load(tmp_path):
     assert memory.is_empty and not snapshot.is_empty
     with pytest.raises(RuntimeError, match="must write the memory"):
         with torch.no_grad():
-            module(torch.randn(2, 64, 4, 3, 3), None, memory, "read")
+            _run(module, torch.randn(2, 64, 4, 3, 3), None, memory, "read")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not a saved MEMO motion memory"):
         MotionMemory.load(tmp_path / "other.safetensors")
@@ -200,7 +209,7 @@ def test_clip_longer_than_position_table_is_a_clear_error():
     module = _motion_module()
     with pytest.raises(ValueError, match="longer than the model's temporal position table"):
         with torch.no_grad():
-            module(torch.randn(1, 64, 33, 2, 2), torch.randn(1, 64, 2, 2, 2), MotionMemory(), "reset")
+            _run(module, torch.randn(1, 64, 33, 2, 2), torch.randn(1, 64, 2, 2, 2), MotionMemory(), "reset")
 
 
 def test_unsupported_diffusion_net_options_are_rejected():

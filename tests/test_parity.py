@@ -47,8 +47,8 @@ def test_wrong_softmax_axis_fails(monkeypatch):
 
     real_softmax = torch.softmax
 
-    def keys_over_features(x, dim):  # keys softmaxed over the head dim instead of over frames
-        return real_softmax(x, dim=-1 if dim == -2 else dim)
+    def keys_over_features(x, dim):  # keys softmaxed over the head dim instead of over frames (axis 1)
+        return real_softmax(x, dim=-1 if dim == 1 else dim)
 
     monkeypatch.setattr(motion_module.torch, "softmax", keys_over_features)
     meta, tensors = golden_case("memory_linear_attention")

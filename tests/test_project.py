@@ -88,7 +88,7 @@ def test_live_tests_skip_without_comfyui_path_and_fail_with_a_broken_one(monkeyp
     (tmp_path / "main.py").write_text("")
     (tmp_path / "comfy").mkdir()
     monkeypatch.setenv("COMFYUI_PYTHON", str(tmp_path / "venv" / "bin" / "python"))  # a ComfyUI without its Python
-    with pytest.raises(pytest.fail.Exception, match="no Python for ComfyUI"):
+    with pytest.raises(pytest.fail.Exception, match="no Python for the ComfyUI"):
         live.skip_module_unless_comfyui()
 
 

@@ -103,7 +103,7 @@ def graph_detected_emotion() -> dict[int, dict]:
                                                   "order": "official"}, None, (320, 130)),
         8: N("MemoAudioEncode", (400, 550), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
                                              "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionDetect", (400, 820), {"emotion_model": L(6), "audio": L(2)}, None, (320, 80)),
+        9: N("MemoEmotionDetect", (400, 820), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
         10: N("MemoFaceEmbed", (400, 0), {"face_model": L(7), "image": L(1), "face_index": 0, "no_face": "error"},
               None, (320, 130)),
         11: N("MemoSampler", (800, 0), _sampler_inputs(L(1), L(10), L(9)), None, (340, 400)),
@@ -151,7 +151,7 @@ def graph_long_audio_to_file() -> dict[int, dict]:
                                                "filename_prefix": "MEMO/long", "audio": L(8, 1), "crop": L(10, 1),
                                                "original_image": L(1), "crf": 18}, None, (360, 560)),
         # Optional branch: the quality report of the finished file (mute or delete both nodes to skip it).
-        16: N("MemoQualityReport", (1220, 0), {"face_model": L(7), "reference_image": L(1), "audio": L(15),
+        16: N("MemoQualityReport", (1220, 0), {"face_model": L(7), "reference_image": L(1), "audio": L(8, 1),
                                                "fps": L(8, 3), "frames_per_clip": 16, "identity_every": 1,
                                                "video_path": L(11), "emotion": L(9)},
               "MEMO Quality Report (optional)", (340, 260)),

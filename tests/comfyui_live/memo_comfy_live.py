@@ -101,12 +101,11 @@ def why_no_comfyui() -> str | None:
 def skip_module_unless_comfyui() -> None:
     """Module-level skip for live test files when COMFYUI_PATH is unset. A COMFYUI_PATH that is
     set but unusable is a failure: whoever set it wanted these tests to run."""
-    reason = why_no_comfyui()
-    if reason is None:
-        return
     if comfyui_path() is None:
-        pytest.skip(f"live ComfyUI tests skipped: {reason}", allow_module_level=True)
-    pytest.fail(f"live ComfyUI tests cannot run: {reason}", pytrace=False)
+        pytest.skip(f"live ComfyUI tests skipped: {why_no_comfyui()}", allow_module_level=True)
+    problem = comfyui_problem()
+    if problem:
+        pytest.fail(f"live ComfyUI tests cannot run: {problem}", pytrace=False)
 
 
 def free_port() -> int:
