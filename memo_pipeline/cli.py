@@ -54,6 +54,7 @@ class Job:
     dtype: str = "fp32"
     device: str = "cpu"
     vae_batch_size: int | None = None
+    compile: bool = False
     save_state: Path | None = None
     progress: bool = True
     overwrite: bool = False
@@ -253,6 +254,10 @@ def run(job: Job) -> dict:
     speech = _vocals(job, clip16k, vocal_mode)
     features = extract_audio_features(encoder, speech, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
     labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)  # the official path: unseparated
+    if job.compile:
+        from .compile import compile_diffusion_net
+
+        compile_diffusion_net(models)
     pipeline = MemoPipeline(models, vae)
     pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
     first_clip = state.next_clip if state is not None else 0
@@ -384,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-no-face", action="store_true", help="use a zero identity embedding when no face/face model is found")
     gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the diffusion net (slower first clips, faster long runs)")
     gen.add_argument("--vae-batch", type=int, default=None,
                      help="frames per VAE call (default: chosen per device; 1 = exactly the official per-frame calls)")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
@@ -438,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                            resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
                            face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                            allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
-                           vae_batch_size=args.vae_batch, save_state=args.save_state, progress=not args.no_progress,
+                           vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
                            overwrite=args.overwrite, resume=args.resume,
                            vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
     except (ValueError, RuntimeError) as err:

@@ -1,0 +1,22 @@
+"""Opt-in `torch.compile` of the diffusion net, the network that runs at every denoising step.
+
+The net is compiled in place (`forward` is replaced by the compiled one), so `MemoModels` and every
+caller stay as they are. Shapes are fixed for a run (`dynamic=False`); the three memory modes of a
+step ("reset" for the first clip, "append" for the first step of a later clip, "read" otherwise)
+give three compiled variants in the first two clips, and no clip after that compiles again (tested
+with `tests/test_compile.py`). Off by default: the first clips pay the compile time, which only
+pays back on long videos or repeated runs in one process.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compile_diffusion_net(models, backend: str = "inductor", mode: str | None = None) -> None:
+    """Compile `models.diffusion_net.forward` in place; calling it twice keeps the first compile."""
+    net = models.diffusion_net
+    if getattr(net, "_memo_compiled", False):
+        return
+    net.forward = torch.compile(net.forward, backend=backend, mode=mode, dynamic=False)
+    net._memo_compiled = True

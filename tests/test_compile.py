@@ -1,0 +1,43 @@
+"""Opt-in torch.compile of the diffusion net: same video, and no recompiling after the first clips."""
+
+import pytest
+import torch
+
+from memo_pipeline.compile import compile_diffusion_net
+from memo_pipeline.pipeline import GenerationSettings, MemoPipeline, WindowedAudio, reference_pixels
+from memo_pipeline.tiny import tiny_memo_models
+
+
+@pytest.mark.slow
+def test_compiled_net_does_not_recompile_per_clip_and_gives_the_same_video():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    audio = WindowedAudio(torch.randn(16, 5, 2, 16, generator=g))
+    pixels = reference_pixels(torch.rand(64, 64, 3, generator=g))
+    settings = GenerationSettings(steps=2, frames_per_clip=4, past_frames=4, init_past_frames=4)
+
+    class NoVAE:  # the VAE is not compiled: a cheap stand-in keeps the test fast
+        def encode(self, frames):
+            return torch.nn.functional.avg_pool2d(frames, 8)[:, :1].repeat(1, 4, 1, 1)
+
+        def decode(self, latents):
+            return torch.sigmoid(torch.nn.functional.interpolate(latents[:, :3], scale_factor=8))
+
+    def video(compiled: bool):
+        models = tiny_memo_models(seed=3)
+        if compiled:
+            compile_diffusion_net(models, backend="eager")
+        graphs = []
+        with torch.no_grad():
+            frames = []
+            for clip in MemoPipeline(models, NoVAE()).generate(pixels, None, audio, 2, settings):
+                frames.append(clip.frames)
+                graphs.append(counters["stats"]["unique_graphs"])
+        return torch.cat(frames), graphs
+
+    plain, _ = video(False)
+    compiled, graphs = video(True)
+    assert graphs[1] > 0 and graphs[1] == graphs[2] == graphs[3]  # clips 3 and 4 compile nothing new
+    torch.testing.assert_close(compiled, plain, atol=1e-5, rtol=1e-5)
