@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memo_pipeline.loading import build_model, move, resolve_dtype
 from memo_pipeline.models.diffusion_net import DiffusionNet
+from memo_pipeline.models.clip_constants import ClipConstants
 from memo_pipeline.models.motion_memory import MotionMemory
+from memo_pipeline.models.reference_features import ReferenceFeatures
 
 SPEC = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "spec" / "diffusion_net" / "config.json"
 
@@ -33,7 +35,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def fake_reference_features(config: dict, batch: int, stack: int, latent: int, dtype) -> dict:
+def fake_reference_features(config: dict, batch: int, stack: int, latent: int, dtype) -> ReferenceFeatures:
     """Tensors shaped like the reference net's output for this config (values do not matter for timing)."""
     widths = config["block_out_channels"]
     down, up = [], []
@@ -41,22 +43,22 @@ def fake_reference_features(config: dict, batch: int, stack: int, latent: int, d
     for i, kind in enumerate(config["down_block_types"]):
         n = config["layers_per_block"]
         if kind.startswith("CrossAttn"):
-            down.append([[torch.randn(batch * stack, size * size, widths[i], dtype=dtype)] for _ in range(n)])
+            down.append([torch.randn(batch * stack, size * size, widths[i], dtype=dtype) for _ in range(n)])
         else:
             down.append([torch.randn(batch * stack, widths[i], size, size, dtype=dtype) for _ in range(n)])
         if i < len(widths) - 1:
             size //= 2
-    mid = [[[torch.randn(batch * stack, size * size, widths[-1], dtype=dtype)]]]
+    mid = [torch.randn(batch * stack, size * size, widths[-1], dtype=dtype)]
     for i, kind in enumerate(config["up_block_types"]):
         width = list(reversed(widths))[i]
         n = config["layers_per_block"] + 1
         if kind.startswith("CrossAttn"):
-            up.append([[torch.randn(batch * stack, size * size, width, dtype=dtype)] for _ in range(n)])
+            up.append([torch.randn(batch * stack, size * size, width, dtype=dtype) for _ in range(n)])
         else:
             up.append([torch.randn(batch * stack, width, size, size, dtype=dtype) for _ in range(n)])
         if i < len(widths) - 1:
             size *= 2
-    return {"down": down, "mid": mid, "up": up}
+    return ReferenceFeatures(down, mid, up)
 
 
 def main() -> None:
@@ -83,14 +85,14 @@ def main() -> None:
         audio = torch.randn(batch, args.frames, 32, config["audio_attention_dim"], dtype=dtype)
         emotion = torch.tensor([9, 4])
         uc_mask = torch.arange(batch * args.frames) < args.frames
-        memory = MotionMemory()
+        memory, constants = MotionMemory(), ClipConstants()
         t0 = time.perf_counter()
-        model(sample, features, torch.tensor(1000.0), face, audio, emotion, memory, "reset", uc_mask)
+        model(sample, features, torch.tensor(1000.0), face, audio, emotion, memory, "reset", uc_mask, constants=constants)
         first = time.perf_counter() - t0
         times = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            model(sample, features, torch.tensor(500.0), face, audio, emotion, memory, "read", uc_mask)
+            model(sample, features, torch.tensor(500.0), face, audio, emotion, memory, "read", uc_mask, constants=constants)
             times.append(time.perf_counter() - t0)
     memory_gb = sum(v.numel() * v.element_size() for v in list(memory.kv.values()) + list(memory.z.values())) / 1024**3
     print(f"diffusion net: widths {config['block_out_channels']}, {params / 1e9:.2f} B params, {args.dtype}, "
