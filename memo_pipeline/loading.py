@@ -164,18 +164,26 @@ def read_weights(folder: str | os.PathLike, device: str | torch.device = "cpu") 
     return tensors, ", ".join(names)
 
 
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, limit: int = 5) -> None:
-    """Raise if keys or shapes differ, naming the source and the first offending keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [f"{k} {tuple(tensors[k].shape)} (model wants {tuple(expected[k].shape)})"
-             for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+def shape_problems(expected: dict, found: dict, limit: int = 5, ignore=frozenset()) -> list[str]:
+    """`["N missing keys: a, b", "N unexpected keys: ...", "N shape mismatches: k (3, 4) (model wants ...)"]`
+    comparing two `{key: shape}` maps; empty when they agree."""
+    exp = {k: tuple(v) for k, v in expected.items()}
+    got = {k: tuple(v) for k, v in found.items()}
+    missing = sorted(set(exp) - set(got) - set(ignore))
+    unexpected = sorted(set(got) - set(exp) - set(ignore))
+    wrong = [f"{k} {got[k]} (model wants {exp[k]})" for k in sorted(set(exp) & set(got)) if exp[k] != got[k]]
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
         if keys:
             more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
             problems.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    return problems
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, limit: int = 5) -> None:
+    """Raise if keys or shapes differ, naming the source and the first offending keys."""
+    problems = shape_problems({k: v.shape for k, v in model.state_dict().items()},
+                              {k: v.shape for k, v in tensors.items()}, limit)
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
 

@@ -186,16 +186,9 @@ def _meta_tensors(shapes: dict[str, tuple[int, ...]]):
 
 def compare_shapes(expected: dict, found: dict, source: str, what: str, ignore: set = frozenset(), limit: int = 4) -> None:
     """Raise FileProblem naming the first missing / unexpected / mis-shaped keys."""
-    exp = {k: tuple(v) for k, v in expected.items()}
-    got = {k: tuple(v) for k, v in found.items()}
-    missing = sorted(set(exp) - set(got) - ignore)
-    unexpected = sorted(set(got) - set(exp) - ignore)
-    wrong = [f"{k} {got[k]} (wants {exp[k]})" for k in sorted(set(exp) & set(got)) if exp[k] != got[k]]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if keys:
-            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-            problems.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    from .loading import shape_problems
+
+    problems = shape_problems(expected, found, limit, ignore)
     if problems:
         raise FileProblem(f"{source} does not match {what}: " + "; ".join(problems))
 

@@ -350,6 +350,22 @@ def write_video(path, frames, fps, audio=None, **options) -> int:
     return writer.frames_written
 
 
+def open_video(path: str | os.PathLike):
+    """An open PyAV container of the video file at `path` (its first video stream is checked);
+    a missing file, an unreadable one or one without video is a clear error."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such video file: {path}")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as exc:
+        raise ValueError(f"{path} is not a readable media file: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path} has no video stream")
+    return container
+
+
 def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The container tags of a video file as stored (JSON text for what :class:`VideoWriter` wrote)."""
     path = os.fspath(path)
@@ -364,16 +380,7 @@ def read_video_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def read_video_info(path: str | os.PathLike) -> dict:
     """Frame count, size, frame rate and audio facts of a video file (PyAV)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such video file: {path}")
-    try:
-        container = av.open(path)
-    except av.FFmpegError as exc:
-        raise ValueError(f"{path} is not a readable media file: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+    with open_video(path) as container:
         video = container.streams.video[0]
         rate = video.average_rate or video.guessed_rate
         frames = video.frames

@@ -273,7 +273,7 @@ def test_download_that_does_not_load_is_not_installed(hub, comfy, capsys):
     hub.repos["memoavatar/memo"]["image_proj/config.json"] = json.dumps(config).encode()
     code, out = fetch(capsys, comfy, "--only", "core", "--yes")
     assert code == 1
-    assert "MEMO image projection: the downloaded files do not load" in out and "wrong shape" in out
+    assert "MEMO image projection: the downloaded files do not load" in out and "shape mismatches" in out
     assert not (comfy / "models/memo/memo/image_proj").exists()
 
 

@@ -186,7 +186,7 @@ def test_weights_that_do_not_fit_the_config(tree):
     config = json.loads(config_path.read_text())
     config["output_dim"] = 24
     config_path.write_text(json.dumps(config))
-    _expect_broken(tree, "audio_proj", "does not match AudioProjection", "wrong shape")
+    _expect_broken(tree, "audio_proj", "does not match AudioProjection", "shape mismatches")
 
 
 def test_missing_and_unexpected_tensors(tree):
@@ -195,7 +195,7 @@ def test_missing_and_unexpected_tensors(tree):
         tensors["extra.weight"] = torch.zeros(2)
 
     _rewrite(tree / "memo/memo/reference_net/diffusion_pytorch_model.safetensors", drop_and_add)
-    _expect_broken(tree, "reference_net", "1 missing", "1 unexpected: extra.weight")
+    _expect_broken(tree, "reference_net", "1 missing", "1 unexpected keys: extra.weight")
 
 
 def test_invalid_config_json(tree):

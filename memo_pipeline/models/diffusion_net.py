@@ -27,7 +27,7 @@ from .audio_attention import AudioModule
 from .clip_constants import ClipConstants, name_slots
 from .motion_memory import MotionMemory
 from .motion_module import MemoryUpdate, MotionModule
-from .reference_features import ReferenceFeatures, split_reference
+from .reference_features import ReferenceFeatures, motion_frames, reference_tokens
 from .spatial_attention import SpatialTransformer
 
 
@@ -85,13 +85,16 @@ class VideoLevel(nn.Module):
     def _attend(self, i: int, x: torch.Tensor, audio: torch.Tensor, reference: torch.Tensor, temb: torch.Tensor,
                 cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """Spatial reference attention -> audio attention -> motion attention of layer `i`."""
-        ref_tokens, motion_frames = split_reference(reference, cond.batch, x.shape[2], x.shape[3])
         if self.has_cross_attention:
             spatial, audio_module = self.attentions[i], self.audio_modules[i]
-            x = spatial(x, ref_tokens, cond.face_tokens, cond.num_frames, cond.uc_mask, constants=cond.constants)
+            x = spatial(x, reference_tokens(reference, cond.batch), cond.face_tokens, cond.num_frames, cond.uc_mask,
+                        constants=cond.constants)
             x, audio = audio_module(x, audio, cond.emotion, constants=cond.constants)
         if self.motion_modules is not None:
-            motion = motion_frames.to(x.dtype) if cond.memory_update != "read" else None
+            # the motion frames are only read when the memory is written (the first step of a clip)
+            motion = None
+            if cond.memory_update != "read":
+                motion = motion_frames(reference, cond.batch, x.shape[2], x.shape[3]).to(x.dtype)
             x = self.motion_modules[i](x, motion, cond.num_frames, cond.memory, cond.memory_update)
         return x, audio
 

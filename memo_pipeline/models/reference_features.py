@@ -48,14 +48,18 @@ class ReferenceFeatures:
         return reference.map(merge)
 
 
-def split_reference(feature: Tensor, batch: int, height: int, width: int) -> tuple[Tensor | None, Tensor]:
-    """One layer's feature -> (reference-image tokens `(batch, h*w, c)`, or None for a plain layer;
-    motion frames folded as `(batch * P, c, h, w)`)."""
-    rows = feature.shape[0]
-    stack = rows // batch
+def reference_tokens(feature: Tensor, batch: int) -> Tensor | None:
+    """The reference image's tokens `(batch, h*w, c)` of one layer's feature (row 0 of every CFG
+    copy's stack), or None for a plain layer (its feature is a resnet map)."""
+    if feature.dim() != 3:
+        return None
+    return feature.reshape(batch, -1, *feature.shape[1:])[:, 0]
+
+
+def motion_frames(feature: Tensor, batch: int, height: int, width: int) -> Tensor:
+    """The motion frames of one layer's feature, folded as `(batch * P, c, h, w)`."""
+    stack = feature.shape[0] // batch
     if feature.dim() == 3:
-        tokens = feature.reshape(batch, stack, height * width, feature.shape[-1])
-        motion = tokens[:, 1:].reshape(batch * (stack - 1), height, width, feature.shape[-1]).permute(0, 3, 1, 2)
-        return tokens[:, 0], motion
-    maps = feature.reshape(batch, stack, *feature.shape[1:])
-    return None, maps[:, 1:].reshape(batch * (stack - 1), *feature.shape[1:])
+        tokens = feature.reshape(batch, stack, height, width, feature.shape[-1])[:, 1:]
+        return tokens.reshape(batch * (stack - 1), height, width, feature.shape[-1]).permute(0, 3, 1, 2)
+    return feature.reshape(batch, stack, *feature.shape[1:])[:, 1:].reshape(batch * (stack - 1), *feature.shape[1:])

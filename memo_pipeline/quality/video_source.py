@@ -19,20 +19,11 @@ def video_frame_rate(path: str | os.PathLike) -> float:
 
 def iter_video_chunks(path: str | os.PathLike, chunk: int = 16) -> Iterator[np.ndarray]:
     """Decoded RGB frames of the first video stream as uint8 ``[n, H, W, 3]`` chunks of ``chunk`` frames."""
-    import av
+    from ..video_io import open_video
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such video file: {path}")
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
-    try:
-        container = av.open(path)
-    except av.FFmpegError as exc:
-        raise ValueError(f"{path} is not a readable video file: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+    with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         batch: list[np.ndarray] = []
