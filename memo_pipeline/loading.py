@@ -296,25 +296,6 @@ class MemoModels:
     def dtype(self) -> torch.dtype:
         return self.diffusion_net.dtype
 
-    # -- what callers outside the library may ask, instead of reading the networks' configs
-
-    @property
-    def audio_feature_shape(self) -> tuple[int, int]:
-        """(wav2vec2 layers, channels per layer) of the audio features this checkpoint takes."""
-        config = self.audio_proj.config
-        return int(config.blocks), int(config.channels)
-
-    @property
-    def face_embedding_size(self) -> int:
-        """Length of the face identity embedding (ArcFace: 512)."""
-        return int(self.image_proj.config.clip_embeddings_dim)
-
-    @property
-    def max_frames_per_clip(self) -> int | None:
-        """Most frames per clip the temporal position table covers; None when the checkpoint sets no limit."""
-        kwargs = dict(getattr(self.diffusion_net.config, "motion_module_kwargs", None) or {})
-        return kwargs.get("temporal_position_encoding_max_len") or None
-
     @contextlib.contextmanager
     def load_on_demand(self, device, load: Callable[[torch.nn.Module], None]):
         """Within the block, call `load(network)` right before each network's forward runs, and report

@@ -303,7 +303,7 @@ def check_vram(pack_dir, base_dir, bundle):
     emotion, _ = run("MemoEmotionDetect", emotion_model, trimmed)
     out["emotion_requests"] = requests[:]
 
-    face = memo_types.MemoFace(torch.randn(1, model.models.face_embedding_size))
+    face = memo_types.MemoFace(torch.randn(1, model.models.face_embedding_width))
     image = torch.rand(1, 64, 64, 3)
     settings = dict(seed=3, steps=2, cfg=3.5, past_frames=2, resolution=64)
     mm.unload_all_models()
