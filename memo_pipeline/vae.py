@@ -68,7 +68,6 @@ class DiffusersVAE:
                         batch_size: int | None = None) -> "DiffusersVAE":
         """A diffusers VAE folder (config.json + safetensors) or a single `.safetensors` file in
         the original SD layout (as ComfyUI users keep them in `models/vae`)."""
-        from diffusers import AutoencoderKL
 
         path = os.fspath(path)
         if os.path.isdir(path):

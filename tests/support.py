@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,14 @@ def need(module: str):
 
 def golden_case(name: str) -> tuple[dict, dict]:
     return json.loads((GOLDEN / f"{name}.json").read_text()), load_file(str(GOLDEN / f"{name}.safetensors"))
+
+
+def load_module(name: str, path: Path):
+    """The Python file `path` as module `name`, executed once per test session (other test files
+    and scripts are not packages, and pytest's importlib mode does not make them importable)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

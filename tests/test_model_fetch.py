@@ -25,7 +25,9 @@ from memo_pipeline import model_files as mf
 from memo_pipeline.cli import main
 from model_trees import loopback_only, repo_contents, write_release_tree  # noqa: F401 - autouse fixture
 
-pytest.importorskip("onnx")
+from support import need  # noqa: E402
+
+need("onnx")
 
 COMMIT = "3f1c2b9d0e8a7f6b5c4d3e2f1a0b9c8d7e6f5a4b"
 TOKEN = "hf_test_token_123"

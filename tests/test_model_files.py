@@ -17,7 +17,9 @@ from memo_pipeline import model_files as mf
 from memo_pipeline.cli import main
 from model_trees import loopback_only, repo_contents, write_release_tree, write_tiny_vae_single_file  # noqa: F401
 
-pytest.importorskip("onnx")
+from support import need  # noqa: E402
+
+need("onnx")
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,17 @@ that black frames have no face. Photos: scikit-image's astronaut (the reference)
 the landmarks.
 """
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import load_module, need
 
-onnx = pytest.importorskip("onnx")
-skdata = pytest.importorskip("skimage.data")
+onnx = need("onnx")
+skdata = need("skimage.data")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from memo_pipeline.audio.emotions import schedule_frame_labels  # noqa: E402
@@ -42,17 +41,7 @@ from memo_pipeline.quality.sync import frame_energy  # noqa: E402
 from memo_pipeline.video_io import write_video  # noqa: E402
 
 
-def _face_model_helpers():
-    name = "memo_test_face_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_face_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-F = _face_model_helpers()
+F = load_module("memo_test_face_models", Path(__file__).with_name("test_face_models.py"))
 DET = F.DET  # 128: the stand-in detector's canvas
 
 # Hand-marked landmarks (eyes, nose tip, mouth corners) of the 512x512 astronaut (test_face_models.KPS)

@@ -1,30 +1,19 @@
 """`python -m memo_pipeline report`: the three parts printed, the JSON and the plot written, face models
 found like `generate` finds them. Uses the synthetic talking head of test_quality.py."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import load_module, need
 
-pytest.importorskip("onnx")
-pytest.importorskip("skimage.data")
-
-
-def _quality_tests():
-    name = "memo_test_quality"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_quality.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+need("onnx")
+need("skimage.data")
 
 
-Q = _quality_tests()
+Q = load_module("memo_test_quality", Path(__file__).with_name("test_quality.py"))
 from memo_pipeline.cli import main  # noqa: E402
 from memo_pipeline.video_io import write_video  # noqa: E402
 

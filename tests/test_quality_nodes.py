@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from support import need
 import pack_support as S  # tests/ is on the import path (pyproject.toml), so this module loads once
 
 PACK = S.load_pack()
@@ -26,7 +27,7 @@ def run(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def face_model(tmp_path_factory):
-    pytest.importorskip("onnx")
+    need("onnx")
     root = tmp_path_factory.mktemp("faces")
     analyzer = FaceAnalyzer(S.build_scrfd(root / "scrfd_10g_bnkps.onnx"), S.build_arcface(root / "glintr100.onnx"),
                             providers=["CPUExecutionProvider"])
