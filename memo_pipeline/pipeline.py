@@ -307,12 +307,8 @@ class MemoPipeline:
         models, dtype, device = self.models, self.models.dtype, self.models.device
         frames = settings.frames_per_clip
         start = clip * frames
-        if state.past_frames is None:
-            motion_pixels = cond.pixels.expand(settings.init_past_frames, -1, -1, -1)
-        else:
-            motion_pixels = state.past_frames[-settings.past_frames:].to(device) * 2.0 - 1.0
-        reference = self._reference_features(cond.pixels, motion_pixels, cond.face_tokens, cond.copies, settings,
-                                             reference_cache)
+        past = None if state.past_frames is None else state.past_frames[-settings.past_frames:].to(device) * 2.0 - 1.0
+        reference = self._reference_features(cond.pixels, past, cond.face_tokens, cond.copies, settings, reference_cache)
         audio_tokens = models.audio_proj(audio.windows(start, start + frames)[None].to(device, dtype))
         mood = clip_emotion(cond.labels[start:start + frames])
         if cond.copies == 2:
@@ -386,25 +382,27 @@ class MemoPipeline:
             labels = torch.cat([labels, labels[-1:].expand(length - labels.numel())])
         return labels[:length]
 
-    def _reference_features(self, pixels, motion_pixels, face_tokens, copies, settings, cache) -> ReferenceFeatures:
-        """Reference-net features of `[reference, motion frames]` per CFG copy, copy-major.
+    def _reference_features(self, pixels, past, face_tokens, copies, settings, cache) -> ReferenceFeatures:
+        """Reference-net features of `[reference, motion frames]` per CFG copy, copy-major; `past` are
+        the motion frames in [-1, 1], or None for the first clip (the reference image repeated).
 
-        With `cache_reference`, the reference image's latent and its own feature rows are reused
-        from the first clip; each row of the reference net only depends on its own input and face
-        tokens, so only the motion rows are recomputed (with the face-token rows the tiled batch
-        would have given them: row `i` uses token row `i % 2`).
+        The reference image is VAE-encoded once per generation. With `cache_reference`, its own
+        feature rows are reused from the first clip too; each row of the reference net only depends
+        on its own input and face tokens, so only the motion rows are recomputed (with the face-token
+        rows the tiled batch would have given them: row `i` uses token row `i % 2`).
         """
         models = self.models
         dtype = models.dtype
-        motion_latents = self._encode_motion(motion_pixels, dtype)
+        if "latent" not in cache:
+            cache["latent"] = self.vae.encode(pixels.to(dtype)).to(dtype)
+        ref_latent = cache["latent"]
+        motion_latents = self._motion_latents(past, ref_latent, settings.init_past_frames)
         stack = 1 + motion_latents.shape[0]
         rows = torch.arange(copies * stack, device=pixels.device)
         if not settings.cache_reference:
-            ref_latent = self.vae.encode(pixels.to(dtype)).to(dtype)
             latents = torch.cat([ref_latent, motion_latents]).repeat(copies, 1, 1, 1)
             return models.reference_net(latents, torch.zeros(()), face_tokens)
         if "features" not in cache:
-            ref_latent = self.vae.encode(pixels.to(dtype)).to(dtype)
             ref_rows = rows[::stack]
             cache["features"] = models.reference_net(ref_latent.repeat(copies, 1, 1, 1), torch.zeros(()),
                                                      face_tokens[ref_rows % face_tokens.shape[0]])
@@ -413,13 +411,13 @@ class MemoPipeline:
                                       face_tokens[motion_rows % face_tokens.shape[0]])
         return ReferenceFeatures.interleave(cache["features"], motion, copies)
 
-    def _encode_motion(self, motion_pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _motion_latents(self, past: torch.Tensor | None, ref_latent: torch.Tensor, initial: int) -> torch.Tensor:
         """VAE latents of the motion frames. The first clip's are the reference image repeated: the VAE
         treats every frame on its own and MEMO takes the posterior mean (no sampling, no generator), so
-        one encoded copy, repeated, is what encoding every copy gives."""
-        if motion_pixels.shape[0] > 1 and bool((motion_pixels == motion_pixels[:1]).all()):
-            return self.vae.encode(motion_pixels[:1].to(dtype)).to(dtype).repeat(motion_pixels.shape[0], 1, 1, 1)
-        return self.vae.encode(motion_pixels.to(dtype)).to(dtype)
+        the reference latent, repeated, is what encoding every copy gives."""
+        if past is None:
+            return ref_latent.repeat(initial, 1, 1, 1)
+        return self.vae.encode(past.to(self.models.dtype)).to(self.models.dtype)
 
 
 @dataclass

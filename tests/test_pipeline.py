@@ -84,8 +84,9 @@ class CountingVAE:
 
 
 def test_first_clip_encodes_the_repeated_reference_once():
-    """The first clip's 16 motion frames are the reference image: one VAE encode, not 16, and the
-    golden case (per-frame VAE calls, no reference cache) stays bit-identical to encoding every copy."""
+    """The first clip's 16 motion frames are the reference image: one VAE encode in all (the reference
+    image's), not 17, and the golden case (per-frame VAE calls, no reference cache) stays bit-identical
+    to encoding every copy."""
     meta, tensors = golden_case("full_pipeline")
     pipeline = build_fixture_pipeline(meta, tensors)
     settings = fixture_settings(meta)
@@ -97,14 +98,19 @@ def test_first_clip_encodes_the_repeated_reference_once():
                                   settings, noise=lambda k: tensors[f"in.clip{k}.init_noise"])
         first = next(clips)
         clips.close()
-        assert counting.encoded == [1, 1]  # the motion frames once, the reference image once
+        assert counting.encoded == [1]  # the reference image once; the motion frames reuse its latent
         encoded_each = torch.cat([counting.vae.encode(tensors["in.pixel_values"]) for _ in range(settings.init_past_frames)])
-        repeated = pipeline._encode_motion(tensors["in.pixel_values"].expand(settings.init_past_frames, -1, -1, -1),
-                                           torch.float32)
+        repeated = pipeline._motion_latents(None, counting.vae.encode(tensors["in.pixel_values"]), settings.init_past_frames)
     assert torch.equal(repeated, encoded_each)
     # the whole first clip is bit-identical to the one made by encoding all 16 copies
     every_copy = build_fixture_pipeline(meta, tensors)
-    every_copy._encode_motion = lambda pixels, dtype: every_copy.vae.encode(pixels.to(dtype)).to(dtype)
+    pixels = tensors["in.pixel_values"]
+
+    def encode_every_copy(past, ref_latent, initial):
+        frames = pixels.expand(initial, -1, -1, -1) if past is None else past
+        return every_copy.vae.encode(frames)
+
+    every_copy._motion_latents = encode_every_copy
     with torch.no_grad():
         clips = every_copy.generate(tensors["in.pixel_values"], tensors["in.face_emb"], audio,
                                     tensors["in.audio_emotion"], settings, noise=lambda k: tensors[f"in.clip{k}.init_noise"])
