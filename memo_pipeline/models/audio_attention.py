@@ -113,5 +113,5 @@ class AudioModule(nn.Module):
         x = to_tokens(self.norm(frames), self.proj_in, self.use_linear_projection)
         for block in self.transformer_blocks:
             x, audio = block(x, audio, emotion, constants)
-        out = from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames
+        out = frames + from_tokens(x, self.proj_out, self.use_linear_projection, h, w)
         return out, (None if self.is_final_block else audio + audio_in)

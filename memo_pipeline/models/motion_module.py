@@ -178,7 +178,7 @@ class TemporalTransformer(nn.Module):
         motion = self._tokens(motion_frames) if update != "read" else None
         for block in self.transformer_blocks:
             x = block(x, motion, num_frames, memory, update)
-        return self.proj_out(x).reshape(n, h, w, c).permute(0, 3, 1, 2) + frames
+        return frames + self.proj_out(x).reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class MotionModule(nn.Module):

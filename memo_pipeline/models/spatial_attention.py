@@ -148,7 +148,7 @@ class SpatialTransformer(nn.Module):
         self_only = cfg_self_only_rows(rows, uc_mask)
         for block in self.transformer_blocks:
             x = block(x, reference, face_tokens, num_frames, self_only, constants)
-        return from_tokens(x, self.proj_out, self.use_linear_projection, h, w) + frames
+        return frames + from_tokens(x, self.proj_out, self.use_linear_projection, h, w)
 
 
 def token_projections(in_channels: int, inner: int, groups: int, linear: bool):
