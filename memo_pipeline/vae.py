@@ -36,10 +36,11 @@ class VAEAdapter(Protocol):
         """Scaled latents `(n, 4, h, w)` -> float32 frames `(n, 3, 8h, 8w)` in [0, 1]."""
 
 
-CPU_PIXELS_PER_CALL = 4 * 128 * 128
-"""On a CPU, the sd-vae-ft-mse-sized VAE ran fastest with about this many pixels per call (measured
-at 128 px: 4 frames per call encoded 2.7x and decoded 1.2x faster than 1; 16 frames were slower than
-4 again, and at 512 px single frames were fastest): larger calls leave the caches."""
+CPU_FRAMES_PER_CALL = 1
+"""On a CPU, one frame per call: the sd-vae-ft-mse-sized VAE is bound by its convolutions there,
+and batching frames only makes every activation larger (measured on the quiet 2-core machine at
+128 px, 16 frames took 12.9 s to decode one at a time, 13.5 s in fours and 13.7 s at once, and
+5.7 s, 6.7 s and 7.2 s to encode)."""
 GPU_FRAMES_PER_CALL = 16
 """On a GPU, one clip per call (the usual batching); `bench/device_check.py` times 1 vs 16."""
 
@@ -47,7 +48,7 @@ GPU_FRAMES_PER_CALL = 16
 def auto_batch_size(device: torch.device | str, height: int, width: int) -> int:
     """Frames per VAE call for frames of `height` x `width` on `device` (see the two constants)."""
     if torch.device(device).type == "cpu":
-        return max(1, CPU_PIXELS_PER_CALL // max(1, height * width))
+        return CPU_FRAMES_PER_CALL
     return GPU_FRAMES_PER_CALL
 
 
