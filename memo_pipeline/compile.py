@@ -20,3 +20,16 @@ def compile_diffusion_net(models, backend: str = "inductor", mode: str | None = 
         return
     net.forward = torch.compile(net.forward, backend=backend, mode=mode, dynamic=False)
     net._memo_compiled = True
+
+
+def uncompile_diffusion_net(models) -> None:
+    """Undo `compile_diffusion_net`: the net runs its plain `forward` again (no-op when not compiled)."""
+    net = models.diffusion_net
+    if getattr(net, "_memo_compiled", False):
+        del net.forward  # the instance attribute set by compile_diffusion_net; the class's forward shows again
+        net._memo_compiled = False
+
+
+def set_compiled(models, compiled: bool) -> None:
+    """Compile or uncompile the diffusion net, so a cached model follows each run's own option."""
+    (compile_diffusion_net if compiled else uncompile_diffusion_net)(models)

@@ -85,6 +85,12 @@ def generation_inputs() -> dict:
     }
 
 
+TORCH_COMPILE_INPUT = ("BOOLEAN", {"default": False, "tooltip": "Compile the diffusion net with torch.compile "
+                                   "(needs Triton on NVIDIA GPUs, a C++ compiler on CPUs). The first two clips pay the "
+                                   "compile time, later clips run faster: worth it for long audio. Same video within "
+                                   "rounding."})
+
+
 @dataclass
 class RunPlan:
     pipeline: object
@@ -118,7 +124,8 @@ def _check_int(value, name: str, low: int, high: int) -> int:
 
 
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
-                emotion=None, state=None, max_clips=0) -> RunPlan:
+                emotion=None, state=None, max_clips=0, torch_compile=False) -> RunPlan:
+    from ..memo_pipeline.compile import set_compiled
     from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
     from ..memo_pipeline.reference import check_resolution
 
@@ -161,6 +168,9 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     pipeline = MemoPipeline(models, ComfyVAEBridge(vae))
     with user_errors("settings"):  # the library's one input policy (same checks as the CLI and the API)
         pipeline.check_inputs(pixels, embedding, audio.features, labels, settings, generation_state)
+    if not isinstance(torch_compile, bool):
+        raise ValueError(f"input 'torch_compile' must be true or false, got {torch_compile!r}")
+    set_compiled(models, torch_compile)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution)
 
@@ -242,6 +252,11 @@ def run_clips(plan: RunPlan):
                 yield clip
         except ValueError as exc:
             raise ValueError(f"MEMO sampler: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__name__ != "BackendCompilerFailed":
+                raise
+            raise RuntimeError(f"MEMO sampler: torch.compile could not compile the diffusion net ({exc}); it needs "
+                               "Triton on NVIDIA GPUs and a C++ compiler on CPUs: turn torch_compile off") from exc
         finally:
             generator.close()
 
@@ -271,12 +286,14 @@ class MemoSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return generation_inputs()
+        inputs = generation_inputs()
+        inputs["optional"]["torch_compile"] = TORCH_COMPILE_INPUT
+        return inputs
 
     def sample(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
-               emotion=None, state=None, max_clips=0):
+               emotion=None, state=None, max_clips=0, torch_compile=False):
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
-                           resolution, emotion, state, max_clips)
+                           resolution, emotion, state, max_clips, torch_compile)
         count = plan.stop_frame - plan.start_frame
         images = torch.empty(count, plan.resolution, plan.resolution, 3)  # filled clip by clip: no second copy
         filled, last = 0, None
@@ -371,13 +388,14 @@ class MemoGenerateToFile:
             "crop": (MEMO_CROP, {"tooltip": "With original_image: paste every clip back into the original picture."}),
             "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
             "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),
+            "torch_compile": TORCH_COMPILE_INPUT,
         })
         inputs["hidden"] = dict(HIDDEN_WORKFLOW_INPUTS)
         return inputs
 
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
-                 original_image=None, crf=18, prompt=None, extra_pnginfo=None):
+                 original_image=None, crf=18, torch_compile=False, prompt=None, extra_pnginfo=None):
         from ..memo_pipeline.video_io import VideoWriter
         from .face_nodes import paste_frames
 
@@ -385,7 +403,7 @@ class MemoGenerateToFile:
             raise ValueError("inputs 'crop' and 'original_image' go together: connect both to paste back, or neither")
         crf = _check_int(crf, "crf", 0, 51)
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
-                           resolution, emotion, state, max_clips)
+                           resolution, emotion, state, max_clips, torch_compile)
         if crop is not None and crop.resolution != plan.resolution:
             raise ValueError(f"input 'crop' was made at resolution {crop.resolution}, the sampler runs at "
                              f"{plan.resolution}: use the same resolution in both")

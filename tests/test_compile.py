@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memo_pipeline.compile import compile_diffusion_net
+from memo_pipeline.compile import compile_diffusion_net, set_compiled
 from memo_pipeline.pipeline import GenerationSettings, MemoPipeline, WindowedAudio, reference_pixels
 from memo_pipeline.tiny import tiny_memo_models
 
@@ -41,3 +41,20 @@ def test_compiled_net_does_not_recompile_per_clip_and_gives_the_same_video():
     compiled, graphs = video(True)
     assert graphs[1] > 0 and graphs[1] == graphs[2] == graphs[3]  # clips 3 and 4 compile nothing new
     torch.testing.assert_close(compiled, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_set_compiled_switches_a_cached_model_both_ways():
+    models = tiny_memo_models(seed=4)
+    net = models.diffusion_net
+    plain_forward = net.forward
+    set_compiled(models, True)
+    assert net._memo_compiled and "forward" in vars(net)
+    set_compiled(models, True)  # compiling twice keeps the first compile
+    compiled_forward = net.forward
+    set_compiled(models, True)
+    assert net.forward is compiled_forward
+    set_compiled(models, False)
+    assert not net._memo_compiled and "forward" not in vars(net)
+    assert net.forward == plain_forward
+    set_compiled(models, False)  # no-op when not compiled
+

@@ -842,3 +842,39 @@ def test_describe_segments():
     labels = torch.tensor([4, 4, 3, 3, 3, 6])
     names = ("angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown")
     assert common.describe_segments(labels, 0.5, names) == "0.00-1.00 s neutral; 1.00-2.50 s happy; 2.50-3.00 s sad"
+
+
+
+def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encoded, face, memo_host, monkeypatch):
+    import importlib
+
+    for name in ("MemoSampler", "MemoGenerateToFile"):
+        kind, options = PACK.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["optional"]["torch_compile"]
+        assert kind == "BOOLEAN" and options["default"] is False and "torch.compile" in options["tooltip"]
+    compile_module = importlib.import_module(PACK.__name__ + ".memo_pipeline.compile")
+    inductor = compile_module.compile_diffusion_net
+    monkeypatch.setattr(compile_module, "compile_diffusion_net",  # eager: no C++ compiler needed in the test
+                        lambda models: inductor(models, backend="eager"))
+    net = loaded["model"].models.diffusion_net
+    plain = sample(loaded, vae, encoded, face)[0]
+    compiled = sample(loaded, vae, encoded, face, torch_compile=True)[0]
+    assert net._memo_compiled
+    torch.testing.assert_close(compiled, plain, atol=1e-5, rtol=1e-5)
+    sample(loaded, vae, encoded, face, torch_compile=False)
+    assert not net._memo_compiled  # the cached model follows each run's own option
+
+
+def test_sampler_explains_a_failing_torch_compile(loaded, vae, encoded, face, memo_host, monkeypatch):
+    import importlib
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    compile_module = importlib.import_module(PACK.__name__ + ".memo_pipeline.compile")
+    inductor = compile_module.compile_diffusion_net
+    monkeypatch.setattr(compile_module, "compile_diffusion_net", lambda models: inductor(models, backend=no_compiler))
+    torch._dynamo.reset()
+    with pytest.raises(RuntimeError, match="turn torch_compile off"):
+        sample(loaded, vae, encoded, face, torch_compile=True)
+    images = sample(loaded, vae, encoded, face, torch_compile=False)[0]  # the next run without it works
+    assert images.shape[0] == 12

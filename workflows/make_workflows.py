@@ -90,7 +90,7 @@ def _common_loaders(x0: int = 0) -> dict[int, dict]:
 def _sampler_inputs(reference, face, emotion) -> dict:
     return {"memo_model": L(4), "vae": L(3), "reference_image": reference, "memo_audio": L(8), "face": face,
             "seed": 42, "steps": 20, "cfg": 3.5, "past_frames": 16, "resolution": 512, "emotion": emotion,
-            "max_clips": 0}
+            "max_clips": 0, "torch_compile": False}
 
 
 def graph_detected_emotion() -> dict[int, dict]:
