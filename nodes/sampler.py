@@ -252,11 +252,6 @@ def run_clips(plan: RunPlan):
                 yield clip
         except ValueError as exc:
             raise ValueError(f"MEMO sampler: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__name__ != "BackendCompilerFailed":
-                raise
-            raise RuntimeError(f"MEMO sampler: torch.compile could not compile the diffusion net ({exc}); it needs "
-                               "Triton on NVIDIA GPUs and a C++ compiler on CPUs: turn torch_compile off") from exc
         finally:
             generator.close()
 

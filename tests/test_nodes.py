@@ -844,17 +844,20 @@ def test_describe_segments():
     assert common.describe_segments(labels, 0.5, names) == "0.00-1.00 s neutral; 1.00-2.50 s happy; 2.50-3.00 s sad"
 
 
-
-def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encoded, face, memo_host, monkeypatch):
+def _pack_compile_with(monkeypatch, backend):
+    """Make the pack's torch_compile option compile with `backend` (no C++ compiler needed in tests)."""
     import importlib
 
+    compile_module = importlib.import_module(PACK.__name__ + ".memo_pipeline.compile")
+    inductor = compile_module.compile_diffusion_net
+    monkeypatch.setattr(compile_module, "compile_diffusion_net", lambda models: inductor(models, backend=backend))
+
+
+def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encoded, face, memo_host, monkeypatch):
     for name in ("MemoSampler", "MemoGenerateToFile"):
         kind, options = PACK.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["optional"]["torch_compile"]
         assert kind == "BOOLEAN" and options["default"] is False and "torch.compile" in options["tooltip"]
-    compile_module = importlib.import_module(PACK.__name__ + ".memo_pipeline.compile")
-    inductor = compile_module.compile_diffusion_net
-    monkeypatch.setattr(compile_module, "compile_diffusion_net",  # eager: no C++ compiler needed in the test
-                        lambda models: inductor(models, backend="eager"))
+    _pack_compile_with(monkeypatch, "eager")
     net = loaded["model"].models.diffusion_net
     plain = sample(loaded, vae, encoded, face)[0]
     compiled = sample(loaded, vae, encoded, face, torch_compile=True)[0]
@@ -865,16 +868,12 @@ def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encode
 
 
 def test_sampler_explains_a_failing_torch_compile(loaded, vae, encoded, face, memo_host, monkeypatch):
-    import importlib
-
     def no_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
-    compile_module = importlib.import_module(PACK.__name__ + ".memo_pipeline.compile")
-    inductor = compile_module.compile_diffusion_net
-    monkeypatch.setattr(compile_module, "compile_diffusion_net", lambda models: inductor(models, backend=no_compiler))
+    _pack_compile_with(monkeypatch, no_compiler)
     torch._dynamo.reset()
-    with pytest.raises(RuntimeError, match="turn torch_compile off"):
+    with pytest.raises(RuntimeError, match="torch_compile off"):
         sample(loaded, vae, encoded, face, torch_compile=True)
     images = sample(loaded, vae, encoded, face, torch_compile=False)[0]  # the next run without it works
     assert images.shape[0] == 12
