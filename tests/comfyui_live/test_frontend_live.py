@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import memo_comfy_live as live
+from support import need
 
 live.skip_module_unless_comfyui()
 
@@ -93,7 +94,7 @@ def editor(comfy, tiny_bundle):
         pytest.fail(f"MEMO_REQUIRE_BROWSER is set but {reason}")
     if reason:
         pytest.skip(f"browser tests skipped: {reason}")
-    pytest.importorskip("onnx")
+    need("onnx")
     if not comfy.server.pack_linked:
         pytest.skip("COMFYUI_LINK_PACK=0: the server runs without this pack")
     dirs = comfy.server.dirs()
