@@ -51,9 +51,11 @@ def test_keep_freed_memory_sets_and_restores_thresholds(monkeypatch):
     with pytest.raises(RuntimeError):
         with heap.keep_freed_memory():
             assert recorder.calls == [("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_MAX),
+                                      ("mallopt", heap.M_MMAP_MAX, 0),
                                       ("mallopt", heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD_KEEP)]
             raise RuntimeError("an interrupted generation still restores the heap settings")
-    assert recorder.calls[2:] == [("mallopt", heap.M_TRIM_THRESHOLD, 2 * heap.MMAP_THRESHOLD_MAX), ("trim", 0)]
+    assert recorder.calls[3:] == [("mallopt", heap.M_MMAP_MAX, heap.MMAP_MAX_DEFAULT),
+                                  ("mallopt", heap.M_TRIM_THRESHOLD, 2 * heap.MMAP_THRESHOLD_MAX), ("trim", 0)]
 
 
 def test_keep_freed_memory_without_glibc(monkeypatch):
@@ -64,10 +66,13 @@ def test_keep_freed_memory_without_glibc(monkeypatch):
 
 def test_keep_freed_memory_with_the_real_allocator():
     with heap.keep_freed_memory():
-        block = torch.empty(8 << 20, dtype=torch.uint8).fill_(1)
-        del block
-        block = torch.empty(8 << 20, dtype=torch.uint8).fill_(2)
-        assert int(block[-1]) == 2
+        for size in (8 << 20, 96 << 20):  # below and above glibc's largest mmap threshold
+            block = torch.empty(size, dtype=torch.uint8).fill_(1)
+            del block
+            block = torch.empty(size, dtype=torch.uint8).fill_(2)
+            assert int(block[-1]) == 2
+    block = torch.empty(96 << 20, dtype=torch.uint8).fill_(3)  # the default settings work again
+    assert int(block[0]) == 3
 
 
 def test_generation_runs_inside_keep_freed_memory(monkeypatch):
@@ -95,3 +100,4 @@ def test_generation_runs_inside_keep_freed_memory(monkeypatch):
 def test_vae_uses_one_frame_per_call_on_cpu():
     assert auto_batch_size("cpu", 128, 128) == 1
     assert auto_batch_size("cpu", 512, 512) == 1
+
