@@ -1,11 +1,13 @@
 """CPU schedules that change how the work is laid out, never what it computes: layer outputs in
-the plain NCHW layout, heap reuse during a generation and one VAE frame per call."""
+the plain NCHW layout, heap reuse during a generation, one VAE frame per call and the linear
+layers of the two big networks on oneDNN."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import memo_pipeline.cpu_kernels as cpu_kernels
 import memo_pipeline.heap as heap
 from memo_pipeline.models.audio_attention import AudioModule
 from memo_pipeline.models.motion_memory import MotionMemory
@@ -101,3 +103,68 @@ def test_vae_uses_one_frame_per_call_on_cpu():
     assert auto_batch_size("cpu", 128, 128) == 1
     assert auto_batch_size("cpu", 512, 512) == 1
 
+
+class _CountingMatmul:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, weight, bias, *rest):
+        self.calls += 1
+        return cpu_kernels._onednn_matmul()(x, weight, bias, *rest)
+
+
+needs_onednn = pytest.mark.skipif(cpu_kernels._onednn_matmul() is None, reason="this PyTorch has no oneDNN")
+
+
+@needs_onednn
+def test_onednn_linear_routes_float32_cpu_linear_layers(monkeypatch):
+    counting = _CountingMatmul()
+    monkeypatch.setattr(cpu_kernels, "_LINEAR_POINTWISE", counting)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 5)
+
+        @cpu_kernels.onednn_linear
+        def forward(self, sample):
+            return self.layer(sample)
+
+    net = randomize(Net(), seed=0)
+    x = torch.randn(3, 7, 8)
+    with torch.no_grad():
+        out = net(x)
+        assert counting.calls == 1
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, net.layer.weight, net.layer.bias))
+        net.double()(x.double())  # other dtypes keep PyTorch's own kernel
+        net.float()
+        with torch.backends.mkldnn.flags(enabled=False):  # as does a user who switched oneDNN off
+            net(x)
+    assert counting.calls == 1
+    net(x).sum().backward()  # training needs the autograd of F.linear
+    assert counting.calls == 1 and net.layer.weight.grad is not None
+    monkeypatch.setattr(cpu_kernels, "_compiling", lambda: True)
+    with torch.no_grad():
+        net(x)
+    assert counting.calls == 1
+
+
+@needs_onednn
+def test_both_big_networks_run_their_linear_layers_on_onednn(monkeypatch):
+    """The diffusion and reference nets are where the time goes; their golden fixtures pass through
+    this path (python -m memo_pipeline.parity)."""
+    from memo_pipeline.models.diffusion_net import DiffusionNet
+    from memo_pipeline.models.reference_net import ReferenceNet
+
+    for network in (DiffusionNet, ReferenceNet):
+        assert network.forward.__wrapped__ is not None  # decorated by onednn_linear
+    counting = _CountingMatmul()
+    monkeypatch.setattr(cpu_kernels, "_LINEAR_POINTWISE", counting)
+    assert cpu_kernels.onednn_linear_active(torch.zeros(1))
+    assert not cpu_kernels.onednn_linear_active(torch.zeros(1, dtype=torch.bfloat16))
+    from memo_pipeline.tiny import tiny_memo_models
+
+    models = tiny_memo_models()
+    with torch.no_grad():
+        models.reference_net(torch.randn(2, 4, 8, 8), torch.zeros(()), torch.randn(2, 4, models.reference_net.config.cross_attention_dim))
+    assert counting.calls > 10

@@ -24,6 +24,7 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
 from .audio_attention import AudioModule
+from ..cpu_kernels import onednn_linear
 from .clip_constants import ClipConstants, name_slots
 from .motion_memory import MotionMemory
 from .motion_module import MemoryUpdate, MotionModule
@@ -262,6 +263,7 @@ class DiffusionNet(ModelMixin, ConfigMixin):
                 widths.append(width)
         return widths
 
+    @onednn_linear
     def forward(self, sample: torch.Tensor, ref_features: ReferenceFeatures, timestep, encoder_hidden_states: torch.Tensor,
                 audio_embedding: torch.Tensor, audio_emotion: torch.Tensor, memory: MotionMemory,
                 memory_update: MemoryUpdate, uc_mask: torch.Tensor | None = None,

@@ -20,6 +20,7 @@ import inspect
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
+from ..cpu_kernels import onednn_linear
 from .reference_features import ReferenceFeatures
 
 
@@ -47,6 +48,7 @@ class ReferenceNet(UNet2DConditionModel):
         return last.attentions[-1]
 
     @torch.no_grad()
+    @onednn_linear
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> ReferenceFeatures:
         """`sample` `(B, 4, h, w)` (copy-major CFG batch), `encoder_hidden_states` `(k, n, c)` with `B % k == 0`.
 
