@@ -56,8 +56,9 @@ class GenerationSettings:
     seed: int = 42
     fps: float = 30.0
     cache_reference: bool = True
-    """Encode the reference image and compute its reference-net features once for all clips
-    (equal within rounding: those rows never interact with the motion frames)."""
+    """Encode the reference image and compute its reference-net features once for all clips, and
+    the first clip's motion frames (all the reference image) once per face-token row (equal within
+    rounding: reference-net rows never interact). Off runs the official full stack every clip."""
     memory_fp32: bool = True
     """Keep the motion memory and its linear attention in float32 when the networks run in
     bf16/fp16 (docs/architecture.md#precision); no effect in float32."""
@@ -390,7 +391,8 @@ class MemoPipeline:
         The reference image is VAE-encoded once per generation. With `cache_reference`, its own
         feature rows are reused from the first clip too; each row of the reference net only depends
         on its own input and face tokens, so only the motion rows are recomputed (with the face-token
-        rows the tiled batch would have given them: row `i` uses token row `i % 2`).
+        rows the tiled batch would have given them: row `i` uses token row `i % 2`), and the first
+        clip's motion rows, all the reference image, are computed once per face-token row.
         """
         models = self.models
         dtype = models.dtype
@@ -407,10 +409,22 @@ class MemoPipeline:
             ref_rows = rows[::stack]
             cache["features"] = models.reference_net(ref_latent.repeat(copies, 1, 1, 1), torch.zeros(()),
                                                      face_tokens[ref_rows % face_tokens.shape[0]])
-        motion_rows = rows[(rows % stack) != 0]
-        motion = models.reference_net(motion_latents.repeat(copies, 1, 1, 1), torch.zeros(()),
-                                      face_tokens[motion_rows % face_tokens.shape[0]])
+        motion_face_rows = rows[(rows % stack) != 0] % face_tokens.shape[0]
+        if past is None:
+            motion = self._repeated_reference_features(ref_latent, face_tokens, motion_face_rows)
+        else:
+            motion = models.reference_net(motion_latents.repeat(copies, 1, 1, 1), torch.zeros(()),
+                                          face_tokens[motion_face_rows])
         return ReferenceFeatures.interleave(cache["features"], motion, copies)
+
+    def _repeated_reference_features(self, ref_latent, face_tokens, face_rows) -> ReferenceFeatures:
+        """Reference-net features of the first clip's motion frames, which are all the reference
+        image: one row per distinct face-token row is computed and repeated (2 rows instead of
+        `copies * init_past_frames`), since a row's features depend on its own input only."""
+        distinct, index = torch.unique(face_rows, return_inverse=True)
+        once = self.models.reference_net(ref_latent.repeat(distinct.numel(), 1, 1, 1), torch.zeros(()),
+                                         face_tokens[distinct])
+        return once.map(lambda feature: feature[index])
 
     def _motion_latents(self, past: torch.Tensor | None, ref_latent: torch.Tensor, initial: int) -> torch.Tensor:
         """VAE latents of the motion frames. The first clip's are the reference image repeated: the VAE

@@ -119,6 +119,34 @@ def test_first_clip_encodes_the_repeated_reference_once():
     assert torch.equal(first.decoded, reference.decoded)
 
 
+@pytest.mark.parametrize("init_past_frames", [4, 3])  # odd and even stacks: both face rows, or one
+def test_first_clip_runs_the_reference_net_once_per_face_row(pipeline, init_past_frames):
+    """The first clip's motion frames are all the reference image, so the reference net runs on one
+    row per distinct face-token row, and the features equal those of the official full stack."""
+    pixels, face, _ = _inputs(4)
+    settings = GenerationSettings(**dict(FAST, init_past_frames=init_past_frames))
+    net = pipeline.models.reference_net
+    batches = []
+    hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            face_tokens = pipeline.models.image_proj(face.to(pipeline.models.dtype))
+            face_tokens = torch.cat([pipeline.models.image_proj(torch.zeros_like(face)), face_tokens])
+            fast = pipeline._reference_features(pixels, None, face_tokens, 2, settings, {})
+            stack = 1 + init_past_frames
+            needed = {(c * stack + 1 + j) % 2 for c in range(2) for j in range(init_past_frames)}
+            assert batches == [2, len(needed)]
+            full = pipeline._reference_features(pixels, None, face_tokens, 2,
+                                                 GenerationSettings(**dict(FAST, init_past_frames=init_past_frames,
+                                                                           cache_reference=False)), {})
+    finally:
+        hook.remove()
+    assert batches[-1] == 2 * stack
+    for ours, official in zip(fast.tensors(), full.tensors()):
+        assert ours.shape == official.shape
+        torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
+
+
 def test_seeded_noise_matches_the_official_generator():
     meta, tensors = golden_case("full_pipeline")
     generator = torch.Generator().manual_seed(meta["loop"]["seed"])
