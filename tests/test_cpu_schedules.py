@@ -1,6 +1,6 @@
 """CPU schedules that change how the work is laid out, never what it computes: layer outputs in
-the plain NCHW layout, heap reuse during a generation, one VAE frame per call and the linear
-layers of the two big networks on oneDNN."""
+the plain NCHW layout, heap reuse during a generation, one VAE frame per call, the linear
+layers of the two big networks on oneDNN and upsampling convolutions by output phase."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from memo_pipeline.models.audio_attention import AudioModule
 from memo_pipeline.models.motion_memory import MotionMemory
 from memo_pipeline.models.motion_module import MotionModule
 from memo_pipeline.models.spatial_attention import SpatialTransformer
+from memo_pipeline.models.upsample import PhaseUpsample2D, nearest_upsample_conv, use_phase_upsampling
 from memo_pipeline.tiny import randomize
 from memo_pipeline.vae import auto_batch_size
 
@@ -168,3 +169,61 @@ def test_both_big_networks_run_their_linear_layers_on_onednn(monkeypatch):
     with torch.no_grad():
         models.reference_net(torch.randn(2, 4, 8, 8), torch.zeros(()), torch.randn(2, 4, models.reference_net.config.cross_attention_dim))
     assert counting.calls > 10
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 4, 5), (1, 3, 4, 7, 4), (3, 16, 16, 8, 8)])  # n, c, out, h, w
+def test_phase_upsampling_is_interpolate_then_conv(shape):
+    n, c, out, h, w = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(out, c, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(out, generator=g, dtype=torch.float64)
+    official = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                          weight, bias, padding=1)
+    torch.testing.assert_close(nearest_upsample_conv(x, weight, bias), official, atol=1e-12, rtol=0)
+    torch.testing.assert_close(nearest_upsample_conv(x, weight, None), official - bias.view(1, -1, 1, 1),
+                               atol=1e-12, rtol=0)
+
+
+def test_phase_upsample_module_keeps_keys_and_falls_back(monkeypatch):
+    from diffusers.models.upsampling import Upsample2D
+
+    plain = randomize(Upsample2D(8, use_conv=True, out_channels=6), seed=3)
+    phase = randomize(PhaseUpsample2D(8, use_conv=True, out_channels=6), seed=3)
+    assert list(phase.state_dict()) == list(plain.state_dict())
+    calls = []
+    import memo_pipeline.models.upsample as upsample
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return nearest_upsample_conv(*args)
+
+    monkeypatch.setattr(upsample, "nearest_upsample_conv", counting)
+    with torch.no_grad():
+        for rows, size, output_size in ((16, (4, 5), None), (16, (4, 4), (8, 8)), (16, (4, 4), (9, 9)), (2, (4, 4), None)):
+            x = torch.randn(rows, 8, *size)
+            torch.testing.assert_close(phase(x, output_size), plain(x, output_size), atol=1e-5, rtol=1e-5)
+    # other output sizes and fewer than MIN_POSITIONS input positions run the original
+    assert calls == [(16, 8, 4, 5), (16, 8, 4, 4)]
+    other = Upsample2D(8, use_conv=False)
+    assert use_phase_upsampling(torch.nn.Sequential(other, Upsample2D(8, use_conv=True))) == 1
+    assert type(other) is Upsample2D
+
+
+def test_all_three_networks_upsample_by_phases():
+    from diffusers import AutoencoderKL
+
+    from memo_pipeline.tiny import TINY_VAE, tiny_memo_models
+    from memo_pipeline.vae import DiffusersVAE
+
+    models = tiny_memo_models()
+    for net in (models.diffusion_net, models.reference_net):
+        upsamplers = [m for m in net.modules() if hasattr(m, "use_conv_transpose")]
+        assert upsamplers and all(type(m) is PhaseUpsample2D for m in upsamplers)
+    vae = randomize(AutoencoderKL(**TINY_VAE), seed=5)
+    latents = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        plain = vae.decode(latents).sample
+        DiffusersVAE(vae)  # gives the decoder its phase upsamplers, in place
+        assert any(type(m) is PhaseUpsample2D for m in vae.decoder.modules())
+        torch.testing.assert_close(vae.decode(latents).sample, plain, atol=1e-5, rtol=1e-5)

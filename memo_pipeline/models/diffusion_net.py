@@ -20,7 +20,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
 from .audio_attention import AudioModule
@@ -30,6 +30,7 @@ from .motion_memory import MotionMemory
 from .motion_module import MemoryUpdate, MotionModule
 from .reference_features import ReferenceFeatures, motion_frames, reference_tokens
 from .spatial_attention import SpatialTransformer
+from .upsample import PhaseUpsample2D
 
 
 @dataclass
@@ -145,7 +146,7 @@ class UpLevel(VideoLevel):
         # every layer's audio heads are sized by the block's in_channels argument (docs/architecture.md#audio-module-width)
         super().__init__(resnet_io, [out_channels] * num_layers, [in_channels] * num_layers, **kwargs)
         if add_upsample:
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
+            self.upsamplers = nn.ModuleList([PhaseUpsample2D(out_channels, use_conv=True, out_channels=out_channels)])
 
     def forward(self, x, audio, temb, references: list[torch.Tensor], cond: Conditioning, skips: list[torch.Tensor],
                 upsample_size=None):

@@ -22,6 +22,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from ..cpu_kernels import onednn_linear
 from .reference_features import ReferenceFeatures
+from .upsample import use_phase_upsampling
 
 
 class ReferenceNet(UNet2DConditionModel):
@@ -38,6 +39,7 @@ class ReferenceNet(UNet2DConditionModel):
         for name in ("attn1", "norm2", "attn2", "norm3", "ff"):
             setattr(block, name, None)
         del final.transformer_blocks[1:]
+        use_phase_upsampling(self)
 
     __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__)
 
