@@ -8,8 +8,8 @@ For every clip of `frames_per_clip` frames:
 2. the reference net turns that stack into features once per clip (timestep 0);
 3. flow-matching Euler denoising with classifier-free guidance: the unconditional branch has
    face tokens `image_proj(0)`, zero audio tokens and emotion label 9; the motion memory is
-   reset on the first clip of a track, extended on the first step of every later clip and only
-   read otherwise;
+   written afresh on the first step of a track, extended on the first step of every later clip
+   and only read otherwise;
 4. the latents are decoded and the clip is handed to the caller, who may write and drop it.
 
 Only the motion memory and the last motion frames survive from clip to clip, so memory use does
@@ -328,7 +328,8 @@ class MemoPipeline:
                      on_step: Callable[[StepInfo], None] | None = None,
                      should_cancel: Callable[[], bool] | None = None, num_clips: int | None = None) -> torch.Tensor:
         """Flow-matching Euler denoising of one clip from fresh noise (drawn from `generator`, or
-        `initial`); the motion memory is reset on clip 0, extended on the first step of later clips."""
+        `initial`); the first step resets the motion memory on clip 0 and extends it on later clips,
+        and then `inputs` no longer holds the motion frames' features (`drop_motion_features`)."""
         models, dtype, device = self.models, self.models.dtype, self.models.device
         height, width = inputs.size
         shape = (1, 4, settings.frames_per_clip, height // 8, width // 8)
@@ -340,10 +341,15 @@ class MemoPipeline:
             if should_cancel is not None and should_cancel():
                 of = f"/{num_clips}" if num_clips else ""
                 raise GenerationCancelled(f"cancelled at clip {clip + 1}{of}, step {step + 1}/{settings.steps}")
-            update = "reset" if clip == 0 else ("append" if step == 0 else "read")
+            # The first step writes the memory (afresh on clip 0). The official first clip writes it again at
+            # every step, from the same motion frames: that gives the same memory bit for bit, so later steps
+            # only read it (docs/architecture.md#clip-loop).
+            update = "read" if step else ("reset" if clip == 0 else "append")
             output = models.diffusion_net(torch.cat([latents] * inputs.copies), inputs.reference, t, inputs.face_tokens,
                                           inputs.audio_tokens, inputs.emotion, memory, update, inputs.uc_mask,
                                           constants=inputs.constants)
+            if step == 0:
+                inputs.drop_motion_features()
             if inputs.copies == 2:
                 uncond, cond = output.chunk(2)
                 velocity = uncond + settings.guidance_scale * (cond - uncond)
@@ -447,3 +453,10 @@ class ClipInputs:
     copies: int
     constants: ClipConstants | None
     size: tuple[int, int]  # (H, W) of the video
+
+    def drop_motion_features(self) -> None:
+        """Keep only the reference image's rows of the reference features. The motion frames' rows
+        (`copies * P` of every `copies * (1 + P)`) are read only when the memory is written, on a
+        clip's first step; at 512 px they take 1.6 GB in float32."""
+        copies = self.copies
+        self.reference = self.reference.map(lambda f: f.reshape(copies, -1, *f.shape[1:])[:, 0].clone())

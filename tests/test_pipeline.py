@@ -147,6 +147,58 @@ def test_first_clip_runs_the_reference_net_once_per_face_row(pipeline, init_past
         torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-5)
 
 
+def test_first_clip_writes_the_memory_once_and_matches_the_official_schedule(pipeline, monkeypatch):
+    """The official first clip resets the motion memory at every step from the same motion frames;
+    writing it once and reading it afterwards gives bit-identical frames."""
+    from memo_pipeline.pipeline import ClipInputs
+
+    pixels, face, audio = _inputs(8)
+    settings = GenerationSettings(**FAST)
+    net = pipeline.models.diffusion_net
+    plain, updates = net.forward, []
+
+    def run(official: bool) -> torch.Tensor:
+        def forward(*args, **kwargs):
+            args = list(args)
+            if official and len(updates) < settings.steps:
+                args[7] = "reset"  # memory_update
+            updates.append(args[7])
+            return plain(*args, **kwargs)
+
+        updates.clear()
+        monkeypatch.setattr(net, "forward", forward, raising=False)
+        with torch.no_grad():
+            return torch.cat([clip.frames for clip in pipeline.generate(pixels, face, audio, 3, settings)])
+
+    ours = run(official=False)
+    assert updates == ["reset", "read", "append", "read"]
+    monkeypatch.setattr(ClipInputs, "drop_motion_features", lambda self: None)  # the official run keeps them
+    official = run(official=True)
+    assert updates == ["reset", "reset", "append", "read"]
+    assert torch.equal(ours, official)
+
+
+def test_clip_inputs_drop_the_motion_features_after_the_memory_write(pipeline):
+    from memo_pipeline.models.reference_features import motion_frames
+
+    pixels, face, audio = _inputs(4)
+    settings = GenerationSettings(**FAST)
+    with torch.no_grad():
+        cond = pipeline.conditioning(pixels, face, audio, 3, settings)
+        state, generator = pipeline.initial_state(settings, None)
+        inputs = pipeline.prepare_clip(0, cond, audio, state, settings, {})
+        stacked = inputs.reference.tensors()
+        assert all(t.shape[0] == 2 * (1 + settings.init_past_frames) for t in stacked)
+        pipeline.denoise_clip(0, inputs, state.memory, generator, settings)
+    kept = inputs.reference.tensors()
+    assert all(t.shape[0] == 2 for t in kept)
+    for before, after in zip(stacked, kept):  # the reference image's rows of each CFG copy, as copies
+        torch.testing.assert_close(after, before.reshape(2, -1, *before.shape[1:])[:, 0], atol=0, rtol=0)
+        assert after.untyped_storage().data_ptr() != before.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="no motion frames"):
+        motion_frames(kept[0], 2, 8, 8)
+
+
 def test_seeded_noise_matches_the_official_generator():
     meta, tensors = golden_case("full_pipeline")
     generator = torch.Generator().manual_seed(meta["loop"]["seed"])

@@ -59,6 +59,9 @@ def reference_tokens(feature: Tensor, batch: int) -> Tensor | None:
 def motion_frames(feature: Tensor, batch: int, height: int, width: int) -> Tensor:
     """The motion frames of one layer's feature, folded as `(batch * P, c, h, w)`."""
     stack = feature.shape[0] // batch
+    if stack < 2:
+        raise ValueError("these reference features hold no motion frames (a clip's inputs drop them after the "
+                         "first step, which writes the motion memory)")
     if feature.dim() == 3:
         tokens = feature.reshape(batch, stack, height, width, feature.shape[-1])[:, 1:]
         return tokens.reshape(batch * (stack - 1), height, width, feature.shape[-1]).permute(0, 3, 1, 2)
