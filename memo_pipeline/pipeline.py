@@ -457,6 +457,6 @@ class ClipInputs:
     def drop_motion_features(self) -> None:
         """Keep only the reference image's rows of the reference features. The motion frames' rows
         (`copies * P` of every `copies * (1 + P)`) are read only when the memory is written, on a
-        clip's first step; at 512 px they take 1.6 GB in float32."""
+        clip's first step; at 512 px they take about 1.5 GB in float32."""
         copies = self.copies
         self.reference = self.reference.map(lambda f: f.reshape(copies, -1, *f.shape[1:])[:, 0].clone())
