@@ -4,8 +4,8 @@ The net is compiled in place (`forward` is replaced by the compiled one), so `Me
 caller stay as they are. Shapes are fixed for a run (`dynamic=False`); the three memory modes of a
 step ("reset" for the first step of the first clip, "append" for the first step of a later clip,
 "read" otherwise) give three compiled variants in the first two clips, and no clip after that
-compiles again (tested with `tests/test_compile.py`). Off by default: the first clips pay the compile time, which only
-pays back on long videos or repeated runs in one process. A compiler that cannot run here
+compiles again (tested with `tests/test_compile.py`). Off by default: the first clips pay the
+compile time, which only pays back on long videos or repeated runs in one process. A compiler that cannot run here
 (no Triton on an NVIDIA GPU, no C++ compiler on a CPU) fails the first step with a `CompileFailed`
 that says how to run without compiling.
 """

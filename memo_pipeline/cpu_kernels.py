@@ -51,8 +51,8 @@ class _OneDNNLinear(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            named = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            x, weight, bias = named["input"], named["weight"], named.get("bias")
             if _fits(x, weight, bias):
                 return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
         return func(*args, **kwargs)

@@ -34,7 +34,7 @@ from .loading import MemoModels
 from .audio.emotions import NUM_EMOTION_CLASSES, UNCONDITIONAL_EMOTION, clip_emotion
 from .models.clip_constants import ClipConstants
 from .models.motion_memory import MotionMemory
-from .models.reference_features import ReferenceFeatures
+from .models.reference_features import ReferenceFeatures, reference_rows
 from .state import GenerationState  # noqa: F401 - re-exported: it used to live here
 from .vae import VAEAdapter
 
@@ -458,5 +458,4 @@ class ClipInputs:
         """Keep only the reference image's rows of the reference features. The motion frames' rows
         (`copies * P` of every `copies * (1 + P)`) are read only when the memory is written, on a
         clip's first step; at 512 px they take about 1.5 GB in float32."""
-        copies = self.copies
-        self.reference = self.reference.map(lambda f: f.reshape(copies, -1, *f.shape[1:])[:, 0].clone())
+        self.reference = self.reference.map(lambda feature: reference_rows(feature, self.copies).clone())

@@ -137,17 +137,21 @@ def test_onednn_linear_routes_float32_cpu_linear_layers(monkeypatch):
         out = net(x)
         assert counting.calls == 1
         torch.testing.assert_close(out, torch.nn.functional.linear(x, net.layer.weight, net.layer.bias))
+        with cpu_kernels._OneDNNLinear():  # keyword arguments are routed too
+            by_name = torch.nn.functional.linear(input=x, weight=net.layer.weight, bias=net.layer.bias)
+        assert counting.calls == 2
+        torch.testing.assert_close(by_name, out, atol=0, rtol=0)
         net.double()(x.double())  # other dtypes keep PyTorch's own kernel
         net.float()
         with torch.backends.mkldnn.flags(enabled=False):  # as does a user who switched oneDNN off
             net(x)
-    assert counting.calls == 1
+    assert counting.calls == 2
     net(x).sum().backward()  # training needs the autograd of F.linear
-    assert counting.calls == 1 and net.layer.weight.grad is not None
+    assert counting.calls == 2 and net.layer.weight.grad is not None
     monkeypatch.setattr(cpu_kernels, "_compiling", lambda: True)
     with torch.no_grad():
         net(x)
-    assert counting.calls == 1
+    assert counting.calls == 2
 
 
 @needs_onednn

@@ -23,8 +23,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
-from .audio_attention import AudioModule
 from ..cpu_kernels import onednn_linear
+from .audio_attention import AudioModule
 from .clip_constants import ClipConstants, name_slots
 from .motion_memory import MotionMemory
 from .motion_module import MemoryUpdate, MotionModule

@@ -48,12 +48,17 @@ class ReferenceFeatures:
         return reference.map(merge)
 
 
+def reference_rows(feature: Tensor, batch: int) -> Tensor:
+    """The reference image's row of one layer's feature: row 0 of every CFG copy's stack, `(batch, ...)` (a view)."""
+    return feature.reshape(batch, -1, *feature.shape[1:])[:, 0]
+
+
 def reference_tokens(feature: Tensor, batch: int) -> Tensor | None:
-    """The reference image's tokens `(batch, h*w, c)` of one layer's feature (row 0 of every CFG
-    copy's stack), or None for a plain layer (its feature is a resnet map)."""
+    """The reference image's tokens `(batch, h*w, c)` of one layer's feature, or None for a plain
+    layer (its feature is a resnet map)."""
     if feature.dim() != 3:
         return None
-    return feature.reshape(batch, -1, *feature.shape[1:])[:, 0]
+    return reference_rows(feature, batch)
 
 
 def motion_frames(feature: Tensor, batch: int, height: int, width: int) -> Tensor:
