@@ -40,17 +40,20 @@ from .video_source import iter_video_chunks, video_frame_rate
 
 def analyze_video(path: str | os.PathLike, analyzer, reference_image, *, audio=None, emotion_labels=None,
                   emotion_source: str = "", frames_per_clip: int = 16, identity_every: int = 1,
-                  max_lag: int | None = None, fps: float | None = None, on_chunk=None) -> QualityReport:
+                  max_lag: int | None = None, fps: float | None = None, on_chunk=None,
+                  allow_faceless_reference: bool = False) -> QualityReport:
     """Report on a video file, decoded one clip at a time.
 
     ``audio`` is (samples, rate) or a ``SpeechEnvelope``; by default the file's own audio track is
     used, decoded block by block (none: no sync proxy). ``fps`` defaults to the file's frame rate.
-    ``on_chunk(frames_done)`` is called after every clip (progress, cancel).
+    ``on_chunk(frames_done)`` is called after every clip (progress, cancel). A reference without a
+    face is an error unless ``allow_faceless_reference`` (then identity is not scored, and says so).
     """
     from ..audio.io import AudioLoadError
 
     rate = video_frame_rate(path) if fps is None else float(fps)
-    reporter = QualityReporter(analyzer, reference_image, rate, frames_per_clip, identity_every)
+    reporter = QualityReporter(analyzer, reference_image, rate, frames_per_clip, identity_every,
+                               allow_faceless_reference)
     notes = []
     if audio is None:
         try:

@@ -105,8 +105,12 @@ def render_report(report, width: int = WIDTH, height: int = HEIGHT):
 
     ident = report.identity_summary()
     draw.text((LEFT, 8), "MEMO quality report", fill=AXIS, font=normal)
-    head = (f"identity mean {ident['mean']:.3f}  min {ident['min']:.3f}  no face: {ident['frames_no_face']}/{frames} frames"
-            if ident["mean"] is not None else f"identity: no frame scored ({ident['frames_no_face']}/{frames} without a face)")
+    if not ident["reference_face_found"]:
+        head = "identity: NOT SCORED, no face in the reference image"
+    elif ident["mean"] is None:
+        head = f"identity: no frame scored ({ident['frames_no_face']}/{frames} without a face)"
+    else:
+        head = f"identity mean {ident['mean']:.3f}  min {ident['min']:.3f}  no face: {ident['frames_no_face']}/{frames} frames"
     draw.text((LEFT + 170, 8), head, fill=IDENTITY, font=normal)
 
     # --- identity panel

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..face.errors import NoFaceError
 from ..face.image import as_rgb_frames, as_rgb_image
 from .emotion_timeline import emotion_timeline
 from .identity import cosine_similarity, linear_drift, reference_embedding
@@ -31,7 +32,8 @@ class QualityReporter:
     part on a CPU); detection, and with it the mouth motion, still runs on every frame.
     """
 
-    def __init__(self, analyzer, reference_image, fps: float, frames_per_clip: int = 16, identity_every: int = 1):
+    def __init__(self, analyzer, reference_image, fps: float, frames_per_clip: int = 16, identity_every: int = 1,
+                 allow_faceless_reference: bool = False):
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps!r}")
         if int(frames_per_clip) < 1:
@@ -42,7 +44,14 @@ class QualityReporter:
         self.fps = float(fps)
         self.frames_per_clip = int(frames_per_clip)
         self.identity_every = int(identity_every)
-        self.reference, self.reference_face = reference_embedding(analyzer, as_rgb_image(reference_image, "reference image"))
+        reference = as_rgb_image(reference_image, "reference image")
+        try:
+            self.reference, self.reference_face = reference_embedding(analyzer, reference)
+        except NoFaceError:
+            if not allow_faceless_reference:
+                raise
+            # Sync proxy and emotions need no reference face; identity then has nothing to compare with.
+            self.reference, self.reference_face = None, None
         self.similarity: list[float] = []  # NaN: no face, or not scored (see `scored`)
         self.face_found: list[bool] = []
         self.scored: list[bool] = []
@@ -67,11 +76,11 @@ class QualityReporter:
                 self.several_faces += 1
             score = math.nan
             due = index % self.identity_every == 0
-            if face is not None and kps is not None and due:
+            if face is not None and kps is not None and due and self.reference is not None:
                 score = cosine_similarity(self.analyzer.embed(rgb, face, name), self.reference)
             self.similarity.append(score)
             self.face_found.append(face is not None and kps is not None)
-            self.scored.append(due and face is not None and kps is not None)
+            self.scored.append(due and face is not None and kps is not None and self.reference is not None)
             self.motion.add(None if kps is None else mouth_patch(rgb, kps))
 
     def finish(self, audio: tuple[np.ndarray, int] | SpeechEnvelope | None = None, emotion_labels=None,
@@ -80,6 +89,8 @@ class QualityReporter:
         ``emotion_labels`` one label per frame (may run past the video, as generation pads to clips)."""
         if self.frames == 0:
             raise ValueError("no frames were analysed")
+        if max_lag is not None and int(max_lag) < 0:
+            raise ValueError(f"max_lag is a number of frames and cannot be negative, got {max_lag}")
         frames, fps = self.frames, self.fps
         similarity = np.asarray(self.similarity, dtype=np.float64)
         motion = self.motion.series()
@@ -105,7 +116,7 @@ class QualityReporter:
                              identity_every=self.identity_every, similarity=similarity,
                              face_found=np.asarray(self.face_found), scored=np.asarray(self.scored),
                              several_faces=self.several_faces, motion=motion, envelope=envelope, flux=flux,
-                             sync=sync, emotion=timeline)
+                             sync=sync, emotion=timeline, reference_face=_face_summary(self.reference_face))
 
 
 @dataclass
@@ -124,6 +135,8 @@ class QualityReport:
     sync: SyncProxyResult | None
     emotion: dict | None
     notes: list[str] = field(default_factory=list)
+    # the reference's detected face ({"score", "box"}); None: no face there, so nothing was scored
+    reference_face: dict | None = field(default_factory=lambda: {"score": None, "box": None})
 
     @property
     def clips(self) -> int:
@@ -145,6 +158,7 @@ class QualityReport:
         times = np.arange(self.frames) / self.fps
         return {
             "metric": "cosine similarity of ArcFace embeddings, largest face of each frame vs the reference face",
+            "reference_face_found": self.reference_face is not None, "reference_face": self.reference_face,
             "frames": self.frames, "frames_scored": int(scored.sum()), "frames_no_face": int((~self.face_found).sum()),
             "frames_several_faces": self.several_faces, "scored_every_n_frames": self.identity_every,
             "mean": _r(np.nanmean(s)) if scored.any() else None, "min": _r(np.nanmin(s)) if scored.any() else None,
@@ -179,7 +193,10 @@ class QualityReport:
         ident = self.identity_summary()
         lines = [f"video: {self.frames} frames at {self.fps:g} fps ({self.frames / self.fps:.2f} s), "
                  f"{self.clips} clips of {self.frames_per_clip}"]
-        if ident["mean"] is None:
+        if self.reference_face is None:
+            lines.append(f"identity: NOT SCORED: no face found in the reference image ({ident['frames_no_face']} of "
+                         f"{self.frames} frames without a detected face)")
+        elif ident["mean"] is None:
             lines.append(f"identity: no frame could be scored ({ident['frames_no_face']} of {self.frames} frames "
                          "without a detected face)")
         else:
@@ -209,6 +226,12 @@ class QualityReport:
             lines.append("  per clip: " + ", ".join(self.emotion["clip_labels"][: self.clips]))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _face_summary(face) -> dict | None:
+    if face is None:
+        return None
+    return {"score": _r(face.score), "box": [_r(v, 1) for v in face.box]}
 
 
 def _r(value, digits: int = 4):
