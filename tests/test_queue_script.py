@@ -199,12 +199,13 @@ COMMAND = re.compile(r"python3?\s+\S*queue_workflow\.py\s[^`\n]*")
 class RecordingComfy:
     """Stands in for ComfyHTTP (same methods) and records what the script asks of the server, in order."""
 
-    def __init__(self, server, timeout=3600, poll=0.5, log=print):
+    def __init__(self, server, timeout=3600, poll=0.5, log=print, http_timeout=30):
         self.server, self.log, self.events = server, log, []
         RecordingComfy.last = self
 
     def upload(self, path, subfolder=""):
         self.events.append(("upload", Path(path).name))
+        Path(path).read_bytes()  # the file must be there (a manifest's @FILE is relative to its folder)
         return f"uploaded/{Path(path).name}"
 
     def queue(self, prompt):
