@@ -225,7 +225,7 @@ def output_files(entry: dict, include_temp: bool = False) -> list[dict]:
             if not isinstance(items, list):
                 continue
             for item in items:
-                if isinstance(item, dict) and item.get("filename") and item.get("type", "output") in types:
+                if isinstance(item, dict) and "filename" in item and item.get("type", "output") in types:
                     files.append({"filename": item["filename"], "subfolder": item.get("subfolder") or "",
                                   "type": item.get("type", "output"), "node_id": node_id, "key": key})
     return files

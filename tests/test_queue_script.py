@@ -243,6 +243,11 @@ def test_documented_command_runs_verbatim_against_the_shipped_workflow(where, co
         if value.startswith("@") and not value.startswith("@@"):
             (tmp_path / value[1:]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / value[1:]).write_bytes(b"not really a picture")
+    if "--jobs" in argv:  # the manifest the README describes next to the command
+        (tmp_path / "anna.png").write_bytes(b"not really a picture")
+        (tmp_path / "intro.wav").write_bytes(b"not really a sound")
+        (tmp_path / argv[argv.index("--jobs") + 1]).write_text("Portrait.image,Speech.audio,11.seed\n"
+                                                               "@anna.png,@intro.wav,7\n")
     if "--batch" in argv:
         folder = tmp_path / argv[argv.index("--batch") + 1].partition("=")[2]
         folder.mkdir(parents=True, exist_ok=True)
@@ -254,6 +259,9 @@ def test_documented_command_runs_verbatim_against_the_shipped_workflow(where, co
     workflow = qw.load_workflow(argv[0])
     queued = [event[1] for event in RecordingComfy.last.events if event[0] == "queue"]
     assert queued and RecordingComfy.last.events[0][0] == "upload"
+    if "--jobs" in argv:
+        assert [p["11"]["inputs"]["seed"] for p in queued] == [7]
+        assert queued[0]["1"]["inputs"]["image"] == "uploaded/anna.png"
     for prompt in queued:
         for i, token in enumerate(argv):
             if argv[i - 1] != "--set" or "=@" not in token:
