@@ -376,17 +376,18 @@ class ComfyHTTP:
         self.client_id = uuid.uuid4().hex
         self.log = log
 
-    def _call(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None) -> tuple[int, bytes]:
+    def _call(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None) -> tuple[int, bytes, str]:
+        """(HTTP status, body, content type)."""
         headers = {"Content-Type": ctype} if ctype else {}
         req = urllib.request.Request(self.server + path, data=body, method=method, headers=headers)
         route = path.split("?")[0]
         try:
             try:
                 with urllib.request.urlopen(req, timeout=self.http_timeout) as r:
-                    return r.status, r.read()
+                    return r.status, r.read(), r.headers.get_content_type()
             except urllib.error.HTTPError as e:
                 with e:
-                    return e.code, e.read()
+                    return e.code, e.read(), e.headers.get_content_type()
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError):
                 raise self._silent(method, route) from None
@@ -408,7 +409,7 @@ class ComfyHTTP:
         """(HTTP status, parsed JSON body or None when empty); any other body is a BadServerAnswer."""
         if payload is not None:
             body, ctype = json.dumps(payload).encode(), "application/json"
-        status, data = self._call(method, path, body, ctype)
+        status, data, _ = self._call(method, path, body, ctype)
         if not data.strip():
             return status, None
         route = path.split("?")[0]
@@ -496,9 +497,12 @@ class ComfyHTTP:
         target = local_target(out_dir, fileinfo)  # names checked before anything is fetched
         query = urllib.parse.urlencode({"filename": fileinfo["filename"], "subfolder": fileinfo.get("subfolder") or "",
                                         "type": fileinfo.get("type") or "output"})
-        status, data = self._call("GET", "/view?" + query)
+        status, data, ctype = self._call("GET", "/view?" + query)
         if status != 200:
             raise WorkflowFailed(f"download of {fileinfo['filename']} failed: HTTP {status}")
+        if ctype == "text/html" and target.suffix.lower() not in (".html", ".htm"):
+            raise BadServerAnswer(f"the server at {self.server} answered the download of {fileinfo['filename']} with "
+                                  "an HTML page (a proxy or login page in front of ComfyUI?); nothing saved")
         try:
             return save_new_file(target, data, overwrite)
         except OSError as e:

@@ -187,6 +187,7 @@ HOSTILE = {
     "history answers 500": ({"GET /history/*": lambda p, b: (500, "application/json", b"{}")}, 2, "HTTP 500"),
     "json nested too deeply": ({"POST /prompt": lambda p, b: (200, "application/json", b"[" * 100000 + b"]" * 100000)},
                                2, "nested too deeply"),
+    "html page instead of the video": ({"GET /view": html}, 2, "download of clip_00001_.mp4 with an HTML page"),
     "not json at all": ({"POST /prompt": lambda p, b: (200, "text/plain", b"OK")}, 2, "not JSON"),
 }
 
@@ -199,6 +200,7 @@ def test_hostile_answers_give_one_clear_line(case, comfy, files, capsys):
     err = capsys.readouterr().err
     one_error_line(err)
     assert code == expected_code and message in err, (code, err)
+    assert not (files / "out").exists()  # nothing saved from a bad answer
     assert seconds < 10, f"{case}: took {seconds:.1f} s (polling a malformed answer until --timeout 3600?)"
 
 
@@ -380,11 +382,8 @@ def test_a_failed_prompt_does_not_stop_the_others(comfy, files, capsys):
 
 
 def test_a_broken_server_stops_the_rest_with_a_table(comfy, files, capsys):
-    answers = iter([None, html])
-
-    def second_is_html(path, body):
-        handler = next(answers, html)
-        return html(path, body) if handler else comfy.default_post(path, body)
+    def second_is_html(path, body):  # a login page appears in front of ComfyUI after the first prompt
+        return html(path, body) if comfy.prompts else comfy.default_post(path, body)
 
     comfy.routes["POST /prompt"] = second_is_html
     jobs = write_csv(files, "3.seed\n1\n2\n3\n")
