@@ -711,6 +711,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_server(url: str) -> None:
+    """--server must be an http(s) address with a host and a valid port: refused before anything is sent."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.port == 0:  # reading .port raises ValueError when it is out of range or not a number
+            raise ValueError("port 0")
+    except ValueError as e:
+        raise UsageError(f"bad --server address {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"bad --server address {url!r}: give http://HOST:PORT, e.g. {DEFAULT_SERVER}")
+
+
 def check_out_folder(out: Path) -> None:
     """--out must be a folder (or not exist yet, below a folder): refused before anything is uploaded."""
     if out.exists() and not out.is_dir():
@@ -736,6 +748,7 @@ def main(argv=None) -> int:
                 raise UsageError("--print-prompt cannot upload files; use plain values")
             print(json.dumps(apply_assignments(workflow, assignments, {}, args.allow_new_inputs), indent=2))
             return 0
+        check_server(args.server)
         out = Path(args.out)
         check_out_folder(out)
         common = dict(allow_new_inputs=args.allow_new_inputs, include_temp=args.include_temp,

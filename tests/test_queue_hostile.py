@@ -280,6 +280,13 @@ def test_output_names_that_are_not_plain_file_names_are_refused(name, subfolder,
     assert not any(r[1].startswith("/view") for r in comfy.requests)
 
 
+@pytest.mark.parametrize("address", ["http://127.0.0.1:99999", "http://[::1", "ftp://127.0.0.1:8188", "127.0.0.1:8188",
+                                     "http://:8188", "http://127.0.0.1:port"])
+def test_bad_server_addresses_are_one_line(address, files, capsys):
+    code = qw.main([str(files / "wf.json"), "--server", address, "--set", "3.seed=1"])
+    assert code == 2 and "bad --server address" in one_error_line(capsys.readouterr().err)
+
+
 def test_out_that_is_a_file_is_refused_before_uploading(comfy, files, capsys):
     (files / "out").write_bytes(b"keep me")
     code, _ = run(comfy, files)
