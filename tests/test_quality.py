@@ -149,6 +149,22 @@ def test_reference_without_a_face_is_an_error(photo_analyzer, photos):
         QualityReporter(haar, photos[0], fps=25.0)
 
 
+def test_faceless_reference_when_allowed_is_marked_and_scores_nothing(photo_analyzer, photos):
+    astronaut, _ = photos
+    reporter = QualityReporter(photo_analyzer, np.zeros((512, 512, 3), np.float32), fps=10.0, frames_per_clip=2,
+                               allow_faceless_reference=True)
+    reporter.add_frames(np.stack([astronaut, astronaut]))
+    report = reporter.finish()
+    assert report.reference_face is None and np.isnan(report.similarity).all() and report.face_found.all()
+    ident = report.to_dict()["identity"]
+    assert ident["reference_face_found"] is False and ident["frames_scored"] == 0 and ident["mean"] is None
+    assert "identity: NOT SCORED: no face found in the reference image" in report.text()
+    assert np.asarray(render_report(report)).shape == (640, 1200, 3)
+    found = QualityReporter(photo_analyzer, astronaut, fps=10.0)
+    found.add_frames(np.stack([astronaut]))
+    assert found.finish().to_dict()["identity"]["reference_face_found"] is True
+
+
 def test_identity_every_n_frames_scores_only_those(photo_analyzer, photos):
     astronaut, cameraman = photos
     reporter = QualityReporter(photo_analyzer, astronaut, fps=10.0, frames_per_clip=4, identity_every=2)
