@@ -1,20 +1,16 @@
 """scripts/queue_workflow.py without a ComfyUI server: parsing, substitution, outputs, errors."""
 import email
-import importlib.util
 import json
 import re
 import shlex
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+from support import load_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "queue_workflow.py"
-_spec = importlib.util.spec_from_file_location("memo_queue_workflow", SCRIPT)
-qw = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = qw  # dataclasses look their module up while the file executes
-_spec.loader.exec_module(qw)
+qw = load_module("memo_queue_workflow", SCRIPT)  # the same module object as test_queue_hostile's
 
 WORKFLOW = {
     "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "model": ["4", 0]}},
