@@ -220,7 +220,7 @@ def test_single_file_vae_problems(tree, tmp_path):
     _expect_broken(tree, "vae", "truncated download")
     # a safetensors file that is not a VAE (a wav2vec2 in the VAE folder)
     shutil.copy(tree / mf.WAV2VEC_DIR / "model.safetensors", vae)
-    _expect_broken(tree, "vae", "not a Stable Diffusion VAE")
+    _expect_broken(tree, "vae", "not an SD VAE")
     # an LDM VAE with one tensor of the wrong shape
     write_tiny_vae_single_file(vae)
     _rewrite(vae, lambda t: t.__setitem__("decoder.conv_out.bias", torch.zeros(4)))
