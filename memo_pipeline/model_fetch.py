@@ -301,6 +301,15 @@ def install_item(models: Path, item: Item, files: list[PlannedFile]) -> str:
     return detail
 
 
+def _remove_empty_staging(models: Path) -> None:
+    staging = models / STAGING
+    try:
+        if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError:
+        pass
+
+
 def _prepare_staging(models: Path) -> None:
     """Make sure downloads can be stored before anything is downloaded (a read-only disk, a file
     where the folder should be): raises FetchError with one line."""
@@ -338,43 +347,43 @@ def fetch(models: str | os.PathLike, features=FEATURES, assume_yes: bool = False
     except FetchError as err:
         log(f"error: {err} (nothing was downloaded)")
         return 1
-    from huggingface_hub import close_session
-
-    close_session()  # a fresh HTTP client, so this run's proxy variables apply
     try:
-        resolve_metadata(files)
-    except FetchError as err:
-        log(f"error: {err} (nothing was downloaded; check the network, HF_ENDPOINT and proxy settings)")
-        return 1
-    total = sum(f.size or 0 for f in files)
-    log(f"will download {len(files)} files, {format_size(total)} in total, into {models}:")
-    for f in files:
-        log(f"  {format_size(f.size):>10s}  {f.item.source.repo_id}/{f.repo_path} -> {f.dest.relative_to(models)}")
-    sources = {f.item.source for f in files}
-    for source in sorted(sources, key=lambda s: s.repo_id):
-        log(f"  licence of {source.repo_id}: {source.licence} ({source.page})")
-    if not assume_yes and not _confirm("continue? [y/N] "):
-        log("nothing downloaded")
-        return 1
-    by_item: dict[str, list[PlannedFile]] = {}
-    for f in files:
-        by_item.setdefault(f.item.key, []).append(f)
-    installed = []
-    for key, item_files in by_item.items():
-        item = item_files[0].item
+        from huggingface_hub import close_session
+
+        close_session()  # a fresh HTTP client, so this run's proxy variables apply
         try:
-            for f in item_files:
-                download_file(models, f, log)
-            detail = install_item(models, item, item_files)
+            resolve_metadata(files)
         except FetchError as err:
-            kept = f"; installed so far: {', '.join(installed)}" if installed else ""
-            log(f"error: {err}{kept}. Run the same command again to continue.")
+            log(f"error: {err} (nothing was downloaded; check the network, HF_ENDPOINT and proxy settings)")
             return 1
-        installed.append(item.title)
-        log(f"installed {item.title} in {models / item.dest} ({detail})")
-    staging = models / STAGING
-    if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
-        shutil.rmtree(staging, ignore_errors=True)
+        total = sum(f.size or 0 for f in files)
+        log(f"will download {len(files)} files, {format_size(total)} in total, into {models}:")
+        for f in files:
+            log(f"  {format_size(f.size):>10s}  {f.item.source.repo_id}/{f.repo_path} -> {f.dest.relative_to(models)}")
+        sources = {f.item.source for f in files}
+        for source in sorted(sources, key=lambda s: s.repo_id):
+            log(f"  licence of {source.repo_id}: {source.licence} ({source.page})")
+        if not assume_yes and not _confirm("continue? [y/N] "):
+            log("nothing downloaded")
+            return 1
+        by_item: dict[str, list[PlannedFile]] = {}
+        for f in files:
+            by_item.setdefault(f.item.key, []).append(f)
+        installed = []
+        for key, item_files in by_item.items():
+            item = item_files[0].item
+            try:
+                for f in item_files:
+                    download_file(models, f, log)
+                detail = install_item(models, item, item_files)
+            except FetchError as err:
+                kept = f"; installed so far: {', '.join(installed)}" if installed else ""
+                log(f"error: {err}{kept}. Run the same command again to continue.")
+                return 1
+            installed.append(item.title)
+            log(f"installed {item.title} in {models / item.dest} ({detail})")
+    finally:
+        _remove_empty_staging(models)
     from .model_files import check_models, format_report
 
     report = check_models(models, features)

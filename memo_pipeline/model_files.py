@@ -16,9 +16,13 @@ layouts people already have (any MEMO checkpoint folder under ``memo/``, a singl
 Hugging Face cache ``models--org--name/snapshots/<rev>/`` folder in the model folder or as the
 models folder itself).
 
-Checking never loads weights into memory: safetensors headers are parsed (and their byte ranges
-checked against the file size, which catches truncated downloads), the networks are built from
-the found ``config.json`` on the meta device and compared key by key and shape by shape; ONNX files
+Checking never loads weights into memory: safetensors headers are parsed and checked by the
+reader's own rules (byte ranges without overlap or gap, covering the file exactly, which catches
+truncated downloads), then the networks are built from the found ``config.json`` on the meta
+device and compared key by key and shape by shape. The files are found and read with the loaders'
+own public functions (``loading.weight_files``, ``vae.vae_layout`` / ``single_file_state`` /
+``build_vae``, ``wav2vec2_weights.read_folder_config`` / ``folder_weight_files``), so a check
+accepts exactly what the loader loads (``tests/test_model_rules.py`` holds the two sides to it); ONNX files
 are opened with onnxruntime by the same classes that run them; emotion2vec's ``config.yaml`` and
 ``model.pt`` go through the run-time safe loader (``torch.load(weights_only=True)``, memory-mapped).
 """
