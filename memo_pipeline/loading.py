@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -84,17 +85,63 @@ def move(model: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
     return torch.nn.Module.to(model, device=device, dtype=resolve_dtype(dtype))
 
 
-def read_config(folder: str | os.PathLike) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: a MEMO model folder needs its config.json next to the weights")
+def read_json(path: str | os.PathLike) -> object:
+    """A JSON file, with every way it can be unreadable (a folder in its place, bad UTF-8, invalid or
+    absurdly nested JSON) raised as one CheckpointError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder where a JSON file should be; remove or rename it")
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a usable JSON file: it is nested too deeply") from None
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: a MEMO model folder needs its config.json next to the weights")
+    config = read_json(path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
+    check_config_limits(config, os.fspath(path))
     return config
+
+
+MAX_REPEATS = 48
+"""Most layers / blocks a config may ask for per count (wav2vec2 XLS-R has 48 layers, the SD nets 2 per
+block). Building a network on the meta device still costs time per module: a config asking for
+thousands would keep `models check` and the loaders busy for minutes before any weight is read."""
+MAX_LIST_ENTRIES = 16
+"""Most entries of a list in a config (the SD nets have 4 levels, wav2vec2 7 conv layers)."""
+MAX_CONFIG_INT = 1 << 20
+"""Largest integer a config may hold (widths and table lengths are far below it)."""
+_REPEAT_KEY = re.compile(r"(^|_)(layers|depth|blocks)$|layers_per_block$")
+
+
+def check_config_limits(config, source: str) -> None:
+    """Refuse a config that asks for more repeats, levels or width than any real model has, before
+    anything is built from it (one rule for the MEMO nets, the VAE and wav2vec2)."""
+
+    def visit(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                visit(item, str(name))
+        elif isinstance(value, (list, tuple)):
+            if len(value) > MAX_LIST_ENTRIES:
+                raise CheckpointError(f"{source}: '{key}' has {len(value)} entries; at most {MAX_LIST_ENTRIES} are accepted")
+            for item in value:
+                visit(item, key)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if _REPEAT_KEY.search(key) and value > MAX_REPEATS:
+                raise CheckpointError(f"{source}: '{key}' asks for {value} layers; at most {MAX_REPEATS} are accepted "
+                                      "(no released model has more)")
+            if abs(value) > MAX_CONFIG_INT:
+                raise CheckpointError(f"{source}: '{key}' is {value}, far beyond any real model's size")
+
+    visit(config, "config")
 
 
 def constructor_kwargs(cls, config: dict, source: str) -> dict:
@@ -110,6 +157,7 @@ def constructor_kwargs(cls, config: dict, source: str) -> dict:
 
 
 def build_model(cls, config: dict, source: str = "config", device: str | torch.device | None = None) -> torch.nn.Module:
+    check_config_limits(config, source)
     try:
         with torch.device(device or "cpu"):
             return cls(**constructor_kwargs(cls, config, source))
@@ -130,15 +178,20 @@ def shard_path(folder: Path, shard, index: Path) -> Path:
     return folder / shard
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files holding a model folder's weights (one file, or the shards its index
+    names), as the loader reads them; pickled weights are refused here."""
+    folder = Path(folder)
     for name in WEIGHT_NAMES:
+        if (folder / name).is_dir():
+            raise CheckpointError(f"{folder / name} is a folder where the weights file should be; remove or rename it")
         if (folder / name).is_file():
             return [folder / name]
         index = folder / f"{name}.index.json"
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()), key=str)
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                shards = sorted(set(read_json(index)["weight_map"].values()), key=str)
+            except (KeyError, TypeError, AttributeError) as err:
                 raise CheckpointError(f"{index} is not a valid safetensors index: {err}") from err
             return [shard_path(folder, shard, index) for shard in shards]
     pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
@@ -153,7 +206,7 @@ def _weight_files(folder: Path) -> list[Path]:
 def read_weights(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], str]:
     folder = Path(folder)
     tensors, names = {}, []
-    for path in _weight_files(folder):
+    for path in weight_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in the safetensors index but missing")
         try:

@@ -16,9 +16,13 @@ layouts people already have (any MEMO checkpoint folder under ``memo/``, a singl
 Hugging Face cache ``models--org--name/snapshots/<rev>/`` folder in the model folder or as the
 models folder itself).
 
-Checking never loads weights into memory: safetensors headers are parsed (and their byte ranges
-checked against the file size, which catches truncated downloads), the networks are built from
-the found ``config.json`` on the meta device and compared key by key and shape by shape; ONNX files
+Checking never loads weights into memory: safetensors headers are parsed and checked by the
+reader's own rules (byte ranges without overlap or gap, covering the file exactly, which catches
+truncated downloads), then the networks are built from the found ``config.json`` on the meta
+device and compared key by key and shape by shape. The files are found and read with the loaders'
+own public functions (``loading.weight_files``, ``vae.vae_layout`` / ``single_file_state`` /
+``build_vae``, ``wav2vec2_weights.read_folder_config`` / ``folder_weight_files``), so a check
+accepts exactly what the loader loads (``tests/test_model_rules.py`` holds the two sides to it); ONNX files
 are opened with onnxruntime by the same classes that run them; emotion2vec's ``config.yaml`` and
 ``model.pt`` go through the run-time safe loader (``torch.load(weights_only=True)``, memory-mapped).
 """
@@ -134,16 +138,22 @@ class FileProblem(ValueError):
 
 # ------------------------------------------------------------------ safetensors headers
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64,
+               "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F6_E2M3": 6,
+               "F6_E3M2": 6, "F4": 4, "C64": 64}
+_MAX_HEADER = 100_000_000  # the safetensors reader's own limit on the header length
 
 
-def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a safetensors header, after checking that the header is valid and
-    that the byte ranges it describes exactly cover the file (so a truncated or padded download is
-    caught). No tensor data is read."""
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict]:
+    """(tensor name -> shape, metadata) of a safetensors file, after checking the header by the rules
+    the safetensors reader applies when `generate` loads it: valid JSON object, string metadata,
+    known dtypes, each tensor's byte span equal to dtype size x shape, the spans (in order) starting
+    at 0, touching without gap or overlap, and ending exactly at the end of the file (so a truncated
+    or padded download is caught). The reader itself then opens the header as a last word.
+    No tensor data is read."""
     path = Path(path)
+    if path.is_dir():
+        raise FileProblem(f"{path} is a folder where a safetensors file should be; remove or rename it")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -152,36 +162,96 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         length = int.from_bytes(head, "little")
         if length > min(size - 8, _MAX_HEADER):
             raise FileProblem(f"{path}: not a safetensors file (header length {length} does not fit a {size}-byte file)")
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FileProblem(f"{path}: safetensors header is not valid JSON ({err})") from None
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FileProblem(f"{path}: not a safetensors file (its header is not valid JSON: {err.__class__.__name__})") from None
+    except RecursionError:
+        raise FileProblem(f"{path}: not a safetensors file (its header is nested too deeply)") from None
     if not isinstance(header, dict):
-        raise FileProblem(f"{path}: safetensors header is not a JSON object")
-    shapes, end = {}, 0
+        raise FileProblem(f"{path}: not a safetensors file (its header is not a JSON object)")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FileProblem(f"{path}: its safetensors metadata must map names to strings")
+    shapes, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (start, stop) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, start, stop))
         except (KeyError, TypeError, ValueError):
-            raise FileProblem(f"{path}: malformed safetensors entry for {name!r}") from None
-        if dtype not in _DTYPE_BYTES:
+            ok = False
+        if not ok:
+            raise FileProblem(f"{path}: malformed safetensors entry for tensor {name!r}")
+        if dtype not in _DTYPE_BITS:
             raise FileProblem(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if stop - start != math.prod(shape) * _DTYPE_BYTES[dtype] or start < 0:
-            raise FileProblem(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
+        if stop < start or (stop - start) * 8 != math.prod(shape) * _DTYPE_BITS[dtype]:
+            raise FileProblem(f"{path}: tensor {name!r} byte range {start}-{stop} does not match its shape {list(shape)}")
         shapes[name] = tuple(shape)
-        end = max(end, stop)
+        spans.append((start, stop, name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            what = "overlaps the tensor before it" if start < end else "leaves a gap before it"
+            raise FileProblem(f"{path}: tensor {name!r} at bytes {start}-{stop} {what}; the file is damaged and "
+                              "cannot be read")
+        end = stop
     if 8 + length + end != size:
         raise FileProblem(f"{path}: the header describes {8 + length + end} bytes but the file has {size} "
                           f"({'truncated download?' if size < 8 + length + end else 'trailing data'})")
-    return shapes
+    _reader_accepts(path)
+    return shapes, metadata
+
+
+def _reader_accepts(path: Path) -> None:
+    """The safetensors reader's own verdict on the header (it maps the file, reads no tensor)."""
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        return
+    try:
+        with safe_open(os.fspath(path), framework="numpy"):
+            pass
+    except SafetensorError:
+        raise FileProblem(f"{path}: the safetensors reader refuses its header (damaged file)") from None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file whose header passed `read_safetensors_header`."""
+    return read_safetensors_header(path)[0]
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict:
+    return read_safetensors_header(path)[1]
 
 
 def _meta_tensors(shapes: dict[str, tuple[int, ...]]):
     import torch
 
     return {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes in a weights file: a safetensors header, or a pickle opened only by the run-time safe
+    loader (torch.load(weights_only=True) on a safe torch, memory-mapped)."""
+    if path.name.endswith(".safetensors"):
+        return safetensors_shapes(path)
+    import torch
+
+    from .loading import CheckpointError, require_safe_torch_load
+
+    try:
+        require_safe_torch_load(path)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError as err:
+        raise FileProblem(str(err)) from None
+    except Exception:  # noqa: BLE001 - pickle, zip and torch errors
+        raise FileProblem(f"{path}: not readable with torch.load(weights_only=True) (refused or damaged file)") from None
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise FileProblem(f"{path} does not hold a flat dict of tensors")
+    return {k: tuple(v.shape) for k, v in data.items()}
 
 
 def compare_shapes(expected: dict, found: dict, source: str, what: str, ignore: set = frozenset(), limit: int = 4) -> None:
@@ -201,156 +271,86 @@ def _file_size(paths) -> int:
     return sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
 
 
-# ------------------------------------------------------------------ per-kind checks (return (detail, files))
-
-def check_memo_component(folder: Path, component: str) -> tuple[str, list[Path]]:
-    from .loading import COMPONENTS, CheckpointError, _weight_files, build_model, read_config
-
-    _, cls, _ = COMPONENTS[component]
-    try:
-        config = read_config(folder)
-        weights = _weight_files(folder)
-        model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
-    except CheckpointError as err:
-        raise FileProblem(str(err)) from None
+def _weights_shapes(weights: list[Path]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for path in weights:
         if not path.is_file():
             raise FileProblem(f"{path} is listed in the safetensors index but missing")
         shapes.update(safetensors_shapes(path))
+    return shapes
+
+
+# ------------------------------------------------------------------ per-kind checks (return (detail, files))
+# Each check finds and reads its files with the loader's own functions (loading.weight_files,
+# vae.vae_layout / single_file_state / build_vae, wav2vec2_weights.read_folder_config /
+# folder_weight_files), on the meta device, so it accepts exactly what the loader loads.
+
+def check_memo_component(folder: Path, component: str) -> tuple[str, list[Path]]:
+    from .loading import COMPONENTS, CheckpointError, build_model, read_config, weight_files
+
+    _, cls, _ = COMPONENTS[component]
+    if not folder.is_dir():
+        raise FileProblem(f"{folder} is not a folder (a MEMO model folder holds config.json and its weights)")
+    try:
+        config = read_config(folder)
+        weights = weight_files(folder)
+        model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
+    except CheckpointError as err:
+        raise FileProblem(str(err)) from None
+    shapes = _weights_shapes(weights)
     compare_shapes(_shape_dict(model), shapes, ", ".join(map(os.fspath, weights)), cls.__name__)
     return f"{cls.__name__}, {len(shapes)} tensors match config.json", [folder / "config.json", *weights]
 
 
-LDM_PREFIX = "first_stage_model."
-
-
-def safetensors_metadata(path: str | os.PathLike) -> dict:
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(length)).get("__metadata__") or {}
-
-
-def ldm_vae_config(shapes: dict, metadata: dict, source: str) -> dict:
-    """diffusers AutoencoderKL config of an original-layout (LDM) VAE, read off its tensor shapes.
-
-    Shapes cannot tell the GroupNorm group count: Stable Diffusion VAEs use 32 (all their widths are
-    multiples of 32); a file with other widths must say it in its metadata (`norm_num_groups`)."""
-    try:
-        levels = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down.")})
-        widths = [shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in levels]
-        blocks = len({k.split(".")[4] for k in shapes if k.startswith("encoder.down.0.block.")})
-        config = {
-            "in_channels": shapes["encoder.conv_in.weight"][1], "out_channels": shapes["decoder.conv_out.weight"][0],
-            "latent_channels": shapes["quant_conv.weight"][0] // 2, "block_out_channels": widths,
-            "layers_per_block": blocks, "down_block_types": ["DownEncoderBlock2D"] * len(widths),
-            "up_block_types": ["UpDecoderBlock2D"] * len(widths),
-        }
-    except (KeyError, IndexError, ValueError):
-        raise FileProblem(f"{source} is not a Stable Diffusion VAE in the original layout (no encoder.down.* / quant_conv)") from None
-    if "norm_num_groups" in metadata:
-        config["norm_num_groups"] = int(metadata["norm_num_groups"])
-    elif all(w % 32 == 0 for w in widths):
-        config["norm_num_groups"] = 32
-    else:
-        raise FileProblem(f"{source}: widths {widths} are not those of a Stable Diffusion VAE and the file does not "
-                          "say its GroupNorm group count (metadata 'norm_num_groups')")
-    return config
-
-
-def _ldm_vae(path: Path, tensors: dict, device: str):
-    """AutoencoderKL built for the single-file VAE at `path` and its converted state dict."""
-    import torch
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    if any(k.startswith(LDM_PREFIX) for k in tensors):
-        tensors = {k[len(LDM_PREFIX):]: v for k, v in tensors.items() if k.startswith(LDM_PREFIX)}
-    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    config = ldm_vae_config(shapes, safetensors_metadata(path), os.fspath(path))
-    try:
-        with torch.device(device):
-            model = AutoencoderKL(**config)
-        converted = convert_ldm_vae_checkpoint(tensors, dict(model.config))
-    except Exception as err:  # noqa: BLE001
-        raise FileProblem(f"{path}: cannot be converted to a diffusers VAE ({err})") from None
-    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in converted.items()}, os.fspath(path),
-                   f"AutoencoderKL(block_out_channels={config['block_out_channels']})")
-    return model, converted, config
-
-
 def check_vae(path: Path) -> tuple[str, list[Path]]:
-    import torch
-    from diffusers import AutoencoderKL
+    from .vae import VAEFileError, build_vae, single_file_state, vae_folder_files, vae_layout
 
-    if path.is_dir():
-        config_path = path / "config.json"
-        weights = path / "diffusion_pytorch_model.safetensors"
-        if not config_path.is_file():
-            raise FileProblem(f"{path} has no config.json (a diffusers VAE folder needs it)")
-        if not weights.is_file():
-            raise FileProblem(f"{path} has no diffusion_pytorch_model.safetensors")
-        try:
-            config = json.loads(config_path.read_text())
-            with torch.device("meta"):
-                model = AutoencoderKL.from_config(config)
-        except Exception as err:  # noqa: BLE001 - any config problem is reported as such
-            raise FileProblem(f"{config_path}: cannot build AutoencoderKL ({err})") from None
-        shapes = safetensors_shapes(weights)
-        compare_shapes(_shape_dict(model), shapes, os.fspath(weights), "AutoencoderKL")
-        return f"diffusers AutoencoderKL, {len(shapes)} tensors match config.json", [config_path, weights]
-    if path.suffix != ".safetensors":
-        raise FileProblem(f"{path}: only .safetensors VAE files are read")
-    shapes = safetensors_shapes(path)
-    _, _, config = _ldm_vae(path, _meta_tensors(shapes), "meta")
+    try:
+        if vae_layout(path) == "folder":
+            config, weights = vae_folder_files(path)
+            shapes = _weights_shapes(weights)
+            build_vae(config, _meta_tensors(shapes), ", ".join(map(os.fspath, weights)))
+            return f"diffusers AutoencoderKL, {len(shapes)} tensors match config.json", [path / "config.json", *weights]
+        shapes, metadata = read_safetensors_header(path)
+        config, tensors = single_file_state(_meta_tensors(shapes), metadata, os.fspath(path))
+        build_vae(config, tensors, os.fspath(path))
+    except VAEFileError as err:
+        raise FileProblem(str(err)) from None
     return f"single-file SD VAE, {len(shapes)} tensors, widths {config['block_out_channels']}", [path]
 
 
 def check_wav2vec2(path: Path) -> tuple[str, list[Path]]:
     import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import Wav2Vec2Model
 
-    from .audio.wav2vec2_weights import _TRAINING_ONLY, Wav2Vec2WeightsError, infer_config, normalize_state_dict
+    from .audio.wav2vec2_weights import (_TRAINING_ONLY, WEIGHT_SUFFIXES, Wav2Vec2WeightsError, folder_weight_files,
+                                         infer_config, normalize_state_dict, read_folder_config)
 
-    files = []
-    if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise FileProblem(f"wav2vec2 folder {path} has no config.json")
-        try:
-            config = Wav2Vec2Config.from_dict(json.loads(config_path.read_text()))
-        except Exception as err:  # noqa: BLE001
-            raise FileProblem(f"{config_path}: invalid wav2vec2 config ({err})") from None
-        files.append(config_path)
-        weights = path / "model.safetensors"
-        if weights.is_file():
-            shapes = safetensors_shapes(weights)
-        elif (path / "pytorch_model.bin").is_file():
-            weights = path / "pytorch_model.bin"
-            try:
-                data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:  # noqa: BLE001
-                raise FileProblem(f"{weights}: not readable with torch.load(weights_only=True) ({err})") from None
-            shapes = {k: tuple(v.shape) for k, v in data.items()}
-        else:
-            raise FileProblem(f"wav2vec2 folder {path} has no model.safetensors (or pytorch_model.bin)")
-        files.append(weights)
-        if (path / "preprocessor_config.json").is_file():
-            files.append(path / "preprocessor_config.json")
-    else:
-        if path.suffix != ".safetensors":
-            raise FileProblem(f"{path}: a single wav2vec2 file must be .safetensors")
-        weights, shapes, config = path, safetensors_shapes(path), None
-        files.append(path)
     try:
-        state = normalize_state_dict(_meta_tensors(shapes), os.fspath(weights))
+        if path.is_dir():
+            config, _ = read_folder_config(path)
+            weights = folder_weight_files(path)
+            files = [path / "config.json", *weights]
+            if (path / "preprocessor_config.json").is_file():
+                files.append(path / "preprocessor_config.json")
+        else:
+            if not path.name.lower().endswith(WEIGHT_SUFFIXES):
+                raise FileProblem(f"{path}: a single wav2vec2 file must be one of {', '.join(WEIGHT_SUFFIXES)}")
+            config, weights, files = None, [path], [path]
+        shapes = {}
+        for weight in weights:
+            if not weight.is_file():
+                raise FileProblem(f"{weight} is listed in the safetensors index but missing")
+            shapes.update(tensor_shapes(weight))
+        source = os.fspath(path)
+        state = normalize_state_dict(_meta_tensors(shapes), source)
         if config is None:
-            config = infer_config(state, os.fspath(weights))
+            config = infer_config(state, source)
     except Wav2Vec2WeightsError as err:
         raise FileProblem(str(err)) from None
     with torch.device("meta"):
         model = Wav2Vec2Model(config)
-    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in state.items()}, os.fspath(weights),
+    compare_shapes(_shape_dict(model), {k: tuple(v.shape) for k, v in state.items()}, ", ".join(map(os.fspath, weights)),
                    "Wav2Vec2Model", ignore=set(_TRAINING_ONLY))
     return f"Wav2Vec2Model hidden {config.hidden_size} x {config.num_hidden_layers} layers", files
 
@@ -454,6 +454,8 @@ def hf_snapshots(folder: Path, source: Source) -> list[Path]:
 
 
 def _dirs_with(root: Path, marker: str, depth: int = 2) -> list[Path]:
+    """Folders up to `depth` levels below `root` that hold `marker` (hidden folders skipped). An
+    unreadable folder raises OSError naming it, which `check_item` turns into one line."""
     out = []
     if depth <= 0 or not root.is_dir():
         return out
@@ -543,21 +545,55 @@ class ItemStatus:
         return self.status == "found"
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line for a file-system error: the path and what it means, without the errno dump."""
+    import errno
+
+    reasons = {errno.EROFS: "is on a read-only file system", errno.EACCES: "cannot be accessed (permission denied)",
+               errno.EPERM: "cannot be accessed (operation not permitted)", errno.ENOSPC: "no space left on the disk",
+               errno.ENOTDIR: "a file is in the way where a folder should be",
+               errno.EISDIR: "is a folder where a file should be", errno.EXDEV: "is on another file system",
+               errno.EEXIST: "already exists", errno.ENOENT: "does not exist", errno.EDQUOT: "disk quota exceeded",
+               errno.ELOOP: "is a symbolic link loop", errno.ENAMETOOLONG: "name too long"}
+    reason = reasons.get(err.errno) or (err.strerror or type(err).__name__).lower()
+    where = err.filename if err.filename is not None else ""
+    return f"{os.fspath(where)}: {reason}" if where != "" else reason
+
+
 def check_item(item: Item, models: Path) -> ItemStatus:
+    """Find `item` under `models` and check it. Any way a found file can fail becomes an
+    "unusable" status with a reason in words, never an exception."""
     models = Path(models)
-    places = candidates(item, models)
     expected = models / item.dest
+    try:
+        places = candidates(item, models)
+    except OSError as err:
+        return ItemStatus(item, "unusable", None, expected, [], None, f"cannot look for it: {describe_os_error(err)}")
     for place in places:
-        if not place.exists():
-            continue
         try:
+            if not place.exists():
+                continue
             detail, files = check_item_at(item, place)
         except FileProblem as err:
-            return ItemStatus(item, "unusable", place, expected, places, _file_size(_files_in(place)), str(err))
+            return ItemStatus(item, "unusable", place, expected, places, _safe_size(place), str(err))
         except OSError as err:
-            return ItemStatus(item, "unusable", place, expected, places, None, f"{place}: {err}")
+            return ItemStatus(item, "unusable", place, expected, places, None, describe_os_error(err))
+        except RecursionError:
+            return ItemStatus(item, "unusable", place, expected, places, _safe_size(place),
+                              f"{place}: a file there is nested too deeply to be read")
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+            # a library failed on a file our own rules let through: say what, not the library's words
+            return ItemStatus(item, "unusable", place, expected, places, _safe_size(place),
+                              f"{place}: not a usable {item.title} ({type(err).__name__} while reading it)")
         return ItemStatus(item, "found", place, expected, places, _file_size(files), detail)
     return ItemStatus(item, "missing", None, expected, places, None, "not found")
+
+
+def _safe_size(place: Path) -> int | None:
+    try:
+        return _file_size(_files_in(place))
+    except OSError:
+        return None
 
 
 def _files_in(path: Path) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -73,13 +74,10 @@ class DiffusersVAE:
         """A diffusers VAE folder (config.json + safetensors) or a single `.safetensors` file in
         the original SD layout (as ComfyUI users keep them in `models/vae`)."""
 
-        path = os.fspath(path)
-        if os.path.isdir(path):
+        if vae_layout(path) == "folder":
             vae = load_vae_folder(path)
-        elif path.endswith(".safetensors") and os.path.isfile(path):
-            vae = load_single_file_vae(path)
         else:
-            raise ValueError(f"VAE '{path}' is neither a diffusers folder nor a .safetensors file")
+            vae = load_single_file_vae(path)
         torch.nn.Module.to(vae, device=device, dtype=dtype)
         return cls(vae, batch_size)
 
@@ -105,6 +103,38 @@ class DiffusersVAE:
         return (decoded / 2 + 0.5).clamp(0, 1).float()
 
 
+class VAEFileError(ValueError):
+    """A VAE file or folder that cannot be loaded; the message names it and says why in words."""
+
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+"""Single VAE files read (ComfyUI's Load VAE lists the same safetensors suffixes); pickles are not."""
+PARENT_PREFIXES = ("first_stage_model.", "vae.")
+"""Prefixes of a VAE saved with its parent model's key names; stripped when every key has one."""
+TRAINING_ONLY_PREFIXES = ("loss.", "model_ema.")
+"""Training leftovers some released VAE files carry (the discriminator, EMA copies); not loaded."""
+
+
+def vae_layout(path: str | os.PathLike) -> str:
+    """"folder" (diffusers: config.json + weights) or "single file" (SD or diffusers key names)."""
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    if path.is_file() and path.name.lower().endswith(SINGLE_FILE_SUFFIXES):
+        return "single file"
+    raise VAEFileError(f"VAE '{path}' is neither a diffusers folder nor a {' / '.join(SINGLE_FILE_SUFFIXES)} file")
+
+
+def vae_folder_files(folder: str | os.PathLike) -> tuple[dict, list[Path]]:
+    """A diffusers VAE folder's config and weight files, found by the MEMO loader's rules."""
+    from .loading import CheckpointError, read_config, weight_files
+
+    try:
+        return read_config(folder), weight_files(folder)
+    except CheckpointError as err:
+        raise VAEFileError(f"VAE folder {folder}: {err}") from None
+
+
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -112,67 +142,80 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"VAE '{path}' is not a readable safetensors file: {err}") from err
+        raise VAEFileError(f"VAE '{path}' is not a readable safetensors file: {err}") from err
 
 
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def _rename_old_attention(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _diffusers_attention(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Older diffusers files (sd-vae-ft-mse among them) name the mid-block attention
-    query/key/value/proj_attn; today's AutoencoderKL calls them to_q/to_k/to_v/to_out.0."""
+    query/key/value/proj_attn; today's AutoencoderKL calls them to_q/to_k/to_v/to_out.0 and keeps
+    them as linear weights (files converted from the original layout may hold them as 1x1 convs)."""
     renamed = {}
     for key, value in tensors.items():
-        match = re.fullmatch(r"(.*\.attentions\.\d+\.)(query|key|value|proj_attn)(\.(?:weight|bias))", key)
-        renamed[f"{match[1]}{_OLD_ATTENTION_NAMES[match[2]]}{match[3]}" if match else key] = value
+        match = re.fullmatch(r"(.*\.attentions\.\d+\.)(query|key|value|proj_attn|to_q|to_k|to_v|to_out\.0)(\.(?:weight|bias))", key)
+        if match:
+            key = f"{match[1]}{_OLD_ATTENTION_NAMES.get(match[2], match[2])}{match[3]}"
+            if match[3] == ".weight" and value.ndim == 4 and tuple(value.shape[2:]) == (1, 1):
+                value = value[:, :, 0, 0]
+        renamed[key] = value
     return renamed
 
 
-def _build_and_load(config: dict, tensors: dict[str, torch.Tensor], source: str):
+def build_vae(config: dict, tensors: dict[str, torch.Tensor], source: str):
     """AutoencoderKL from `config` on the meta device, then its weights assigned strictly (no
-    second allocation, no accelerate needed, nothing fetched)."""
+    second allocation, no accelerate needed, nothing fetched). With meta tensors this is the check
+    `models check` runs: the same code path, without reading the data."""
     from diffusers import AutoencoderKL
 
     from .loading import CheckpointError, build_model, load_weights_strict
 
-    tensors = _rename_old_attention(tensors)
-    model = build_model(AutoencoderKL, config, source, device="meta")
     try:
-        load_weights_strict(model, tensors, source)
+        model = build_model(AutoencoderKL, config, source, device="meta")
+        load_weights_strict(model, _diffusers_attention(tensors), source)
     except CheckpointError as err:
-        raise ValueError(str(err)) from err
+        raise VAEFileError(str(err)) from None
     return model.float()
 
 
 def load_vae_folder(folder: str | os.PathLike):
-    """A diffusers VAE folder: config.json + diffusion_pytorch_model.safetensors."""
-    from .loading import CheckpointError, read_config, read_weights
+    """A diffusers VAE folder: config.json + diffusion_pytorch_model.safetensors (or model.safetensors, or shards)."""
+    from .loading import CheckpointError, read_weights
 
+    config, _ = vae_folder_files(folder)
     try:
-        config = read_config(folder)
         tensors, source = read_weights(folder)
     except CheckpointError as err:
-        raise ValueError(f"VAE folder {folder}: {err}") from err
-    return _build_and_load(config, tensors, source)
+        raise VAEFileError(f"VAE folder {folder}: {err}") from err
+    return build_vae(config, tensors, source)
+
+
+def is_diffusers_layout(keys) -> bool:
+    """Diffusers key names (encoder.down_blocks.*, decoder.up_blocks.*) rather than the original SD ones."""
+    return any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys)
 
 
 def single_file_config(tensors: dict[str, torch.Tensor], source: str = "VAE") -> dict:
     """The AutoencoderKL config of an SD-layout VAE file (LDM or diffusers key names), from its shapes."""
-    diffusers_layout = any(k.startswith("encoder.down_blocks.") for k in tensors)
+    diffusers_layout = is_diffusers_layout(tensors)
     block = r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.conv1\.weight" if diffusers_layout else \
         r"encoder\.down\.(\d+)\.block\.(\d+)\.conv1\.weight"
     found = {}
     for key, value in tensors.items():
         match = re.fullmatch(block, key)
-        if match:
+        if match and len(value.shape) >= 1:
             found[(int(match[1]), int(match[2]))] = value.shape[0]
     conv_in = tensors.get("encoder.conv_in.weight")
     conv_out = tensors.get("decoder.conv_out.weight")
     quant = tensors.get("quant_conv.weight")
-    if not found or conv_in is None or conv_out is None or quant is None:
-        raise ValueError(f"{source} is not an SD VAE (expected encoder.down.*, quant_conv, decoder.* tensors; "
-                         "a full SD checkpoint with the VAE inside is not supported, extract the VAE first)")
+    shaped = all(t is not None and len(t.shape) == 4 for t in (conv_in, conv_out, quant))
+    if not found or not shaped:
+        raise VAEFileError(f"{source} is not an SD VAE (expected encoder.down.*, quant_conv, decoder.* "
+                           "tensors; a full SD checkpoint with the VAE inside is not supported, extract the VAE first)")
     levels = max(i for i, _ in found) + 1
+    if any((i, 0) not in found for i in range(levels)):
+        raise VAEFileError(f"{source} is not a Stable Diffusion VAE: its encoder levels are not numbered 0..{levels - 1}")
     config = json.loads(json.dumps(SD_VAE_ARCHITECTURE))
     config.update(
         in_channels=int(conv_in.shape[1]), out_channels=int(conv_out.shape[0]), latent_channels=int(quant.shape[0]) // 2,
@@ -181,6 +224,46 @@ def single_file_config(tensors: dict[str, torch.Tensor], source: str = "VAE") ->
         down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
     )
     return config
+
+
+def single_file_state(tensors: dict[str, torch.Tensor], metadata: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(AutoencoderKL config, tensors under diffusers' key names) of a single VAE file's tensors.
+
+    The one rule for single files, used by the loader (real tensors) and `models check` (meta
+    tensors): a parent model's prefix is stripped, training leftovers dropped, the config read off
+    the shapes, and original-layout (LDM) names converted; diffusers names are taken as they are,
+    as ComfyUI's Load VAE does."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    for prefix in PARENT_PREFIXES:  # a VAE saved with its parent model's prefix
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    config = single_file_config(tensors, source)
+    groups = (metadata or {}).get("norm_num_groups")  # only a non-SD file needs to say it (e.g. the tiny test VAE)
+    if groups is not None:
+        try:
+            config["norm_num_groups"] = int(groups)
+        except (TypeError, ValueError):
+            raise VAEFileError(f"{source}: its metadata 'norm_num_groups' is {groups!r}, not a whole number") from None
+        if config["norm_num_groups"] < 1:
+            raise VAEFileError(f"{source}: its metadata 'norm_num_groups' is {groups!r}, not a positive number")
+    elif any(width % config["norm_num_groups"] for width in config["block_out_channels"]):
+        raise VAEFileError(f"{source}: widths {config['block_out_channels']} are not those of a Stable Diffusion VAE "
+                           "and the file does not say its GroupNorm group count (metadata 'norm_num_groups')")
+    from .loading import CheckpointError, check_config_limits
+
+    try:
+        check_config_limits(config, source)
+    except CheckpointError as err:
+        raise VAEFileError(str(err)) from None
+    if not is_diffusers_layout(tensors):
+        try:
+            tensors = convert_ldm_vae_checkpoint(tensors, config)
+        except (KeyError, IndexError, ValueError, RuntimeError):
+            raise VAEFileError(f"{source}: its tensors do not form a Stable Diffusion VAE in the original layout "
+                               "(some encoder, decoder or attention tensors are missing or misshapen)") from None
+    return config, tensors
 
 
 def _metadata(path: str) -> dict:
@@ -193,21 +276,7 @@ def _metadata(path: str) -> dict:
 def load_single_file_vae(path: str | os.PathLike):
     """A single `.safetensors` VAE in the original SD (LDM) layout, as ComfyUI keeps them, or in
     diffusers' key layout. The config is built here; nothing is downloaded."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
     path = os.fspath(path)
     tensors = _read_safetensors(path)
-    for prefix in ("first_stage_model.", "vae."):  # a VAE saved with its parent model's prefix
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(("loss.", "model_ema."))}
-    config = single_file_config(tensors, path)
-    groups = _metadata(path).get("norm_num_groups")  # only a non-SD file needs to say it (e.g. the tiny test VAE)
-    if groups is not None:
-        config["norm_num_groups"] = int(groups)
-    elif any(width % config["norm_num_groups"] for width in config["block_out_channels"]):
-        raise ValueError(f"{path}: widths {config['block_out_channels']} are not those of a Stable Diffusion VAE and "
-                         "the file does not say its GroupNorm group count (metadata 'norm_num_groups')")
-    if not any(k.startswith("encoder.down_blocks.") for k in tensors):
-        tensors = convert_ldm_vae_checkpoint(tensors, config)
-    return _build_and_load(config, tensors, path)
+    config, tensors = single_file_state(tensors, _metadata(path), path)
+    return build_vae(config, tensors, path)

@@ -119,3 +119,174 @@ def loopback_only(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+# ------------------------------------------------------------------ layouts and damage, one tree each
+# Every entry edits a copy of the release tree; `test_model_rules` checks that for each of them the
+# verdict of `models check` equals whether the loaders load the files.
+
+def _diffusers_vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    from diffusers import AutoencoderKL
+
+    vae = randomize(AutoencoderKL(**TINY_VAE), seed, scale=0.5)
+    return {k: v.detach().contiguous().clone() for k, v in vae.state_dict().items()}
+
+
+def _save_vae_file(path: Path, tensors: dict) -> None:
+    save_file(tensors, str(path), metadata={"norm_num_groups": str(TINY_VAE["norm_num_groups"])})
+
+
+def vae_file_with_diffusers_names(models: Path, old_attention: bool = False) -> None:
+    """A single VAE file with diffusers key names (what ComfyUI's Load VAE converts and loads)."""
+    tensors = _diffusers_vae_state_dict(7)
+    if old_attention:
+        names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+        renamed = {}
+        for key, value in tensors.items():
+            for new, old in names.items():
+                key = key.replace(f".attentions.0.{new}.", f".attentions.0.{old}.")
+            renamed[key] = value
+        tensors = renamed
+    _save_vae_file(models / "vae" / mf.VAE_FILE, tensors)
+
+
+def vae_file_with_prefix_and_training_leftovers(models: Path, prefix: str = "vae.") -> None:
+    path = models / "vae" / mf.VAE_FILE
+    from safetensors.torch import load_file
+
+    tensors = {prefix + k: v for k, v in load_file(str(path)).items()}
+    tensors[prefix + "loss.discriminator.weight"] = torch.zeros(3)
+    tensors[prefix + "model_ema.decay"] = torch.ones(())
+    _save_vae_file(path, tensors)
+
+
+def vae_folder_named(models: Path, weights_name: str) -> None:
+    from memo_pipeline.tiny import write_tiny_vae
+
+    (models / "vae" / mf.VAE_FILE).unlink()
+    folder = write_tiny_vae(models / "vae/sd-vae-ft-mse", seed=9)
+    if weights_name != "diffusion_pytorch_model.safetensors":
+        (folder / "diffusion_pytorch_model.safetensors").rename(folder / weights_name)
+
+
+def edit_header(path: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header (the data bytes stay as they are)."""
+    import json
+
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    edit(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length:])
+
+
+def overlap_two_tensors(path: Path) -> None:
+    """Move one tensor's span back by 4 bytes into its neighbour (leaving a gap after it): every span
+    still fits its shape and the last one still ends at the end of the file."""
+    def edit(header):
+        spans = sorted((v["data_offsets"][0], name) for name, v in header.items() if name != "__metadata__")
+        name = spans[len(spans) // 2][1]
+        start, stop = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [start - 4, stop - 4]
+
+    edit_header(path, edit)
+
+
+def nested_header(path: Path, depth: int = 100_000) -> None:
+    raw = b"[" * depth + b"]" * depth
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw)
+
+
+def edit_json(path: Path, **changes) -> None:
+    import json
+
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def folder_in_place_of(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_text("a folder where a file should be")
+
+
+def wav2vec2_as_pickle(models: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = models / mf.WAV2VEC_DIR
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+def wav2vec2_single_file(models: Path) -> None:
+    """A single file as ComfyUI keeps them (config inferred from shapes, which needs 64-wide heads)."""
+    import shutil
+
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    shutil.rmtree(models / mf.WAV2VEC_DIR)
+    config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32,
+                            conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    model = randomize(Wav2Vec2Model(config), 11, scale=0.5)
+    save_file({f"wav2vec2.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              str(models / "audio_encoders/wav2vec2_tiny.safetensors"))
+
+
+def only_pickled_memo_weights(models: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = models / mf.MEMO_DIR / "image_proj"
+    torch.save(load_file(str(folder / "diffusion_pytorch_model.safetensors")), folder / "diffusion_pytorch_model.bin")
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+
+
+def sharded_memo_weights(models: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = models / mf.MEMO_DIR / "audio_proj"
+    tensors = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    names = sorted(tensors)
+    half = len(names) // 2
+    shards = {"a.safetensors": names[:half], "b.safetensors": names[half:]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard))
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+
+
+MEMO_WEIGHTS = f"{mf.MEMO_DIR}/diffusion_net/diffusion_pytorch_model.safetensors"
+TREES = {
+    "release": lambda m: None,
+    "vae file with diffusers names": vae_file_with_diffusers_names,
+    "vae file with diffusers names, old attention names":
+        lambda m: vae_file_with_diffusers_names(m, old_attention=True),
+    "vae file with a vae. prefix and loss./model_ema. keys": vae_file_with_prefix_and_training_leftovers,
+    "vae file with a first_stage_model. prefix":
+        lambda m: vae_file_with_prefix_and_training_leftovers(m, "first_stage_model."),
+    "vae folder (diffusers)": lambda m: vae_folder_named(m, "diffusion_pytorch_model.safetensors"),
+    "vae folder with model.safetensors": lambda m: vae_folder_named(m, "model.safetensors"),
+    "vae folder asking for 2000 layers per block": lambda m: (
+        vae_folder_named(m, "diffusion_pytorch_model.safetensors"),
+        edit_json(m / "vae/sd-vae-ft-mse/config.json", layers_per_block=2000)),
+    "vae file with overlapping tensors": lambda m: overlap_two_tensors(m / "vae" / mf.VAE_FILE),
+    "vae file with a deeply nested header": lambda m: nested_header(m / "vae" / mf.VAE_FILE),
+    "memo weights with overlapping tensors": lambda m: overlap_two_tensors(m / MEMO_WEIGHTS),
+    "memo weights truncated": lambda m: (m / MEMO_WEIGHTS).write_bytes((m / MEMO_WEIGHTS).read_bytes()[:-1000]),
+    "memo weights with a deeply nested header": lambda m: nested_header(m / MEMO_WEIGHTS),
+    "memo weights path is a folder": lambda m: folder_in_place_of(m / MEMO_WEIGHTS),
+    "memo config.json is a folder": lambda m: folder_in_place_of(m / mf.MEMO_DIR / "image_proj/config.json"),
+    "memo config asking for 2000 layers per block":
+        lambda m: edit_json(m / mf.MEMO_DIR / "reference_net/config.json", layers_per_block=2000),
+    "memo weights only pickled": only_pickled_memo_weights,
+    "memo weights sharded": sharded_memo_weights,
+    "wav2vec2 folder with pytorch_model.bin": wav2vec2_as_pickle,
+    "wav2vec2 single file in audio_encoders": wav2vec2_single_file,
+    "wav2vec2 config asking for 2000 layers":
+        lambda m: edit_json(m / mf.WAV2VEC_DIR / "config.json", num_hidden_layers=2000),
+    "wav2vec2 weights with overlapping tensors": lambda m: overlap_two_tensors(m / mf.WAV2VEC_DIR / "model.safetensors"),
+}

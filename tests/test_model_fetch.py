@@ -42,6 +42,9 @@ class FakeHub:
         self.down_after_drop = False
         self.down = False
         self.corrupt: set[str] = set()
+        self.silent: set[str] = set()  # GET answers its headers, then sends nothing
+        self.trickle: dict[str, float] = {}  # GET sends one byte every so many seconds
+        self.stop = threading.Event()  # ends the silent and trickling answers (they also end by themselves)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,6 +103,22 @@ class FakeHub:
                     start = int(rng.split("=")[1].split("-")[0])
                     headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                 body = data[start:]
+                if name in hub.silent or name in hub.trickle:
+                    self.send_response(206 if rng else 200)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.flush()
+                    interval = hub.trickle.get(name, 15.0)
+                    for index in range(60 if name in hub.trickle else 1):  # bounded: never longer than 15 s
+                        if hub.stop.wait(interval):
+                            break
+                        if name in hub.trickle:
+                            self.wfile.write(body[index:index + 1])
+                            self.wfile.flush()
+                    self.close_connection = True
+                    return
                 cut = hub.drop_after.pop(name, None) if not rng else None
                 if cut is None:
                     return self.reply(206 if rng else 200, headers, body)
@@ -126,6 +145,7 @@ class FakeHub:
         return [path for method, path, _, _ in self.log if method == "GET"]
 
     def close(self):
+        self.stop.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -332,3 +352,132 @@ def test_proxy_settings_are_honoured(hub, comfy, capsys, monkeypatch):
     code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
     assert code == 0, out
     assert hub.log and all(path.startswith(f"{mirror}/memoavatar/memo/resolve/main/") for _, path, _, _ in hub.log)
+
+
+# ------------------------------------------------------------------ faults: other disks, read-only folders, hostile servers
+
+def test_a_model_folder_on_another_file_system_is_installed(hub, comfy, release, capsys, monkeypatch):
+    """A rename from the staging folder into a folder on another disk fails with EXDEV (simulated for
+    every rename between two different folders, as it would be through a symlink to another disk):
+    the files are copied next to their place and renamed there."""
+    import errno
+    import os
+
+    real_replace = os.replace
+    crossed = []
+
+    def replace(src, dst):
+        if Path(src).parent != Path(dst).parent:
+            crossed.append(dst)
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, out = fetch(capsys, comfy, "--only", "face", "--yes")
+    assert code == 0, out
+    assert crossed  # the cross-device path was taken
+    models = comfy / "models"
+    for local in planned(["face"]):
+        assert (models / local).read_bytes() == (release / local).read_bytes()
+    assert files_under(models) == set(planned(["face"]))  # no temporary or staged file left
+
+
+def test_a_model_folder_really_on_another_file_system(hub, comfy, release, capsys, tmp_path):
+    """The same with a real second file system when /dev/shm is one (a symlinked model folder)."""
+    import os
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev or not os.access(shm, os.W_OK):
+        pytest.skip("no second file system to link to")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        os.symlink(other, comfy / "models/memo")
+        code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+        assert code == 0, out
+        local = f"{mf.MEMO_DIR}/misc/vocal_separator/{mf.KIM_VOCAL_FILE}"
+        assert (Path(other) / local.split("/", 1)[1]).read_bytes() == (release / local).read_bytes()
+
+
+def test_a_read_only_models_folder_is_one_line_before_any_download(hub, comfy, capsys, monkeypatch):
+    import errno
+
+    models = comfy / "models"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.is_relative_to(models):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 1, out
+    assert "is on a read-only file system" in lines[0] and "nothing was downloaded" in lines[0]
+    assert hub.log == []
+
+
+def test_a_file_where_the_staging_folder_should_be_is_one_line(hub, comfy, capsys):
+    (comfy / "models/.memo-fetch").write_text("in the way")
+    code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "is a file where fetch keeps its downloads" in lines[0]
+
+
+def test_installation_is_all_or_nothing_per_model(hub, comfy, capsys):
+    """A folder where config.json should go: the new weights are not moved into place either."""
+    models = comfy / "models"
+    config = models / mf.MEMO_DIR / "image_proj/config.json"
+    config.mkdir(parents=True)
+    code, out = fetch(capsys, comfy, "--only", "core", "--yes")
+    assert code == 1
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "MEMO image projection was not installed" in errors[0]
+    assert "is a folder where the downloaded file should go" in errors[0]
+    assert not (models / mf.MEMO_DIR / "image_proj/diffusion_pytorch_model.safetensors").exists()
+    assert not [p for p in (models / mf.MEMO_DIR / "image_proj").iterdir() if p.name != "config.json"]
+    config.rmdir()
+    code, out = fetch(capsys, comfy, "--only", "core", "--yes")
+    assert code == 0, out
+
+
+def _timed_fetch(capsys, comfy, *args):
+    import time
+
+    started = time.monotonic()
+    code, out = fetch(capsys, comfy, *args)
+    return code, out, time.monotonic() - started
+
+
+def test_a_server_that_sends_headers_then_nothing_gives_up_in_one_line(hub, comfy, capsys, monkeypatch, caplog):
+    monkeypatch.setenv("MEMO_FETCH_READ_TIMEOUT", "1")
+    hub.silent.add(f"misc/vocal_separator/{mf.KIM_VOCAL_FILE}")
+    code, out, took = _timed_fetch(capsys, comfy, "--only", "vocals", "--yes")
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 1 and took < 8
+    assert len(errors) == 1 and "no data from the server for 1 s" in errors[0]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # no retry warnings
+
+
+def test_a_server_trickling_a_byte_at_a_time_hits_the_stall_limit(hub, comfy, capsys, monkeypatch):
+    monkeypatch.setenv("MEMO_FETCH_READ_TIMEOUT", "5")
+    monkeypatch.setenv("MEMO_FETCH_STALL_SECONDS", "1.5")
+    name = f"misc/vocal_separator/{mf.KIM_VOCAL_FILE}"
+    hub.trickle[name] = 0.2  # never 5 s without a byte, so the read timeout alone would wait forever
+    code, out, took = _timed_fetch(capsys, comfy, "--only", "vocals", "--yes")
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 1 and took < 8
+    assert len(errors) == 1 and "stalled (the server sent only" in errors[0] and "what arrived is kept" in errors[0]
+    part = comfy / "models/.memo-fetch" / mf.MEMO_DIR / "misc/vocal_separator" / (mf.KIM_VOCAL_FILE + ".part")
+    assert 0 < part.stat().st_size < 20
+    hub.trickle.clear()
+    code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+    assert code == 0 and "resuming" in out, out
+
+
+def test_bad_timeout_settings_are_one_line(hub, comfy, capsys, monkeypatch):
+    monkeypatch.setenv("MEMO_FETCH_READ_TIMEOUT", "soon")
+    code, out = fetch(capsys, comfy, "--only", "vocals", "--yes")
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("error: MEMO_FETCH_READ_TIMEOUT='soon' is not a number of seconds above 0")

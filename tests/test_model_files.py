@@ -220,7 +220,7 @@ def test_single_file_vae_problems(tree, tmp_path):
     _expect_broken(tree, "vae", "truncated download")
     # a safetensors file that is not a VAE (a wav2vec2 in the VAE folder)
     shutil.copy(tree / mf.WAV2VEC_DIR / "model.safetensors", vae)
-    _expect_broken(tree, "vae", "not a Stable Diffusion VAE")
+    _expect_broken(tree, "vae", "not an SD VAE")
     # an LDM VAE with one tensor of the wrong shape
     write_tiny_vae_single_file(vae)
     _rewrite(vae, lambda t: t.__setitem__("decoder.conv_out.bias", torch.zeros(4)))
@@ -357,3 +357,123 @@ def test_single_file_vae_loads_offline_and_equals_the_diffusers_folder(tmp_path,
     save_file(load_file(str(tmp_path / "vae.safetensors")), str(plain))
     with pytest.raises(ValueError, match="GroupNorm group count"):
         DiffusersVAE.from_pretrained(plain)
+
+
+# ------------------------------------------------------------------ hostile files and folders: one line each
+
+def test_overlapping_tensors_are_unusable_because_the_reader_refuses_them(tree, capsys):
+    from safetensors import SafetensorError
+    from model_trees import overlap_two_tensors
+
+    overlap_two_tensors(tree / WEIGHTS)
+    with pytest.raises(SafetensorError):  # what generate would meet
+        load_file(str(tree / WEIGHTS))
+    _expect_broken(tree, "diffusion_net", "overlaps the tensor before it", "cannot be read")
+    code, out = run_check(capsys, "--models", tree, "--quiet")
+    assert code == 1 and "core     BROKEN" in out
+
+
+def test_deeply_nested_header_is_one_reason_not_a_recursion_error(tree, capsys):
+    from model_trees import nested_header
+
+    nested_header(tree / "vae" / mf.VAE_FILE)
+    _expect_broken(tree, "vae", "nested too deeply")
+    code, out = run_check(capsys, "--models", tree, "--quiet")
+    assert code == 1 and "Traceback" not in out
+
+
+def test_a_config_asking_for_2000_layers_is_refused_in_well_under_a_few_seconds(tree, capsys):
+    path = tree / "memo/memo/diffusion_net/config.json"
+    config = json.loads(path.read_text())
+    config["layers_per_block"] = 2000
+    path.write_text(json.dumps(config))
+    import time
+
+    started = time.monotonic()
+    code, out = run_check(capsys, "--models", tree)
+    assert time.monotonic() - started < 20  # the whole check of every feature; 70 s for this one config before
+    assert code == 1 and "'layers_per_block' asks for 2000 layers; at most 48" in out
+
+
+def test_a_vae_file_with_diffusers_names_is_found_with_comfyui_folder(tree, tmp_path, capsys):
+    """The file ComfyUI's Load VAE loads (diffusers key names) is accepted, and loads like the folder."""
+    from model_trees import vae_file_with_diffusers_names
+    from memo_pipeline.tiny import write_tiny_vae
+    from memo_pipeline.vae import DiffusersVAE
+
+    vae_file_with_diffusers_names(tree)
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    os.symlink(tree, comfy / "models")
+    code, out = run_check(capsys, "--comfyui", comfy)
+    assert code == 0, out
+    assert "[found   ] core    SD VAE (sd-vae-ft-mse)" in out and "single-file SD VAE" in out
+    single = DiffusersVAE.from_pretrained(tree / "vae" / mf.VAE_FILE)
+    folder = DiffusersVAE.from_pretrained(write_tiny_vae(tmp_path / "folder", seed=7))
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(single.decode(latents), folder.decode(latents))
+
+
+def test_a_broken_diffusers_named_vae_gets_a_reason_in_words(tree):
+    from model_trees import vae_file_with_diffusers_names
+
+    vae_file_with_diffusers_names(tree)
+    _rewrite(tree / "vae" / mf.VAE_FILE, lambda t: [t.pop(k) for k in list(t) if k.startswith("encoder.down_blocks.1.")])
+    found = _expect_broken(tree, "vae", "encoder levels are not numbered")
+    assert "index out of range" not in found.detail
+
+
+def test_models_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "models.txt"
+    target.write_text("not a folder")
+    for command in ("check", "fetch"):
+        code = main(["models", command, "--models", str(target)])
+        out = capsys.readouterr().out.strip().splitlines()
+        assert code == 2 and len(out) == 1 and "is a file, not a models folder" in out[0], (command, out)
+
+
+def test_an_unreadable_subfolder_is_one_line(tree, capsys, monkeypatch):
+    """Tests run as root, whom chmod does not stop: the listing of one folder is made to fail as it
+    would for another user."""
+    private = tree / "memo/private"
+    private.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == private:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    code, out = run_check(capsys, "--models", tree)
+    assert code == 1
+    assert f"cannot look for it: {private}: cannot be accessed (permission denied)" in out
+    assert "Traceback" not in out
+
+
+def test_a_folder_where_a_file_should_be_is_one_reason(tree):
+    path = tree / "memo/memo/image_proj/config.json"
+    path.unlink()
+    path.mkdir()
+    _expect_broken(tree, "image_proj", "is a folder where a JSON file should be")
+
+
+def test_an_invalid_hf_endpoint_does_not_stop_commands_that_need_no_network(release, tmp_path):
+    """huggingface_hub parses HF_ENDPOINT when it is imported; `models check` never uses it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for value in ("http://127.0.0.1:99999", "http://[::1"):
+        env = {**os.environ, "HF_ENDPOINT": value}
+        check = subprocess.run([sys.executable, "-m", "memo_pipeline", "models", "check", "--models", str(release),
+                                "--quiet"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, check.stderr
+        assert "Traceback" not in check.stderr and f"ignoring HF_ENDPOINT={value!r}" in check.stderr
+    (tmp_path / "empty").mkdir()
+    fetch = subprocess.run([sys.executable, "-m", "memo_pipeline", "models", "fetch", "--models", str(tmp_path / "empty"),
+                            "--only", "vocals", "--yes"], cwd=root, env={**os.environ, "HF_ENDPOINT": "http://[::1"},
+                           capture_output=True, text=True, timeout=300)
+    lines = (fetch.stdout + fetch.stderr).strip().splitlines()
+    assert fetch.returncode == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: HF_ENDPOINT='http://[::1' is not a usable address (Invalid IPv6 URL)")

@@ -172,52 +172,80 @@ def infer_config(state_dict: dict[str, torch.Tensor], source: str) -> Wav2Vec2Co
     )
 
 
-def _read_folder(folder: Path) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor], bool]:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise Wav2Vec2WeightsError(f"wav2vec2 folder {folder} has no config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+"""Weight files read: safetensors, and pickles only through torch.load(weights_only=True) on a safe torch."""
+
+
+def _read_json(path: Path):
+    from ..loading import CheckpointError, read_json
+
     try:
-        config_dict = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise Wav2Vec2WeightsError(f"{config_file}: invalid JSON ({error})") from error
+        return read_json(path)
+    except CheckpointError as error:
+        raise Wav2Vec2WeightsError(str(error)) from None
+
+
+def read_folder_config(folder: Path) -> tuple[Wav2Vec2Config, bool]:
+    """``(config, do_normalize)`` of a Hugging Face wav2vec2 folder, with the same limits on what a
+    config may ask for as the MEMO networks."""
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise Wav2Vec2WeightsError(f"wav2vec2 folder {folder} has no config.json")
+    config_dict = _read_json(config_file)
+    if not isinstance(config_dict, dict):
+        raise Wav2Vec2WeightsError(f"{config_file}: must hold a JSON object")
     if config_dict.get("model_type", "wav2vec2") != "wav2vec2":
         raise Wav2Vec2WeightsError(f"{config_file}: model_type is {config_dict.get('model_type')!r}, expected 'wav2vec2'")
+    from ..loading import CheckpointError, check_config_limits
+
     try:
+        check_config_limits(config_dict, str(config_file))
         config = Wav2Vec2Config.from_dict(config_dict)
+    except CheckpointError as error:
+        raise Wav2Vec2WeightsError(str(error)) from None
     except (TypeError, ValueError) as error:
         raise Wav2Vec2WeightsError(f"{config_file}: invalid wav2vec2 config ({error})") from error
 
     do_normalize = True
     preprocessor = folder / "preprocessor_config.json"
-    if preprocessor.is_file():
-        try:
-            do_normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", True))
-        except json.JSONDecodeError as error:
-            raise Wav2Vec2WeightsError(f"{preprocessor}: invalid JSON ({error})") from error
+    if preprocessor.exists():
+        settings = _read_json(preprocessor)
+        do_normalize = bool(settings.get("do_normalize", True)) if isinstance(settings, dict) else True
+    return config, do_normalize
+
+
+def folder_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a wav2vec2 folder, in the order the loader looks for them:
+    model.safetensors, the shards of model.safetensors.index.json, pytorch_model.bin."""
+    from ..loading import shard_path
 
     index = folder / "model.safetensors.index.json"
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_dir():
+            raise Wav2Vec2WeightsError(f"{folder / name} is a folder where the weights file should be; remove or rename it")
     if (folder / "model.safetensors").is_file():
-        tensors = _read_tensors(folder / "model.safetensors")
-    elif index.is_file():
-        from ..loading import shard_path
-
+        return [folder / "model.safetensors"]
+    if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()), key=str)
-        except (ValueError, AttributeError, TypeError) as error:
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()), key=str)
+        except (AttributeError, TypeError) as error:
             raise Wav2Vec2WeightsError(f"{index} is not a valid safetensors index: {error}") from None
-        tensors = {}
-        for shard in shards:
-            try:
-                path = shard_path(folder, shard, index)
-            except ValueError as refusal:
-                raise Wav2Vec2WeightsError(str(refusal)) from None
-            tensors.update(_read_tensors(path))
-    elif (folder / "pytorch_model.bin").is_file():
-        tensors = _read_tensors(folder / "pytorch_model.bin")
-    else:
-        raise Wav2Vec2WeightsError(
-            f"wav2vec2 folder {folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-        )
+        try:
+            return [shard_path(folder, shard, index) for shard in shards]
+        except ValueError as refusal:
+            raise Wav2Vec2WeightsError(str(refusal)) from None
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    raise Wav2Vec2WeightsError(
+        f"wav2vec2 folder {folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def _read_folder(folder: Path) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor], bool]:
+    config, do_normalize = read_folder_config(folder)
+    tensors = {}
+    for path in folder_weight_files(folder):
+        tensors.update(_read_tensors(path))
     return config, tensors, do_normalize
 
 
