@@ -42,6 +42,7 @@ def _module(name, path):
 
 
 browser_mod = _module("memo_browser", HERE / "memo_browser.py")
+generator = _module("memo_make_workflows_for_browser", WORKFLOWS / "make_workflows.py")  # the layout rules
 nodes_live = _module("memo_live_nodes_for_browser", HERE / "test_memo_nodes_live.py")
 S = nodes_live.S
 
@@ -106,7 +107,50 @@ def editor(comfy, tiny_bundle):
     S.write_wav(dirs["input"] / "speech.wav", S.speech_like(nodes_live.SECONDS, 22050), 22050)
     with browser_mod.Browser() as browser:
         page = browser.open_comfy(comfy.url)
+        page.browser = browser
         yield page
+
+
+@pytest.fixture(scope="module")
+def laptop_editor(editor):
+    """A second page on the editor, at the window size the workflows' saved view is made for (1280x720)."""
+    page = editor.browser.open_comfy(editor.url, viewport=generator.VIEW_WINDOW)
+    yield page
+    page.page.close()
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def assert_opens_fully_visible(page, name):
+    """Every node of the loaded workflow, badge and title bar included, is on the page, not under the top bar,
+    the sidebar, the minimap or anything else, drawn with its text, at the size the file gives it, and no two
+    nodes overlap."""
+    shipped = {n["id"]: n for n in editor_file(name)["nodes"]}
+    layout = page.node_layout(badge_height=generator.BADGE_HEIGHT)
+    assert not layout["low_quality"], f"{name}: at scale {layout['scale']} the editor draws nodes without text"
+    width, height = layout["window"]
+    assert sorted(n["id"] for n in layout["nodes"]) == sorted(shipped)
+    for node in layout["nodes"]:
+        left, top, right, bottom = node["page_box"]
+        assert left >= 0 and top >= 0 and right <= width and bottom <= height, (name, node["title"], node["page_box"])
+        assert node["hidden"] == [], f"{name}: {node['title']} is partly covered at {node['hidden'][:4]}"
+        assert node["size"] == shipped[node["id"]]["size"], (name, node["title"], node["size"])
+        assert node["min_size"][0] <= node["size"][0] and node["min_size"][1] <= node["size"][1], \
+            f"{name}: {node['title']} is smaller ({node['size']}) than the editor needs ({node['min_size']})"
+    for i, a in enumerate(layout["nodes"]):
+        for b in layout["nodes"][i + 1:]:
+            assert not _boxes_overlap(a["graph_box"], b["graph_box"]), f"{name}: {a['title']} overlaps {b['title']}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_editor_workflow_opens_fully_visible_at_1280x720(laptop_editor, name):
+    laptop_editor.close_dialogs()  # the template browser opens by itself on a first visit
+    alerts_before = len(laptop_editor.alerts())
+    laptop_editor.drop_file(f"{name}.json", (WORKFLOWS / f"{name}.json").read_bytes(), "application/json")
+    assert laptop_editor.alerts()[alerts_before:] == [] and laptop_editor.open_dialogs() == []
+    assert_opens_fully_visible(laptop_editor, name)
 
 
 def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
@@ -130,6 +174,7 @@ def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
     editor.page.locator('[data-testid="template-workflow-memo_talking_video"]').first.click()
     editor.wait_idle(2.0)
     assert editor.open_dialogs() == [] and editor.alerts() == []
+    assert_opens_fully_visible(editor, "memo_talking_video")
     graph, shipped = editor.graph(), editor_file("memo_talking_video")
     assert (len(graph["nodes"]), len(graph["links"])) == (len(shipped["nodes"]), len(shipped["links"]))
 
@@ -166,6 +211,7 @@ def test_editor_workflow_loads_by_drag_and_drop_and_runs_from_the_page(editor, c
     assert (len(graph["nodes"]), len(graph["links"])) == (nodes, links)
     assert _same_links(graph, shipped) and graph["id"] == shipped["id"]
     assert {n["type"] for n in graph["nodes"]} == {n["type"] for n in shipped["nodes"]}
+    assert_opens_fully_visible(editor, name)
 
     for node in shipped["nodes"]:
         for widget, value in CI_WIDGETS.get(node["type"], {}).items():
