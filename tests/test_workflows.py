@@ -220,18 +220,62 @@ def test_layout_makes_room_when_a_node_gains_sockets(monkeypatch):
         return spec
 
     base = {}
-    for name, (description, build) in generator.GRAPHS.items():
+    for name, (title, description, build) in generator.GRAPHS.items():
         nodes, columns = build()
-        base[name] = generator.to_editor(nodes, columns, PACK, name, description)
+        base[name] = generator.to_editor(nodes, columns, PACK, name, title, description)
     monkeypatch.setattr(generator, "node_spec", with_more_outputs)
-    for name, (description, build) in generator.GRAPHS.items():
+    for name, (title, description, build) in generator.GRAPHS.items():
         nodes, columns = build()
-        grown = generator.to_editor(nodes, columns, PACK, name, description)
+        grown = generator.to_editor(nodes, columns, PACK, name, title, description)
         sizes = {n["id"]: n["size"] for n in base[name]["nodes"]}
         assert any(n["size"][1] > sizes[n["id"]][1] for n in grown["nodes"]), name
         boxes = _editor_boxes(generator, grown)
         assert _overlapping_pairs(boxes) == []
         assert generator.view_shows(boxes.values(), grown["extra"]["ds"]["scale"], grown["extra"]["ds"]["offset"])
+
+
+def _load_thumbnail_script():
+    spec = importlib.util.spec_from_file_location("memo_make_thumbnails", S.REPO / "scripts" /
+                                                  "make_template_thumbnails.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_card_has_a_title_and_a_one_line_description(name):
+    """What web/template_cards.js puts on the template browser's card (the browser test checks it is shown)."""
+    generator = _load_generator()
+    title, description, _ = generator.GRAPHS[name]
+    card = S.json_file(WORKFLOWS / f"{name}.json")["extra"][generator.TEMPLATE_CARD_KEY]
+    assert card == {"title": title, "description": description}
+    assert 10 <= len(description) <= 80 and "\n" not in description and title.startswith("MEMO ")
+    assert not set("-_") & set(description + title), "the frontend shows '-' and '_' of a card as spaces"
+    script = (S.REPO / "web" / "template_cards.js").read_text()
+    assert f'const CARD_KEY = "{generator.TEMPLATE_CARD_KEY}";' in script
+    assert PACK.WEB_DIRECTORY.strip("./") == "web"
+
+
+def test_template_thumbnails_are_current_light_and_tell_the_workflows_apart():
+    """Each thumbnail is what scripts/make_template_thumbnails.py draws; square (the card crops to a square);
+    light with dark text (mean luminance, share of dark pixels); and at card size (128 px) any two differ by a
+    mean of at least 30 of 255 per pixel."""
+    from PIL import Image, ImageStat
+
+    script = _load_thumbnail_script()
+    assert script.stale() == []
+    small = {}
+    for name in NAMES:
+        with Image.open(WORKFLOWS / f"{name}.jpg") as image:
+            assert image.format == "JPEG" and image.width == image.height >= 256
+            gray = image.convert("L")
+            assert ImageStat.Stat(gray).mean[0] >= 170, f"{name}.jpg is dark"
+            dark = sum(gray.histogram()[:90]) / (gray.width * gray.height)
+            assert 0.01 <= dark <= 0.3, f"{name}.jpg: {dark:.3f} of it is dark (text and picture lines)"
+            small[name] = image.convert("RGB").resize((128, 128), Image.BILINEAR)
+    for i, a in enumerate(NAMES):
+        for b in NAMES[i + 1:]:
+            assert script.difference(small[a], small[b]) >= 30, (a, b)
 
 
 def test_readme_names_every_model_the_workflows_use():

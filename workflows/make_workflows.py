@@ -37,6 +37,7 @@ PACK_ROOT = HERE.parent
 API_SUBDIR = "api"  # API-format files: outside the folder level that the template scan lists
 # Workflow ids are UUIDs derived from the file name, so regenerating a file never changes its id.
 WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-memo/workflows")
+TEMPLATE_CARD_KEY = "comfyui-memo"  # extra[...] of an editor file: the template card's title and description
 EDITOR_SCHEMA_VERSION = 0.4  # what the ComfyUI frontend (1.35, LiteGraph VERSION) writes and validates
 
 # Core nodes, from ComfyUI 0.8.0 (nodes.py: LoadImage, VAELoader; comfy_extras/nodes_audio.py: LoadAudio;
@@ -163,14 +164,19 @@ def graph_long_audio_to_file():
     return nodes, [[1, 2, 3], [4, 5, 6, 7], [10, 15, 8, 9], [11], [16, 17]]
 
 
+# name -> (title, one-line description, graph). Title and description are what the template browser shows on the
+# workflow's card (web/template_cards.js reads them from the editor file's extra["comfyui-memo"]); the frontend
+# turns every "-" and "_" of a description into a space, so they use neither, and shows two lines of about 40
+# characters.
 GRAPHS = {
-    "memo_talking_video": ("Portrait + speech -> talking video: vocals separated as MEMO does, emotion detected "
-                           "from the speech",
+    "memo_talking_video": ("MEMO talking video",
+                           "Portrait + speech to a talking video, emotion detected from the voice",
                            graph_detected_emotion),
-    "memo_schedule_paste_back": ("Face crop, manual emotion schedule, video pasted back into the original picture",
+    "memo_schedule_paste_back": ("MEMO emotion schedule, pasted back",
+                                 "Face crop, emotions set by time, the video pasted back into the photo",
                                  graph_schedule_paste_back),
-    "memo_long_audio_to_file": ("Long audio: vocals separated, clips streamed into an mp4 as they are made, "
-                                "then an optional quality report (identity, sync proxy, emotions) of the file",
+    "memo_long_audio_to_file": ("MEMO long audio to mp4",
+                                "Long audio streamed clip by clip into an mp4, then an optional quality report",
                                 graph_long_audio_to_file),
 }
 
@@ -355,7 +361,7 @@ def to_api(nodes: dict[int, dict], pack) -> dict:
     return prompt
 
 
-def to_editor(nodes: dict[int, dict], columns: list[list[int]], pack, name: str, description: str) -> dict:
+def to_editor(nodes: dict[int, dict], columns: list[list[int]], pack, name: str, title: str, description: str) -> dict:
     specs = {nid: node_spec(node["type"], pack) for nid, node in nodes.items()}
     layout(nodes, columns, specs)
     links, link_ids = [], {}
@@ -416,7 +422,7 @@ def to_editor(nodes: dict[int, dict], columns: list[list[int]], pack, name: str,
         "last_node_id": max(nodes), "last_link_id": len(links),
         "nodes": editor_nodes, "links": links, "groups": [], "config": {},
         "extra": {"ds": saved_view([node_box(n["pos"], n["size"]) for n in nodes.values()]),
-                  "comfyui-memo": {"description": description}},
+                  TEMPLATE_CARD_KEY: {"title": title, "description": description}},
         "version": EDITOR_SCHEMA_VERSION,
     }
 
@@ -440,9 +446,9 @@ def _widget_default(node_type: str, input_name: str, pack):
 def render_all() -> dict[str, str]:
     pack = load_pack()
     files = {}
-    for name, (description, build) in GRAPHS.items():
+    for name, (title, description, build) in GRAPHS.items():
         nodes, columns = build()
-        files[f"{name}.json"] = json.dumps(to_editor(nodes, columns, pack, name, description), indent=2) + "\n"
+        files[f"{name}.json"] = json.dumps(to_editor(nodes, columns, pack, name, title, description), indent=2) + "\n"
         files[f"{API_SUBDIR}/{name}_api.json"] = json.dumps(to_api(nodes, pack), indent=2) + "\n"
     return files
 

@@ -161,8 +161,13 @@ def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
     editor.wait_idle(1.5)
     cards = editor.page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]'))
         .map((c) => ({name: c.dataset.testid.slice('template-workflow-'.length),
+                      title: c.querySelector('h3') && c.querySelector('h3').innerText,
+                      description: c.querySelector('p') && c.querySelector('p').innerText,
                       images: Array.from(c.querySelectorAll('img')).map((i) => [i.src, i.naturalWidth])}))""")
     assert sorted(c["name"] for c in cards) == sorted(NAMES)
+    for card in cards:  # web/template_cards.js gives each card its title and description, not the file name
+        title, description, _ = generator.GRAPHS[card["name"]]
+        assert (card["title"], card["description"]) == (title, description), card
     from PIL import Image
 
     for card in cards:  # the card shows our thumbnail (fetched as <name>.jpg), not the frontend's placeholder
