@@ -87,7 +87,7 @@ def N(node_type: str, inputs: dict, title: str | None = None, size=None, models=
 def _common_loaders() -> dict[int, dict]:
     return {
         1: N("LoadImage", {"image": "portrait.png"}, "Portrait"),
-        2: N("LoadAudio", {"audio": "speech.wav"}, "Speech", (300, 140)),
+        2: N("LoadAudio", {"audio": "speech.wav"}, "Speech"),
         3: N("VAELoader", {"vae_name": VAE_FILE}, models=[VAE_DOWNLOAD]),
         4: N("MemoModelLoader", {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
         5: N("MemoAudioEncoderLoader", {"audio_encoder": WAV2VEC, "dtype": "fp32"}),
