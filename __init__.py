@@ -11,10 +11,11 @@ import sys
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+WEB_DIRECTORY = "./web"  # web/template_cards.js: title and description on the template browser's cards
 
 if __package__ and __package__ in sys.modules:  # imported as a package, as ComfyUI (and the tests) do
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfyui
 
     register_with_comfyui()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -165,6 +165,119 @@ def test_editor_workflow_is_consistent_and_matches_the_api_file(name):
     assert derived == api
 
 
+def _editor_boxes(generator, editor: dict) -> dict[int, tuple]:
+    return {n["id"]: generator.node_box(n["pos"], n["size"]) for n in editor["nodes"]}
+
+
+def _overlapping_pairs(boxes: dict[int, tuple]) -> list[tuple[int, int]]:
+    ids = sorted(boxes)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if boxes[a][0] < boxes[b][2] and boxes[b][0] < boxes[a][2]
+            and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_editor_workflow_layout_has_no_overlaps_and_its_saved_view_shows_every_node(name):
+    """From the file alone: node boxes (badge + title bar above `pos`, then the body) do not intersect, every
+    node is at least as large as LiteGraph makes it, and the saved view shows all of them at 1280x720 clear of
+    the top bar, sidebar and minimap, at a scale where node text is drawn (the browser test checks the same on
+    the page: tests/comfyui_live/test_frontend_live.py)."""
+    generator = _load_generator()
+    editor = S.json_file(WORKFLOWS / f"{name}.json")
+    boxes = _editor_boxes(generator, editor)
+    assert _overlapping_pairs(boxes) == []
+    for node in editor["nodes"]:
+        spec = generator.node_spec(node["type"], PACK)
+        minimum = generator.min_body_size(node["type"], spec)
+        assert node["size"][0] >= minimum[0] and node["size"][1] >= minimum[1], (node["id"], node["size"], minimum)
+    view = editor["extra"]["ds"]
+    assert view["scale"] >= generator.TEXT_MIN_SCALE
+    assert generator.view_shows(boxes.values(), view["scale"], view["offset"])
+    top_left = generator.screen_box((0, 0, 0, 0), view["scale"], view["offset"])[:2]
+    assert top_left[0] > 64 and top_left[1] > 96  # the graph's origin is right of the sidebar, below the top bar
+
+
+def test_view_check_refuses_a_view_that_hides_nodes():
+    """The check above can fail: the saved view the files had before (scale 0.8, offset 40, 40) puts the top
+    row under the top bar, and a scale of 0.3 makes the editor drop node text."""
+    generator = _load_generator()
+    boxes = _editor_boxes(generator, S.json_file(WORKFLOWS / "memo_talking_video.json")).values()
+    assert not generator.view_shows(boxes, 0.8, [40, 40])
+    assert 0.3 < generator.TEXT_MIN_SCALE
+    assert _overlapping_pairs({1: (0, 0, 10, 10), 2: (5, 9, 20, 20)}) == [(1, 2)]
+
+
+def test_layout_makes_room_when_a_node_gains_sockets(monkeypatch):
+    """Nodes that gain an output socket (as MEMO Generate To File may gain a VIDEO output) grow, the nodes
+    below it move down, and the saved view still shows every node."""
+    generator = _load_generator()
+    original = generator.node_spec
+
+    def with_more_outputs(node_type, pack):
+        spec = original(node_type, pack)
+        if node_type.startswith("Memo"):
+            spec = {**spec, "outputs": spec["outputs"] + [("VIDEO", "VIDEO")]}
+        return spec
+
+    base = {}
+    for name, (title, description, build) in generator.GRAPHS.items():
+        nodes, columns = build()
+        base[name] = generator.to_editor(nodes, columns, PACK, name, title, description)
+    monkeypatch.setattr(generator, "node_spec", with_more_outputs)
+    for name, (title, description, build) in generator.GRAPHS.items():
+        nodes, columns = build()
+        grown = generator.to_editor(nodes, columns, PACK, name, title, description)
+        sizes = {n["id"]: n["size"] for n in base[name]["nodes"]}
+        assert any(n["size"][1] > sizes[n["id"]][1] for n in grown["nodes"]), name
+        boxes = _editor_boxes(generator, grown)
+        assert _overlapping_pairs(boxes) == []
+        assert generator.view_shows(boxes.values(), grown["extra"]["ds"]["scale"], grown["extra"]["ds"]["offset"])
+
+
+def _load_thumbnail_script():
+    spec = importlib.util.spec_from_file_location("memo_make_thumbnails", S.REPO / "scripts" /
+                                                  "make_template_thumbnails.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_card_has_a_title_and_a_one_line_description(name):
+    """What web/template_cards.js puts on the template browser's card (the browser test checks it is shown)."""
+    generator = _load_generator()
+    title, description, _ = generator.GRAPHS[name]
+    card = S.json_file(WORKFLOWS / f"{name}.json")["extra"][generator.TEMPLATE_CARD_KEY]
+    assert card == {"title": title, "description": description}
+    assert 10 <= len(description) <= 80 and "\n" not in description and title.startswith("MEMO ")
+    assert not set("-_") & set(description + title), "the frontend shows '-' and '_' of a card as spaces"
+    script = (S.REPO / "web" / "template_cards.js").read_text()
+    assert f'const CARD_KEY = "{generator.TEMPLATE_CARD_KEY}";' in script
+    assert PACK.WEB_DIRECTORY.strip("./") == "web"
+
+
+def test_template_thumbnails_are_current_light_and_tell_the_workflows_apart():
+    """Each thumbnail is what scripts/make_template_thumbnails.py draws; square (the card crops to a square);
+    light with dark text (mean luminance, share of dark pixels); and at card size (128 px) any two differ by a
+    mean of at least 30 of 255 per pixel."""
+    from PIL import Image, ImageStat
+
+    script = _load_thumbnail_script()
+    assert script.stale() == []
+    small = {}
+    for name in NAMES:
+        with Image.open(WORKFLOWS / f"{name}.jpg") as image:
+            assert image.format == "JPEG" and image.width == image.height >= 256
+            gray = image.convert("L")
+            assert ImageStat.Stat(gray).mean[0] >= 170, f"{name}.jpg is dark"
+            dark = sum(gray.histogram()[:90]) / (gray.width * gray.height)
+            assert 0.01 <= dark <= 0.3, f"{name}.jpg: {dark:.3f} of it is dark (text and picture lines)"
+            small[name] = image.convert("RGB").resize((128, 128), Image.BILINEAR)
+    for i, a in enumerate(NAMES):
+        for b in NAMES[i + 1:]:
+            assert script.difference(small[a], small[b]) >= 30, (a, b)
+
+
 def test_readme_names_every_model_the_workflows_use():
     readme = (WORKFLOWS / "README.md").read_text()
     generator = _load_generator()

@@ -9,7 +9,11 @@ format (what File > Open / drag-and-drop loads) needs, per node, the widget valu
 and the link table; the API format (what POST /prompt takes) needs named inputs. Both are derived
 here so they cannot disagree.
 
-Layout: the editor files sit directly in workflows/, which ComfyUI's template scan lists (it globs
+Node layout: `layout` stacks each graph's nodes in columns with sizes derived from their sockets and widgets, so
+nothing overlaps (title bars and badges included) even when a node gains a socket, and `saved_view` picks the
+editor view (`extra.ds`) that shows the whole graph, text drawn, in a 1280x720 window beside the editor's bars.
+
+Files: the editor files sit directly in workflows/, which ComfyUI's template scan lists (it globs
 custom_nodes/*/workflows/*.json, one level only; each template's thumbnail is the .jpg of the same
 name next to it); the API files go to workflows/api/, which that scan does not list. Each editor
 file gets a fixed UUID as its `id` (the frontend's zod schema requires a UUID there) and the
@@ -33,6 +37,7 @@ PACK_ROOT = HERE.parent
 API_SUBDIR = "api"  # API-format files: outside the folder level that the template scan lists
 # Workflow ids are UUIDs derived from the file name, so regenerating a file never changes its id.
 WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-memo/workflows")
+TEMPLATE_CARD_KEY = "comfyui-memo"  # extra[...] of an editor file: the template card's title and description
 EDITOR_SCHEMA_VERSION = 0.4  # what the ComfyUI frontend (1.35, LiteGraph VERSION) writes and validates
 
 # Core nodes, from ComfyUI 0.8.0 (nodes.py: LoadImage, VAELoader; comfy_extras/nodes_audio.py: LoadAudio;
@@ -73,17 +78,19 @@ def L(node: int, slot: int = 0) -> tuple:  # noqa: N802 - reads like a link in t
     return ("link", node, slot)
 
 
-def N(node_type: str, pos, inputs: dict, title: str | None = None, size=(320, 120), models=None) -> dict:  # noqa: N802
-    return {"type": node_type, "pos": list(pos), "inputs": inputs, "title": title, "size": list(size), "models": models}
+def N(node_type: str, inputs: dict, title: str | None = None, size=None, models=None) -> dict:  # noqa: N802
+    """A node; `size` is its body (width, height) when it needs more than LiteGraph's minimum (previews, text)."""
+    return {"type": node_type, "inputs": inputs, "title": title, "size": list(size) if size else None,
+            "models": models}
 
 
-def _common_loaders(x0: int = 0) -> dict[int, dict]:
+def _common_loaders() -> dict[int, dict]:
     return {
-        1: N("LoadImage", (x0, 0), {"image": "portrait.png"}, "Portrait", (320, 340)),
-        2: N("LoadAudio", (x0, 380), {"audio": "speech.wav"}, "Speech", (320, 140)),
-        3: N("VAELoader", (x0, 560), {"vae_name": VAE_FILE}, None, (320, 60), models=[VAE_DOWNLOAD]),
-        4: N("MemoModelLoader", (x0, 660), {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
-        5: N("MemoAudioEncoderLoader", (x0, 820), {"audio_encoder": WAV2VEC, "dtype": "fp32"}, None, (320, 90)),
+        1: N("LoadImage", {"image": "portrait.png"}, "Portrait"),
+        2: N("LoadAudio", {"audio": "speech.wav"}, "Speech"),
+        3: N("VAELoader", {"vae_name": VAE_FILE}, models=[VAE_DOWNLOAD]),
+        4: N("MemoModelLoader", {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
+        5: N("MemoAudioEncoderLoader", {"audio_encoder": WAV2VEC, "dtype": "fp32"}),
     }
 
 
@@ -93,83 +100,194 @@ def _sampler_inputs(reference, face, emotion) -> dict:
             "max_clips": 0, "torch_compile": False}
 
 
-def graph_detected_emotion() -> dict[int, dict]:
+# Each graph returns its nodes and its layout: columns from left to right, each a list of node ids from top to
+# bottom (see `layout`). Inputs on the left, the video on the right, and the bottom-right corner left empty: the
+# editor's minimap and zoom buttons sit there.
+
+def graph_detected_emotion():
     nodes = _common_loaders()
     nodes.update({
-        6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
-                                                  "dtype": "fp32"}),
-        7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
-        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True,
-                                                  "order": "official"}, None, (320, 130)),
-        8: N("MemoAudioEncode", (400, 550), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
-                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionDetect", (400, 820), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
-        10: N("MemoFaceEmbed", (400, 0), {"face_model": L(7), "image": L(1), "face_index": 0, "no_face": "error"},
-              None, (320, 130)),
-        11: N("MemoSampler", (800, 0), _sampler_inputs(L(1), L(10), L(9)), None, (340, 400)),
-        12: N("CreateVideo", (1200, 0), {"images": L(11), "fps": L(11, 1), "audio": L(11, 3)}, None, (270, 80)),
-        13: N("SaveVideo", (1200, 140), {"video": L(12), "filename_prefix": "MEMO/talking", "format": "auto",
-                                         "codec": "auto"}, None, (400, 400)),
+        6: N("MemoEmotionModelLoader", {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO, "dtype": "fp32"}),
+        7: N("MemoFaceModelLoader", {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        15: N("MemoVocalSeparation", {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True, "order": "official"}),
+        8: N("MemoAudioEncode", {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
+                                 "start_seconds": 0.0, "duration_seconds": 0.0}),
+        9: N("MemoEmotionDetect", {"emotion_model": L(6), "audio": L(8, 1)}),
+        10: N("MemoFaceEmbed", {"face_model": L(7), "image": L(1), "face_index": 0, "no_face": "error"}),
+        11: N("MemoSampler", _sampler_inputs(L(1), L(10), L(9))),
+        12: N("CreateVideo", {"images": L(11), "fps": L(11, 1), "audio": L(11, 3)}),
+        13: N("SaveVideo", {"video": L(12), "filename_prefix": "MEMO/talking", "format": "auto", "codec": "auto"},
+              size=VIDEO_PREVIEW),
     })
-    return nodes
+    return nodes, [[1, 2, 3], [4, 5, 6, 7], [10, 15, 8, 9], [11], [12, 13]]
 
 
-def graph_schedule_paste_back() -> dict[int, dict]:
+def graph_schedule_paste_back():
     nodes = _common_loaders()
     nodes.update({
-        7: N("MemoFaceModelLoader", (0, 950), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
-        8: N("MemoAudioEncode", (400, 380), {"audio_encoder": L(5), "audio": L(2), "fps": 30.0, "frames_per_clip": 16,
-                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionSchedule", (400, 650), {"memo_audio": L(8), "schedule": "0:neutral, 2:happy, 6:surprised"},
-             None, (320, 140)),
-        10: N("MemoFaceCrop", (400, 0), {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
-                                         "shift_y": 0.25, "face_index": 0, "no_face": "error"}, None, (320, 230)),
-        11: N("MemoSampler", (800, 0), _sampler_inputs(L(10), L(10, 2), L(9)), None, (340, 400)),
-        14: N("MemoPasteBack", (1200, 0), {"images": L(11), "crop": L(10, 1), "original_image": L(1), "feather": 0.1,
-                                           "color_match": False}, None, (300, 150)),
-        12: N("CreateVideo", (1560, 0), {"images": L(14), "fps": L(11, 1), "audio": L(11, 3)}, None, (270, 80)),
-        13: N("SaveVideo", (1560, 140), {"video": L(12), "filename_prefix": "MEMO/pasted", "format": "auto",
-                                         "codec": "auto"}, None, (400, 400)),
+        7: N("MemoFaceModelLoader", {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        8: N("MemoAudioEncode", {"audio_encoder": L(5), "audio": L(2), "fps": 30.0, "frames_per_clip": 16,
+                                 "start_seconds": 0.0, "duration_seconds": 0.0}),
+        9: N("MemoEmotionSchedule", {"memo_audio": L(8), "schedule": "0:neutral, 2:happy, 6:surprised"},
+             size=(300, 130)),
+        10: N("MemoFaceCrop", {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
+                               "shift_y": 0.25, "face_index": 0, "no_face": "error"}),
+        11: N("MemoSampler", _sampler_inputs(L(10), L(10, 2), L(9))),
+        14: N("MemoPasteBack", {"images": L(11), "crop": L(10, 1), "original_image": L(1), "feather": 0.1,
+                                "color_match": False}),
+        12: N("CreateVideo", {"images": L(14), "fps": L(11, 1), "audio": L(11, 3)}),
+        13: N("SaveVideo", {"video": L(12), "filename_prefix": "MEMO/pasted", "format": "auto", "codec": "auto"},
+              size=VIDEO_PREVIEW),
     })
-    return nodes
+    return nodes, [[1, 2, 3], [4, 5, 7], [10, 8, 9], [11, 14], [12, 13]]
 
 
-def graph_long_audio_to_file() -> dict[int, dict]:
+def graph_long_audio_to_file():
     nodes = _common_loaders()
     nodes.update({
-        6: N("MemoEmotionModelLoader", (0, 950), {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO,
-                                                  "dtype": "fp32"}),
-        7: N("MemoFaceModelLoader", (0, 1110), {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
-        15: N("MemoVocalSeparation", (400, 380), {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True,
-                                                  "order": "official"}, None, (320, 130)),
-        8: N("MemoAudioEncode", (400, 530), {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
-                                             "start_seconds": 0.0, "duration_seconds": 0.0}, None, (320, 220)),
-        9: N("MemoEmotionDetect", (400, 800), {"emotion_model": L(6), "audio": L(8, 1)}, None, (320, 80)),
-        10: N("MemoFaceCrop", (400, 0), {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
-                                         "shift_y": 0.25, "face_index": 0, "no_face": "error"}, None, (320, 230)),
-        11: N("MemoGenerateToFile", (800, 0), {**_sampler_inputs(L(10), L(10, 2), L(9)),
-                                               "filename_prefix": "MEMO/long", "audio": L(8, 1), "crop": L(10, 1),
-                                               "original_image": L(1), "crf": 18}, None, (360, 560)),
+        6: N("MemoEmotionModelLoader", {"emotion2vec": EMOTION2VEC, "classifier_checkpoint": MEMO, "dtype": "fp32"}),
+        7: N("MemoFaceModelLoader", {"face_models": MEMO, "detection_size": 640, "device": "auto"}),
+        15: N("MemoVocalSeparation", {"audio": L(2), "model": KIM_VOCAL, "peak_normalize": True, "order": "official"}),
+        8: N("MemoAudioEncode", {"audio_encoder": L(5), "audio": L(15), "fps": 30.0, "frames_per_clip": 16,
+                                 "start_seconds": 0.0, "duration_seconds": 0.0}),
+        9: N("MemoEmotionDetect", {"emotion_model": L(6), "audio": L(8, 1)}),
+        10: N("MemoFaceCrop", {"face_model": L(7), "image": L(1), "resolution": 512, "scale": 2.5,
+                               "shift_y": 0.25, "face_index": 0, "no_face": "error"}),
+        11: N("MemoGenerateToFile", {**_sampler_inputs(L(10), L(10, 2), L(9)), "filename_prefix": "MEMO/long",
+                                     "audio": L(8, 1), "crop": L(10, 1), "original_image": L(1), "crf": 18}),
         # Optional branch: the quality report of the finished file (mute or delete both nodes to skip it).
-        16: N("MemoQualityReport", (1220, 0), {"face_model": L(7), "reference_image": L(1), "audio": L(8, 1),
-                                               "fps": L(8, 3), "frames_per_clip": 16, "identity_every": 1,
-                                               "video_path": L(11), "emotion": L(9)},
-              "MEMO Quality Report (optional)", (340, 260)),
-        17: N("PreviewImage", (1600, 0), {"images": L(16)}, "Quality report plot", (600, 360)),
+        16: N("MemoQualityReport", {"face_model": L(7), "reference_image": L(1), "audio": L(8, 1), "fps": L(8, 3),
+                                    "frames_per_clip": 16, "identity_every": 1, "video_path": L(11),
+                                    "emotion": L(9)}, "MEMO Quality Report (optional)"),
+        17: N("PreviewImage", {"images": L(16)}, "Quality report plot", (320, 180)),
     })
-    return nodes
+    return nodes, [[1, 2, 3], [4, 5, 6, 7], [10, 15, 8, 9], [11], [16, 17]]
 
 
+# name -> (title, one-line description, graph). Title and description are what the template browser shows on the
+# workflow's card (web/template_cards.js reads them from the editor file's extra["comfyui-memo"]); the frontend
+# turns every "-" and "_" of a description into a space, so they use neither, and shows two lines of about 40
+# characters.
 GRAPHS = {
-    "memo_talking_video": ("Portrait + speech -> talking video: vocals separated as MEMO does, emotion detected "
-                           "from the speech",
+    "memo_talking_video": ("MEMO talking video",
+                           "Portrait + speech to a talking video, emotion detected from the voice",
                            graph_detected_emotion),
-    "memo_schedule_paste_back": ("Face crop, manual emotion schedule, video pasted back into the original picture",
+    "memo_schedule_paste_back": ("MEMO emotion schedule, pasted back",
+                                 "Face crop, emotions set by time, the video pasted back into the photo",
                                  graph_schedule_paste_back),
-    "memo_long_audio_to_file": ("Long audio: vocals separated, clips streamed into an mp4 as they are made, "
-                                "then an optional quality report (identity, sync proxy, emotions) of the file",
+    "memo_long_audio_to_file": ("MEMO long audio to mp4",
+                                "Long audio streamed clip by clip into an mp4, then an optional quality report",
                                 graph_long_audio_to_file),
 }
+
+
+# ------------------------------------------------------------------ layout
+# LiteGraph as drawn by the ComfyUI frontend 1.35.9: a node's `pos` is the top-left corner of its body; the title
+# bar (NODE_TITLE_HEIGHT) sits above it, and a pack's node source badge ("comfyui-memo") is drawn above the title.
+TITLE_HEIGHT = 30
+BADGE_HEIGHT = 24
+SLOT_HEIGHT = 20       # LiteGraph NODE_SLOT_HEIGHT: one row per input or output socket
+WIDGET_ROW = 24        # LiteGraph NODE_WIDGET_HEIGHT (20) + 4 px between widgets
+BODY_MARGIN = 14       # what LGraphNode.computeSize adds below the widgets (6 when a node has no widgets)
+NODE_MIN_WIDTH = 280   # wider than every node's computed minimum (its longest label row), room for model names
+COLUMN_GAP = 40
+ROW_GAP = 12           # between one node's bottom and the next node's badge
+VIDEO_PREVIEW = (320, 220)  # Save Video: room for the preview of the finished video
+# Body size of core nodes whose frontend widgets (image preview, upload button, audio player) are not sockets;
+# Load Image grows to 314 px (frontend 1.35.9) once its preview has loaded.
+CORE_MIN_BODY = {"LoadImage": (300, 330), "LoadAudio": (300, 140), "PreviewImage": (300, 180)}
+
+# The saved view (`extra.ds`) must show every node, title and badge included, in the editor at 1280x720 (the
+# size a browser test page has by default, and a small laptop screen), around what the frontend draws over the
+# canvas there (measured in frontend 1.35.9 with document.elementFromPoint):
+VIEW_WINDOW = (1280, 720)
+VIEW_COVERED = [  # screen rectangles (left, top, right, bottom)
+    (0, 0, 1280, 96),       # workflow tabs, the breadcrumb with the workflow name, the Run bar
+    (0, 0, 64, 720),        # sidebar
+    (1020, 460, 1280, 720), # minimap and zoom buttons
+    (0, 640, 200, 720),     # the canvas' own info text (T:, N:, FPS) in the bottom-left corner
+]
+VIEW_MARGIN = 8
+# Below this scale the frontend draws nodes without text (min font size for LOD 8 px / NODE_TEXT_SIZE 14).
+TEXT_MIN_SCALE = 8 / 14
+
+
+def min_body_size(node_type: str, spec: dict) -> tuple[int, int]:
+    """The smallest body LiteGraph gives the node (LGraphNode.computeSize), rounded up: one row per socket on the
+    side with more sockets, one widget row per widget (a linked widget keeps its row)."""
+    if node_type in CORE_MIN_BODY:
+        return CORE_MIN_BODY[node_type]
+    sockets = max(sum(1 for _, _, kind in spec["inputs"] if kind != "widget"), len(spec["outputs"]), 1)
+    widgets = sum(1 for _, _, kind in spec["inputs"] if kind == "widget") + len(spec["control"])
+    height = sockets * SLOT_HEIGHT + widgets * WIDGET_ROW + (BODY_MARGIN if widgets else 6)
+    return NODE_MIN_WIDTH, 10 * -(-height // 10)
+
+
+def node_box(pos, size) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of what the editor draws for a node: badge, title bar and body."""
+    return pos[0], pos[1] - TITLE_HEIGHT - BADGE_HEIGHT, pos[0] + size[0], pos[1] + size[1]
+
+
+def layout(nodes: dict[int, dict], columns: list[list[int]], specs: dict[int, dict]) -> None:
+    """Give every node its `pos` and `size`: columns side by side, nodes stacked in each; a column is as wide as
+    its widest node. Sizes come from the node's sockets and widgets, so a node that gains a socket grows and
+    everything below it moves down."""
+    placed = [nid for column in columns for nid in column]
+    if sorted(placed) != sorted(nodes):
+        raise ValueError(f"layout places {sorted(placed)} but the graph has {sorted(nodes)}")
+    x = 0
+    for column in columns:
+        sizes = {}
+        for nid in column:
+            minimum = min_body_size(nodes[nid]["type"], specs[nid])
+            wanted = nodes[nid]["size"] or minimum
+            sizes[nid] = [max(wanted[0], minimum[0]), max(wanted[1], minimum[1])]
+        width = max(size[0] for size in sizes.values())
+        y = TITLE_HEIGHT + BADGE_HEIGHT
+        for nid in column:
+            nodes[nid]["pos"] = [x, y]
+            nodes[nid]["size"] = [width, sizes[nid][1]]
+            y += sizes[nid][1] + ROW_GAP + TITLE_HEIGHT + BADGE_HEIGHT
+        x += width + COLUMN_GAP
+
+
+def screen_box(box, scale: float, offset) -> tuple[float, float, float, float]:
+    """Where a graph-space box lands on the page for the view (scale, offset): screen = (graph + offset) * scale."""
+    return tuple((value + offset[i % 2]) * scale for i, value in enumerate(box))
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def view_shows(boxes, scale: float, offset) -> bool:
+    """True when every box lies in VIEW_WINDOW, VIEW_MARGIN clear of its edges and of VIEW_COVERED."""
+    width, height = VIEW_WINDOW
+    for box in boxes:
+        left, top, right, bottom = screen_box(box, scale, offset)
+        if left < VIEW_MARGIN or top < VIEW_MARGIN or right > width - VIEW_MARGIN or bottom > height - VIEW_MARGIN:
+            return False
+        padded = (left - VIEW_MARGIN, top - VIEW_MARGIN, right + VIEW_MARGIN, bottom + VIEW_MARGIN)
+        if any(_overlaps(padded, covered) for covered in VIEW_COVERED):
+            return False
+    return True
+
+
+def saved_view(boxes) -> dict:
+    """The largest scale (at most 1, in steps of 0.01) at which the graph, put just right of the sidebar and
+    below the top bar, is fully shown; an error if the text would not be drawn at that scale."""
+    left = min(box[0] for box in boxes)
+    top = min(box[1] for box in boxes)
+    corner = (max(c[2] for c in VIEW_COVERED if c[1] == 0 and c[3] == VIEW_WINDOW[1]) + VIEW_MARGIN,
+              max(c[3] for c in VIEW_COVERED if c[0] == 0 and c[2] == VIEW_WINDOW[0]) + VIEW_MARGIN)
+    for step in range(100, 0, -1):
+        scale = step / 100
+        offset = [round(corner[0] / scale - left, 1), round(corner[1] / scale - top, 1)]
+        if view_shows(boxes, scale, offset):
+            if scale < TEXT_MIN_SCALE:
+                raise ValueError(f"the graph fits the view only at scale {scale}, where node text is not drawn")
+            return {"scale": scale, "offset": offset}
+    raise ValueError("the graph does not fit the view at any scale")
 
 
 # ------------------------------------------------------------------ node descriptions
@@ -243,8 +361,9 @@ def to_api(nodes: dict[int, dict], pack) -> dict:
     return prompt
 
 
-def to_editor(nodes: dict[int, dict], pack, name: str, description: str) -> dict:
+def to_editor(nodes: dict[int, dict], columns: list[list[int]], pack, name: str, title: str, description: str) -> dict:
     specs = {nid: node_spec(node["type"], pack) for nid, node in nodes.items()}
+    layout(nodes, columns, specs)
     links, link_ids = [], {}
     for nid in sorted(nodes):
         spec = specs[nid]
@@ -302,7 +421,8 @@ def to_editor(nodes: dict[int, dict], pack, name: str, description: str) -> dict
         "id": workflow_id(name), "revision": 0,
         "last_node_id": max(nodes), "last_link_id": len(links),
         "nodes": editor_nodes, "links": links, "groups": [], "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}, "comfyui-memo": {"description": description}},
+        "extra": {"ds": saved_view([node_box(n["pos"], n["size"]) for n in nodes.values()]),
+                  TEMPLATE_CARD_KEY: {"title": title, "description": description}},
         "version": EDITOR_SCHEMA_VERSION,
     }
 
@@ -326,9 +446,9 @@ def _widget_default(node_type: str, input_name: str, pack):
 def render_all() -> dict[str, str]:
     pack = load_pack()
     files = {}
-    for name, (description, build) in GRAPHS.items():
-        nodes = build()
-        files[f"{name}.json"] = json.dumps(to_editor(nodes, pack, name, description), indent=2) + "\n"
+    for name, (title, description, build) in GRAPHS.items():
+        nodes, columns = build()
+        files[f"{name}.json"] = json.dumps(to_editor(nodes, columns, pack, name, title, description), indent=2) + "\n"
         files[f"{API_SUBDIR}/{name}_api.json"] = json.dumps(to_api(nodes, pack), indent=2) + "\n"
     return files
 

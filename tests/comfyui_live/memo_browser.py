@@ -93,8 +93,9 @@ class Browser:
         finally:
             self._pw.stop()
 
-    def open_comfy(self, url: str, timeout: float = 120) -> "ComfyPage":
-        page = self._browser.new_page(viewport=self.viewport)
+    def open_comfy(self, url: str, timeout: float = 120, viewport=None) -> "ComfyPage":
+        size = {"width": viewport[0], "height": viewport[1]} if viewport else self.viewport
+        page = self._browser.new_page(viewport=size)
         return ComfyPage(page, url).open(timeout)
 
 
@@ -176,6 +177,38 @@ class ComfyPage:
     def graph(self) -> dict:
         """The loaded graph as the editor would save it."""
         return self.page.evaluate("() => window.app.graph.serialize()")
+
+    def node_layout(self, badge_height: float = 0, samples: int = 5) -> dict:
+        """Where the loaded graph's nodes are on the page, as drawn: {"scale", "low_quality", "window",
+        "nodes": [{"id", "title", "size", "min_size", "graph_box", "page_box", "hidden": [[x, y, element]]}]}.
+        graph_box is LGraphNode.getBounding() (title bar included) raised by `badge_height` (the node source
+        badge drawn above the title), as (left, top, right, bottom) in graph units; page_box the same in page
+        pixels through the canvas view (page = canvas origin + (graph + offset) * scale). `hidden` lists the
+        points of a samples x samples grid over page_box where something else than the canvas, or a node's own
+        DOM widget, is on top (document.elementFromPoint): the top bar, the sidebar, the minimap, a dialog."""
+        return self.page.evaluate(
+            """([badge, samples]) => {
+                 const canvas = window.app.canvas, el = canvas.canvas, rect = el.getBoundingClientRect();
+                 const scale = canvas.ds.scale, [ox, oy] = canvas.ds.offset;
+                 const toPage = (b) => [rect.left + (b[0] + ox) * scale, rect.top + (b[1] + oy) * scale,
+                                        rect.left + (b[2] + ox) * scale, rect.top + (b[3] + oy) * scale];
+                 const describe = (e) => e ? `${e.tagName.toLowerCase()}.${String(e.className).slice(0, 60)}` : 'nothing';
+                 const nodes = window.app.graph._nodes.map((node) => {
+                   const b = new Float32Array(4);
+                   node.getBounding(b);
+                   const graphBox = [b[0], b[1] - badge, b[0] + b[2], b[1] + b[3]];
+                   const pageBox = toPage(graphBox), hidden = [];
+                   for (let i = 0; i < samples; i++) for (let j = 0; j < samples; j++) {
+                     const x = pageBox[0] + 1 + (pageBox[2] - pageBox[0] - 2) * i / (samples - 1);
+                     const y = pageBox[1] + 1 + (pageBox[3] - pageBox[1] - 2) * j / (samples - 1);
+                     const hit = document.elementFromPoint(x, y);
+                     if (hit !== el && !(hit && hit.closest('.dom-widget'))) hidden.push([Math.round(x), Math.round(y), describe(hit)]);
+                   }
+                   return {id: node.id, title: node.title, size: [...node.size], min_size: [...node.computeSize()],
+                           graph_box: graphBox, page_box: pageBox, hidden};
+                 });
+                 return {scale, low_quality: canvas.low_quality, window: [innerWidth, innerHeight], nodes};
+               }""", [badge_height, samples])
 
     def set_widget(self, node_id: int, name: str, value) -> None:
         """Change a widget of a node, as typing into it does (the widget's callback runs)."""

@@ -42,6 +42,7 @@ def _module(name, path):
 
 
 browser_mod = _module("memo_browser", HERE / "memo_browser.py")
+generator = _module("memo_make_workflows_for_browser", WORKFLOWS / "make_workflows.py")  # the layout rules
 nodes_live = _module("memo_live_nodes_for_browser", HERE / "test_memo_nodes_live.py")
 S = nodes_live.S
 
@@ -67,7 +68,9 @@ def test_installed_frontend_still_has_the_schema_rules_we_check(comfy):
     for rule in ("zComfyWorkflow=zBaseExportableGraph.extend({id:z.string().uuid().optional()",
                  "links:z.array(zComfyLink)", "version:z.number()", "VERSION=.4",
                  r"/^[0-9a-fA-F]{8}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{4}\b-[0-9a-fA-F]{12}$/i",
-                 'mediaType:"image",mediaSubtype:"jpg",description:I'):
+                 'mediaType:"image",mediaSubtype:"jpg",description:I',
+                 # what web/template_cards.js wraps: the two template lists of the api object
+                 "async getWorkflowTemplates(){", "async getCoreWorkflowTemplates("):
         assert rule in bundle, rule
 
 
@@ -106,7 +109,64 @@ def editor(comfy, tiny_bundle):
     S.write_wav(dirs["input"] / "speech.wav", S.speech_like(nodes_live.SECONDS, 22050), 22050)
     with browser_mod.Browser() as browser:
         page = browser.open_comfy(comfy.url)
+        page.browser = browser
         yield page
+
+
+# The saved view is made for 1280x720 (make_workflows.VIEW_WINDOW); a larger window must show it too.
+WINDOW_SIZES = [tuple(generator.VIEW_WINDOW), (1400, 900)]
+
+
+@pytest.fixture(scope="module")
+def fresh_pages(editor):
+    """page_at((width, height)): a page on the editor at that window size on which nothing has been run (after
+    a run the editor's job panel may stay open over the top right corner of the canvas)."""
+    pages = {}
+
+    def page_at(size):
+        if size not in pages:
+            pages[size] = editor.browser.open_comfy(editor.url, viewport=size)
+        return pages[size]
+
+    yield page_at
+    for page in pages.values():
+        page.page.close()
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def assert_opens_fully_visible(page, name):
+    """Every node of the loaded workflow, badge and title bar included, is on the page, not under the top bar,
+    the sidebar, the minimap or anything else, drawn with its text, at the size the file gives it, and no two
+    nodes overlap."""
+    shipped = {n["id"]: n for n in editor_file(name)["nodes"]}
+    layout = page.node_layout(badge_height=generator.BADGE_HEIGHT)
+    assert not layout["low_quality"], f"{name}: at scale {layout['scale']} the editor draws nodes without text"
+    width, height = layout["window"]
+    assert sorted(n["id"] for n in layout["nodes"]) == sorted(shipped)
+    for node in layout["nodes"]:
+        left, top, right, bottom = node["page_box"]
+        assert left >= 0 and top >= 0 and right <= width and bottom <= height, (name, node["title"], node["page_box"])
+        assert node["hidden"] == [], f"{name}: {node['title']} is partly covered at {node['hidden'][:4]}"
+        assert node["size"] == shipped[node["id"]]["size"], (name, node["title"], node["size"])
+        assert node["min_size"][0] <= node["size"][0] and node["min_size"][1] <= node["size"][1], \
+            f"{name}: {node['title']} is smaller ({node['size']}) than the editor needs ({node['min_size']})"
+    for i, a in enumerate(layout["nodes"]):
+        for b in layout["nodes"][i + 1:]:
+            assert not _boxes_overlap(a["graph_box"], b["graph_box"]), f"{name}: {a['title']} overlaps {b['title']}"
+
+
+@pytest.mark.parametrize("size", WINDOW_SIZES, ids=lambda size: "x".join(map(str, size)))
+@pytest.mark.parametrize("name", NAMES)
+def test_editor_workflow_opens_fully_visible(fresh_pages, name, size):
+    page = fresh_pages(size)
+    page.close_dialogs()  # the template browser opens by itself on a first visit
+    alerts_before = len(page.alerts())
+    page.drop_file(f"{name}.json", (WORKFLOWS / f"{name}.json").read_bytes(), "application/json")
+    assert page.alerts()[alerts_before:] == [] and page.open_dialogs() == []
+    assert_opens_fully_visible(page, name)
 
 
 def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
@@ -117,8 +177,13 @@ def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
     editor.wait_idle(1.5)
     cards = editor.page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]'))
         .map((c) => ({name: c.dataset.testid.slice('template-workflow-'.length),
+                      title: c.querySelector('h3') && c.querySelector('h3').innerText,
+                      description: c.querySelector('p') && c.querySelector('p').innerText,
                       images: Array.from(c.querySelectorAll('img')).map((i) => [i.src, i.naturalWidth])}))""")
     assert sorted(c["name"] for c in cards) == sorted(NAMES)
+    for card in cards:  # web/template_cards.js gives each card its title and description, not the file name
+        title, description, _ = generator.GRAPHS[card["name"]]
+        assert (card["title"], card["description"]) == (title, description), card
     from PIL import Image
 
     for card in cards:  # the card shows our thumbnail (fetched as <name>.jpg), not the frontend's placeholder
@@ -130,6 +195,7 @@ def test_template_browser_shows_the_editor_workflows_with_thumbnails(editor):
     editor.page.locator('[data-testid="template-workflow-memo_talking_video"]').first.click()
     editor.wait_idle(2.0)
     assert editor.open_dialogs() == [] and editor.alerts() == []
+    assert_opens_fully_visible(editor, "memo_talking_video")
     graph, shipped = editor.graph(), editor_file("memo_talking_video")
     assert (len(graph["nodes"]), len(graph["links"])) == (len(shipped["nodes"]), len(shipped["links"]))
 
