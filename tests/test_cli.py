@@ -132,10 +132,10 @@ def test_truncated_audio_warns_with_both_durations(tmp_path, caplog):
 def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bundle, tmp_path, monkeypatch):
     import torch
 
-    from memo_pipeline import cli
+    from memo_pipeline import streaming
     from memo_pipeline.state import GenerationState
 
-    original_write = cli.VideoWriter.write
+    original_write = streaming.VideoWriter.write
     written = {}
     interrupt_at = {"clip": None}
 
@@ -146,7 +146,7 @@ def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bund
         clips.append(frames.clone())
         return original_write(self, frames)
 
-    monkeypatch.setattr(cli.VideoWriter, "write", recording_write)
+    monkeypatch.setattr(streaming.VideoWriter, "write", recording_write)
     base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
     full, part, rest = tmp_path / "full.mp4", tmp_path / "part.mp4", tmp_path / "rest.mp4"
     assert main(base + ["--out", str(full)]) == 0
