@@ -230,3 +230,75 @@ def test_vocal_separation_is_on_by_default_in_the_official_order(tiny_bundle, tm
     assert seen[-1] == ((1, 13230), 44100)  # full band: the file at its own rate
     seen.clear()
     assert main(base + ["--out", str(tmp_path / "off.mp4"), "--no-vocal-separation"]) == 0 and seen == []
+
+
+def _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, out, at_clip=2):
+    """`generate` stopped by Ctrl-C while clip `at_clip + 1` is being written (in-process)."""
+    from memo_pipeline import streaming
+
+    original_write = streaming.VideoWriter.write
+    clips = {"n": 0}
+
+    def write(self, frames):
+        if clips["n"] == at_clip:
+            raise KeyboardInterrupt
+        clips["n"] += 1
+        return original_write(self, frames)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(streaming.VideoWriter, "write", write)
+        assert main(base + ["--out", str(out)]) == 130
+
+
+def test_resume_refuses_to_write_over_the_part_its_state_came_from(tiny_bundle, tmp_path, monkeypatch, capsys):
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    part = tmp_path / "part1.mp4"
+    _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, part)
+    state = tmp_path / "part1.state.safetensors"
+    kept = part.read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"], ["--overwrite", "--save-state", str(tmp_path / "s2.safetensors")]):
+        assert main(base + ["--resume", str(state), "--out", str(tmp_path / "." / "part1.mp4"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is the video the state" in err and "part1_rest.mp4" in err and err.count("\n") == 1, err
+    assert part.read_bytes() == kept
+
+
+def test_resume_refuses_a_state_made_at_another_fps(tiny_bundle, tmp_path, monkeypatch, capsys):
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base + ["--fps", "30"], tmp_path / "part.mp4")
+    capsys.readouterr()
+    rest = tmp_path / "rest.mp4"
+    assert main(base + ["--fps", "25", "--resume", str(tmp_path / "part.state.safetensors"), "--out", str(rest)]) == 2
+    err = capsys.readouterr().err
+    assert "fps 30.0, this run asks for 25" in err and err.count("\n") == 1 and not rest.exists()
+
+
+def test_a_full_disk_while_saving_the_state_says_what_was_kept(tiny_bundle, tmp_path, monkeypatch, capsys, caplog):
+    import errno
+
+    from memo_pipeline import state as state_module
+
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    out, saved = tmp_path / "o.mp4", tmp_path / "s.safetensors"
+    real_save = state_module.save_file
+    calls = {"n": 0}
+
+    def fills_up(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the state after clip 1 fits, then the disk is full
+            return real_save(tensors, filename, metadata=metadata)
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module, "save_file", fills_up)
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        assert main(base + ["--out", str(out), "--save-state", str(saved)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {saved}: No space left on device\n"
+    assert read_video_info(out)["frames"] == 16  # both finished clips are kept, playable
+    assert state_module.GenerationState.load(saved).next_clip == 1  # the older state is intact
+    assert "the state could NOT be saved" in caplog.text and "still holds the state after clip 1" in caplog.text
+    assert "16 frames (2 clip(s)) are in" in caplog.text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
