@@ -132,10 +132,10 @@ def test_truncated_audio_warns_with_both_durations(tmp_path, caplog):
 def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bundle, tmp_path, monkeypatch):
     import torch
 
-    from memo_pipeline import streaming
     from memo_pipeline.state import GenerationState
+    from memo_pipeline.video_io import VideoWriter
 
-    original_write = streaming.VideoWriter.write
+    original_write = VideoWriter.write
     written = {}
     interrupt_at = {"clip": None}
 
@@ -146,7 +146,7 @@ def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bund
         clips.append(frames.clone())
         return original_write(self, frames)
 
-    monkeypatch.setattr(streaming.VideoWriter, "write", recording_write)
+    monkeypatch.setattr(VideoWriter, "write", recording_write)
     base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
     full, part, rest = tmp_path / "full.mp4", tmp_path / "part.mp4", tmp_path / "rest.mp4"
     assert main(base + ["--out", str(full)]) == 0
@@ -234,9 +234,9 @@ def test_vocal_separation_is_on_by_default_in_the_official_order(tiny_bundle, tm
 
 def _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, out, at_clip=2):
     """`generate` stopped by Ctrl-C while clip `at_clip + 1` is being written (in-process)."""
-    from memo_pipeline import streaming
+    from memo_pipeline.video_io import VideoWriter
 
-    original_write = streaming.VideoWriter.write
+    original_write = VideoWriter.write
     clips = {"n": 0}
 
     def write(self, frames):
@@ -246,7 +246,7 @@ def _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, out, at_clip=2):
         return original_write(self, frames)
 
     with monkeypatch.context() as patch:
-        patch.setattr(streaming.VideoWriter, "write", write)
+        patch.setattr(VideoWriter, "write", write)
         assert main(base + ["--out", str(out)]) == 130
 
 
