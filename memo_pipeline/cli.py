@@ -28,7 +28,7 @@ from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .state import GenerationState
 from .vae import DiffusersVAE
-from .streaming import StopRequested, default_state_path, stop_signals, stream_to_file
+from .streaming import StopRequested, default_state_path, stop_signals, write_generation
 from .video_io import read_video_info
 
 logger = logging.getLogger("memo_pipeline")
@@ -276,21 +276,16 @@ def run(job: Job) -> dict:
 
         compile_diffusion_net(models)
     pipeline = MemoPipeline(models, vae)
-    pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
-    first_clip = state.next_clip if state is not None else 0
-    start_frame = first_clip * job.settings.frames_per_clip
     mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
-    mux_samples = mux.samples[int(round(start_frame / job.settings.fps * MUX_SAMPLE_RATE)):]
-
+    first_clip = state.next_clip if state is not None else 0
     total = pipeline.total_steps(features, job.settings) - first_clip * job.settings.steps
     bar = _progress(total, job.progress)
-    clips = pipeline.generate(pixels, face_embedding, features, labels, job.settings, state=state,
-                              on_step=lambda info: bar.update(1))
     try:
-        stream_to_file(clips, job.out, job.settings.fps, num_clips=pipeline.num_clips(features.num_frames,
-                       job.settings.frames_per_clip), audio=(mux_samples, MUX_SAMPLE_RATE),
-                       state_path=job.save_state or default_state_path(job.out), save_every_clip=job.save_state is not None,
-                       replace_state=job.save_state is not None or job.overwrite, continue_hint=_continue_hint)
+        write_generation(pipeline, pixels, face_embedding, features, labels, job.settings, job.out,
+                         audio=(mux.samples, MUX_SAMPLE_RATE), state=state,
+                         state_path=job.save_state or default_state_path(job.out), save_every_clip=job.save_state is not None,
+                         replace_state=job.save_state is not None or job.overwrite, continue_hint=_continue_hint,
+                         on_step=lambda info: bar.update(1))
     finally:
         bar.close()
     info = read_video_info(job.out)

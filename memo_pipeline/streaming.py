@@ -236,3 +236,25 @@ def _keep_partial(writer: VideoWriter, result: StreamResult, saver: _StateSaver,
             return
     hint = f"; {continue_hint(saver.path)}" if continue_hint else ""
     logger.warning("%s %s after clip %d of %d: %s; %s%s", who, reason, done, total, kept, state_note, hint)
+
+
+def write_generation(pipeline, reference_image, face_embedding, audio_features, emotion, settings, path, *,
+                     audio=None, state=None, state_path=None, save_every_clip: bool = False, max_clips: int = 0,
+                     on_step=None, **options) -> StreamResult:
+    """Generate with `pipeline` (`MemoPipeline.generate`'s inputs, `state` to continue a saved
+    generation) straight into the mp4 `path` through `stream_to_file` (`options`: its keywords).
+
+    `audio=(samples, rate)` is the whole track to mux; a resumed run takes it from the state's
+    first frame on. With `state_path` and `save_every_clip` the state is saved after every clip, so
+    a run killed outright still leaves a state beside the clips already written."""
+    pipeline.check_inputs(reference_image, face_embedding, audio_features, emotion, settings, state)
+    first_clip = 0 if state is None else state.next_clip
+    if audio is not None:
+        samples, rate = audio
+        first = int(round(first_clip * settings.frames_per_clip / settings.fps * rate))
+        audio = (samples[..., first:], rate)
+    clips = pipeline.generate(reference_image, face_embedding, audio_features, emotion, settings, state=state,
+                              on_step=on_step, max_clips=max_clips)
+    num_clips = pipeline.num_clips(audio_features.num_frames, settings.frames_per_clip)
+    return stream_to_file(clips, path, settings.fps, num_clips=num_clips, audio=audio, state_path=state_path,
+                          save_every_clip=save_every_clip, **options)

@@ -240,6 +240,17 @@ def test_cancel_leaves_models_reusable_and_next_run_identical(pipeline):
     assert torch.equal(clean, again)
 
 
+def test_each_clip_keeps_its_own_state_after_later_clips(pipeline):
+    """A `ClipOutput` belongs to the caller: with all clips collected first, the state of clip 1
+    still continues the generation after clip 1 (later clips never change it)."""
+    pixels, face, audio = _inputs(12)
+    settings = GenerationSettings(**FAST)
+    clips = list(pipeline.generate(pixels, face, audio, 3, settings))
+    assert [c.state.next_clip for c in clips] == [1, 2, 3]
+    rest = list(pipeline.generate(pixels, face, audio, 3, settings, state=clips[0].state))
+    assert torch.equal(torch.cat([c.frames for c in rest]), torch.cat([c.frames for c in clips[1:]]))
+
+
 def test_resume_from_saved_state_equals_uninterrupted_run(pipeline, tmp_path):
     pixels, face, audio = _inputs(12)
     settings = GenerationSettings(**FAST)
