@@ -422,7 +422,8 @@ class MemoGenerateToFile:
         ui = {"images": [{"filename": file_name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         if result.state_path is not None:
             ui["text"] = [f"stopped after clip {result.clips_done} of {plan.audio.num_clips} (max_clips): to continue, "
-                          f"load {os.path.relpath(result.state_path, host.output_directory())} with MEMO Load State"]
+                          f"load {os.path.relpath(result.state_path, host.output_directory()).replace(os.sep, '/')} with MEMO "
+                          "Load State"]
         return {"ui": ui, "result": (path, int(result.frames), memo_state_from(result.last, plan))}
 
 
