@@ -302,3 +302,40 @@ def test_a_full_disk_while_saving_the_state_says_what_was_kept(tiny_bundle, tmp_
     assert "the state could NOT be saved" in caplog.text and "still holds the state after clip 1" in caplog.text
     assert "16 frames (2 clip(s)) are in" in caplog.text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_really_full_disk_while_saving_the_state_is_one_line_and_keeps_the_video(tiny_bundle, tmp_path):
+    """The state folder is a tmpfs with room for one state file (in a private mount namespace):
+    the second save fails with the system's ENOSPC, which safetensors reports in its own words."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from memo_pipeline.state import GenerationState
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs in a private namespace here (unshare -rm)")
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    probe = tmp_path / "probe.safetensors"
+    assert main(base + ["--out", str(tmp_path / "probe.mp4"), "--save-state", str(probe)]) == 0
+    room_kb = probe.stat().st_size * 3 // 2 // 1024  # one state file fits, a second one beside it does not
+    small = tmp_path / "small"
+    small.mkdir()
+    out = tmp_path / "o.mp4"
+    command = shlex.join([sys.executable, "-m", "memo_pipeline", *base, "--out", str(out), "--save-state",
+                          str(small / "s.safetensors")])
+    folder, kept = shlex.quote(str(small)), shlex.quote(str(tmp_path / "kept.safetensors"))
+    script = (f"mount -t tmpfs -o size={room_kb}k tmpfs {folder} && {{ {command}; code=$?; "
+              f"cp {folder}/s.safetensors {kept}; exit $code; }}")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {small / 's.safetensors'}: No space left on device"
+    assert "Traceback" not in done.stderr and "could NOT be saved" in done.stderr
+    assert read_video_info(out)["frames"] == 16  # both finished clips, playable
+    assert GenerationState.load(tmp_path / "kept.safetensors").next_clip == 1  # the older state, whole
