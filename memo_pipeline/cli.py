@@ -28,7 +28,8 @@ from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .state import GenerationState
 from .vae import DiffusersVAE
-from .video_io import VideoWriter, read_video_info
+from .streaming import StopRequested, default_state_path, stop_signals, write_generation
+from .video_io import read_video_info
 
 logger = logging.getLogger("memo_pipeline")
 MUX_SAMPLE_RATE = 48000
@@ -230,14 +231,30 @@ def _vocals(job: Job, clip16k, mode: str | None):
     return separate_vocals_like_memo(job.audio, separator, mode, clip=clip16k)
 
 
-def _interrupted_state_path(job: Job) -> Path:
-    return job.save_state or job.out.with_name(job.out.stem + ".state.safetensors")
+def _refuse_replacing_the_first_part(job: Job) -> None:
+    """`--resume S --out V` where V is the video S was saved from would replace the finished part
+    with the rest: refused whatever the flags, naming a name to use instead."""
+    try:
+        made_from = GenerationState.read_metadata(job.resume).get("video_file")
+    except ValueError:
+        return  # an unreadable state is reported by its own check
+    if made_from and _same_file(Path(job.out), Path(made_from)):
+        out = Path(job.out)
+        suggestion = out.with_name(f"{out.stem}_rest{out.suffix}")
+        raise UsageError(f"--out {job.out} is the video the state {job.resume} was saved from: writing the rest there "
+                         f"would replace the part already made; give the rest another name, e.g. --out {suggestion}")
+
+
+def _continue_hint(state_path: Path) -> str:
+    return f"finish the video with the same command plus --resume {state_path} and another --out"
 
 
 def run(job: Job) -> dict:
     started = time.perf_counter()
     # everything that can be checked without a model is checked first: a typo must not cost a load
     _check_input_paths(job)
+    if job.resume:
+        _refuse_replacing_the_first_part(job)
     prepare_outputs(job)
     clip16k = load_audio(job.audio)
     _check_settings_and_emotion(job, clip16k)
@@ -259,51 +276,21 @@ def run(job: Job) -> dict:
 
         compile_diffusion_net(models)
     pipeline = MemoPipeline(models, vae)
-    pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
-    first_clip = state.next_clip if state is not None else 0
-    start_frame = first_clip * job.settings.frames_per_clip
     mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
-    mux_samples = mux.samples[int(round(start_frame / job.settings.fps * MUX_SAMPLE_RATE)):]
-    describe = GenerationState.describe(models, job.settings.frames_per_clip)
-
+    first_clip = state.next_clip if state is not None else 0
     total = pipeline.total_steps(features, job.settings) - first_clip * job.settings.steps
     bar = _progress(total, job.progress)
-    writer = VideoWriter(job.out, job.settings.fps, audio=(mux_samples, MUX_SAMPLE_RATE))
-    last = None
     try:
-        for clip in pipeline.generate(pixels, face_embedding, features, labels, job.settings, state=state,
-                                      on_step=lambda info: bar.update(1)):
-            clip.state = clip.state.snapshot()  # the next clip must not change what a stop would save
-            writer.write(clip.frames.permute(0, 2, 3, 1))
-            last = clip
-            if job.save_state:
-                clip.state.save(job.save_state, metadata=describe)
-    except BaseException as err:  # Ctrl-C or any error: keep what is finished, as Generate To File does
+        write_generation(pipeline, pixels, face_embedding, features, labels, job.settings, job.out,
+                         audio=(mux.samples, MUX_SAMPLE_RATE), state=state,
+                         state_path=job.save_state or default_state_path(job.out), save_every_clip=job.save_state is not None,
+                         replace_state=job.save_state is not None or job.overwrite, continue_hint=_continue_hint,
+                         on_step=lambda info: bar.update(1))
+    finally:
         bar.close()
-        _keep_partial(job, writer, last, describe, err)
-        raise
-    writer.close()
-    bar.close()
     info = read_video_info(job.out)
     info["seconds"] = time.perf_counter() - started
     return info
-
-
-def _keep_partial(job: Job, writer: VideoWriter, last, describe: dict, err: BaseException) -> None:
-    if last is None:
-        writer.abort()
-        return
-    writer.close()
-    state_path = _interrupted_state_path(job)
-    if job.save_state is None:
-        if state_path.exists() and not job.overwrite:
-            logger.warning("stopped after clip %d: the finished clips are in %s; %s exists, so no state was saved",
-                           last.index + 1, job.out, state_path)
-            return
-        last.state.save(state_path, metadata=describe)
-    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"stopped by an error ({type(err).__name__})"
-    logger.warning("%s after clip %d: the finished clips are in %s; finish the video with the same command plus "
-                   "--resume %s and another --out", reason, last.index + 1, job.out, state_path)
 
 
 def _progress(total: int, enabled: bool):
@@ -433,31 +420,35 @@ def main(argv: list[str] | None = None) -> int:
         from .quality.cli import main_report
 
         return main_report(args)
-    try:
-        if args.command == "demo":
-            info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress,
-                        args.overwrite)
-        else:
-            settings = GenerationSettings(steps=args.steps, guidance_scale=args.cfg, frames_per_clip=args.frames_per_clip,
-                                          past_frames=args.past_frames, init_past_frames=args.past_frames, seed=args.seed,
-                                          fps=args.fps)
-            info = run(Job(args.checkpoint, args.vae, args.wav2vec, args.image, args.audio, args.out, settings,
-                           resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
-                           face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
-                           allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
-                           vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
-                           overwrite=args.overwrite, resume=args.resume,
-                           vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # one line naming the path, never a traceback
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with stop_signals():  # SIGTERM/SIGHUP stop a run as Ctrl-C does; finishing its files is not interruptible
+        try:
+            if args.command == "demo":
+                info = demo(args.out, args.seconds, args.resolution, args.steps, args.seed, not args.no_progress,
+                            args.overwrite)
+            else:
+                settings = GenerationSettings(steps=args.steps, guidance_scale=args.cfg, frames_per_clip=args.frames_per_clip,
+                                              past_frames=args.past_frames, init_past_frames=args.past_frames, seed=args.seed,
+                                              fps=args.fps)
+                info = run(Job(args.checkpoint, args.vae, args.wav2vec, args.image, args.audio, args.out, settings,
+                               resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
+                               face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
+                               allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
+                               vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
+                               overwrite=args.overwrite, resume=args.resume,
+                               vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
+        except (ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # one line naming the path, never a traceback
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return 2
+        except StopRequested as stop:
+            print(f"stopped by {stop}", file=sys.stderr)
+            return 128 + stop.signum
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     out = args.out
     print(f"wrote {out}: {info['frames']} frames {info['width']}x{info['height']} at {float(info['fps']):g} fps, "
           f"audio {info['audio_duration']:.2f} s, in {info['seconds']:.1f} s")

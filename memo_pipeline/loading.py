@@ -14,6 +14,7 @@ Only safetensors are read: pickled `.bin`/`.pt` weights are refused rather than 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -217,6 +218,25 @@ def read_weights(folder: str | os.PathLike, device: str | torch.device = "cpu") 
     return tensors, ", ".join(names)
 
 
+def weights_fingerprint(files: list[Path], samples: int = 16, chunk: int = 4096) -> str:
+    """Short hash of safetensors files that tells two checkpoints with equal configs apart, cheaply:
+    each file's size and header (names, dtypes, shapes, data offsets) and `samples` evenly spaced
+    chunks of its tensor bytes. Saved generation states record it (`state.weights_fingerprint`)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(8)
+            length = int.from_bytes(header, "little") if len(header) == 8 else 0
+            digest.update(size.to_bytes(8, "little") + header + f.read(min(length, size)))
+            start = 8 + length
+            span = max(0, size - start - chunk)
+            for k in range(samples):
+                f.seek(start + span * k // max(1, samples - 1))
+                digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]
+
+
 def shape_problems(expected: dict, found: dict, limit: int = 5, ignore=frozenset()) -> list[str]:
     """`["N missing keys: a, b", "N unexpected keys: ...", "N shape mismatches: k (3, 4) (model wants ...)"]`
     comparing two `{key: shape}` maps; empty when they agree."""
@@ -299,7 +319,11 @@ class MemoModels:
                 models[name] = None
                 continue
             models[name] = load_component(root / sub, model_cls, dtype, device)
-        return cls(**models)
+        loaded = cls(**models)
+        loaded.weights_fingerprint = weights_fingerprint(
+            [f for name in ("reference_net", "diffusion_net", "image_proj", "audio_proj")
+             for f in _weight_files(root / COMPONENTS[name][0])])
+        return loaded
 
     def save(self, root: str | os.PathLike) -> None:
         for name, (sub, _, class_name) in COMPONENTS.items():
@@ -316,6 +340,7 @@ class MemoModels:
         return self
 
     _run_device = None  # set by `load_on_demand` (a class attribute, not a dataclass field)
+    weights_fingerprint = None  # str, set by `load` (a class attribute, not a dataclass field)
 
     @property
     def audio_feature_shape(self) -> tuple[int, int]:

@@ -35,7 +35,7 @@ from .audio.emotions import NUM_EMOTION_CLASSES, UNCONDITIONAL_EMOTION, clip_emo
 from .models.clip_constants import ClipConstants
 from .models.motion_memory import MotionMemory
 from .models.reference_features import ReferenceFeatures, reference_rows
-from .state import GenerationState  # noqa: F401 - re-exported: it used to live here
+from .state import GenerationState  # also re-exported: it used to live here
 from .vae import VAEAdapter
 
 MAX_SEED = 2**64 - 1  # the largest seed torch's generator (and ComfyUI) takes
@@ -86,8 +86,9 @@ class GenerationSettings:
 
 @dataclass
 class ClipOutput:
-    """One finished clip. `state` shares the live motion memory (copying it per clip would double
-    the largest buffers of a generation): save or copy it before asking for the next clip."""
+    """One finished clip; it belongs to the caller. `state` continues the generation after this
+    clip whatever happens next: later clips never change it (its memory shares the memory's
+    tensors, which the pipeline replaces and never writes into, so nothing large is copied)."""
 
     index: int
     start_frame: int
@@ -203,6 +204,7 @@ class MemoPipeline:
         cond = self.conditioning(reference_image, face_embedding, audio, emotion, settings)
         state, generator = self.initial_state(settings, state, self.models.device)
         total = cond.num_clips * settings.steps
+        record = GenerationState.record(self.models, settings, int(reference_image.shape[-1]), audio.num_frames)
         reference_cache: dict = {}
         with keep_freed_memory():  # big temporaries are reused, not faulted in again (see heap.py)
             for clip in self.clip_range(cond.num_clips, state.next_clip, max_clips):
@@ -224,7 +226,15 @@ class MemoPipeline:
                 keep = min(settings.frames_per_clip, audio.num_frames - start)
                 past = video[-min(settings.past_frames, settings.frames_per_clip):].clone()
                 state = GenerationState(state.memory, past, clip + 1, generator.get_state())
-                yield ClipOutput(clip, start, video[:keep], state, video)
+                yield ClipOutput(clip, start, video[:keep], self._owned(state, record), video)
+
+    @staticmethod
+    def _owned(state: GenerationState, record: dict[str, str]) -> GenerationState:
+        """The caller's copy of the live state: its own memory dicts (the next clip puts new tensors
+        into the live ones) and the record of this generation's settings."""
+        memory = state.memory
+        own = MotionMemory(dict(memory.kv), dict(memory.z), memory.decay, memory.dtype)
+        return GenerationState(own, state.past_frames, state.next_clip, state.rng_state, dict(record))
 
     def check_inputs(self, reference_image: torch.Tensor | None = None, face_embedding: torch.Tensor | None = None,
                      audio: "AudioSource | torch.Tensor | None" = None, emotion: torch.Tensor | int | None = None,
@@ -270,8 +280,7 @@ class MemoPipeline:
                 resolution = None if reference_image is None else int(reference_image.shape[-1])
                 if resolution is None and state.past_frames is not None:
                     resolution = int(state.past_frames.shape[-1])
-                state.check_compatible(models, settings.frames_per_clip, num_clips, resolution or 0,
-                                       settings.past_frames, settings.guidance_scale)
+                state.check_compatible(models, settings, num_clips, resolution or 0, audio.num_frames)
         elif emotion is not None:
             self._frame_labels(emotion, 1)
 

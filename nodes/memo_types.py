@@ -189,7 +189,9 @@ class MemoFace:
 class MemoState:
     """Where a generation stopped: enough to continue it with the next clip.
 
-    Bound to the audio it was made with (frame count, rate, clip length) and the resolution.
+    Bound to the audio it was made with (frame count, rate, clip length) and the resolution; the
+    library's `GenerationState.check_compatible` (run by the sampler nodes' input check) refuses
+    any other run.
     """
 
     state: Any  # memo_pipeline.pipeline.GenerationState
@@ -202,17 +204,3 @@ class MemoState:
     @property
     def next_clip(self) -> int:
         return int(self.state.next_clip)
-
-    def check_compatible(self, audio: MemoAudio, resolution: int) -> None:
-        problems = []
-        if self.num_frames != audio.num_frames or abs(self.fps - audio.fps) > 1e-6:
-            problems.append(f"it was made for {self.num_frames} frames at {self.fps:g} fps, "
-                            f"the audio gives {audio.num_frames} frames at {audio.fps:g} fps")
-        if self.frames_per_clip != audio.frames_per_clip:
-            problems.append(f"it used {self.frames_per_clip} frames per clip, the audio is encoded for {audio.frames_per_clip}")
-        if self.resolution != resolution:
-            problems.append(f"it was made at resolution {self.resolution}, this run asks for {resolution}")
-        if problems:
-            raise ValueError("state: cannot continue this generation: " + "; ".join(problems))
-        if self.next_clip >= audio.num_clips:
-            raise ValueError(f"state: the generation it comes from is already complete ({audio.num_clips} clips)")

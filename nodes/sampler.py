@@ -50,8 +50,8 @@ from .memo_types import (
 )
 from .preview import denoised_latent
 from .vae_bridge import ComfyVAEBridge
+from ..memo_pipeline.streaming import STATE_SUFFIX  # the library's file rule
 
-STATE_SUFFIX = ".state.safetensors"
 
 
 def generation_inputs() -> dict:
@@ -155,8 +155,7 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
             labels = emotion.frame_labels(audio)
 
     generation_state, first_clip = None, 0
-    if state is not None:
-        state.check_compatible(audio, resolution)
+    if state is not None:  # checked with everything else by check_inputs below (the library's one check)
         generation_state = state.state  # generate() works on its own copy
         first_clip = state.next_clip
     stop_clip = MemoPipeline.clip_range(audio.num_clips, first_clip, max_clips).stop
@@ -257,11 +256,8 @@ def run_clips(plan: RunPlan):
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:
-    from ..memo_pipeline.state import GenerationState
-
-    state = clip.state.to("cpu")
+    state = clip.state.to("cpu")  # the pipeline's state records the settings it was made with
     audio = plan.audio
-    state.metadata.update(GenerationState.describe(plan.pipeline.models, audio.frames_per_clip))
     return MemoState(state, audio.num_frames, audio.fps, audio.frames_per_clip, plan.resolution,
                      {"clips_done": state.next_clip, "clips_total": audio.num_clips, "seed": plan.settings.seed})
 
@@ -303,13 +299,18 @@ class MemoSampler:
         return (images, float(plan.audio.fps), memo_state_from(last, plan), segment)
 
 
-def save_memo_state(memo_state: MemoState, path: str, workflow: dict | None = None) -> str:
-    """Write `path` (`*.state.safetensors`); what the state belongs to goes into its metadata, with
+def memo_state_metadata(memo_state: MemoState, workflow: dict | None = None) -> dict[str, str]:
+    """The node's own metadata of a state file (JSON texts): what the state belongs to, with
     `workflow` (see `workflow_metadata`: prompt/workflow, which the editor restores from a dropped file)."""
     description = {"format_node": "comfyui-memo-state", "num_frames": memo_state.num_frames, "fps": memo_state.fps,
                    "frames_per_clip": memo_state.frames_per_clip, "resolution": memo_state.resolution, **memo_state.info}
     extra = {key: value for key, value in (workflow or {}).items() if key not in description}
-    memo_state.state.save(path, metadata={key: json.dumps(value) for key, value in {**description, **extra}.items()})
+    return {key: json.dumps(value) for key, value in {**description, **extra}.items()}
+
+
+def save_memo_state(memo_state: MemoState, path: str, workflow: dict | None = None) -> str:
+    """Write `path` (`*.state.safetensors`) with `memo_state_metadata`."""
+    memo_state.state.save(path, metadata=memo_state_metadata(memo_state, workflow))
     return path
 
 
@@ -391,8 +392,7 @@ class MemoGenerateToFile:
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
                  original_image=None, crf=18, torch_compile=False, prompt=None, extra_pnginfo=None):
-        from ..memo_pipeline.video_io import VideoWriter
-        from .face_nodes import paste_frames
+        from ..memo_pipeline.streaming import stream_to_file
 
         if (crop is None) != (original_image is None):
             raise ValueError("inputs 'crop' and 'original_image' go together: connect both to paste back, or neither")
@@ -411,44 +411,28 @@ class MemoGenerateToFile:
         path = os.path.join(folder, name + ".mp4")
 
         workflow = workflow_metadata(prompt, extra_pnginfo)
-        writer = VideoWriter(path, plan.audio.fps, audio=(waveform, rate), crf=crf, metadata=workflow)
-        last, frames = None, 0
-        try:
-            for clip in run_clips(plan):
-                clip.state = clip.state.snapshot()  # a stop during the next clip must save this clip's state
-                images = frames_to_image(clip.frames)
-                if crop is not None:
-                    images = paste_frames(images, crop, original_image)
-                writer.write(_even(images))
-                last = clip
-                frames = writer.frames_written
-            writer.close()
-        except BaseException:
-            _keep_partial(writer, last, plan, path, os.path.join(folder, name + STATE_SUFFIX), workflow)
-            raise
-        memo_state = memo_state_from(last, plan)
-        if memo_state.next_clip < plan.audio.num_clips:
-            save_memo_state(memo_state, os.path.join(folder, name + STATE_SUFFIX), workflow)
+        result = stream_to_file(
+            run_clips(plan), path, plan.audio.fps, num_clips=plan.audio.num_clips, audio=(waveform, rate), crf=crf,
+            metadata=workflow, render=lambda clip: _even(_pasted(clip, crop, original_image)),
+            state_path=os.path.join(folder, name + STATE_SUFFIX),
+            state_metadata=lambda clip: memo_state_metadata(memo_state_from(clip, plan), workflow),
+            continue_hint=lambda state_path: "to continue, load it with MEMO Load State into this node's 'state' input",
+            who="MEMO Generate To File")
         file_name = name + ".mp4"
         ui = {"images": [{"filename": file_name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
-        return {"ui": ui, "result": (path, int(frames), memo_state)}
+        if result.state_path is not None:
+            ui["text"] = [f"stopped after clip {result.clips_done} of {plan.audio.num_clips} (max_clips): to continue, "
+                          f"load {os.path.relpath(result.state_path, host.output_directory()).replace(os.sep, '/')} with MEMO "
+                          "Load State"]
+        return {"ui": ui, "result": (path, int(result.frames), memo_state_from(result.last, plan))}
 
 
-def _keep_partial(writer, last, plan: RunPlan, path: str, state_path: str, workflow: dict | None = None) -> None:
-    """After a failed or cancelled run: finish the video of the clips already written and save the state
-    to continue from (nothing is kept when no clip was finished)."""
-    if last is None or not writer.frames_written:
-        writer.abort()
-        return
-    try:
-        writer.close()  # a playable video of the finished clips
-        save_memo_state(memo_state_from(last, plan), state_path, workflow)
-    except Exception as exc:  # noqa: BLE001 - the original error matters more; say what was lost
-        writer.abort()
-        logger.error("MEMO Generate To File: could not keep the partial video %s: %s", path, exc)
-        return
-    logger.warning("MEMO Generate To File stopped after %d of %d clips: %d frames are in %s; to continue, load %s "
-                   "with MEMO Load State", last.index + 1, plan.audio.num_clips, writer.frames_written, path, state_path)
+def _pasted(clip, crop, original_image) -> torch.Tensor:
+    """The clip as IMAGE frames, pasted back into the original picture when a crop is given."""
+    from .face_nodes import paste_frames
+
+    images = frames_to_image(clip.frames)
+    return images if crop is None else paste_frames(images, crop, original_image)
 
 
 def _even(images: torch.Tensor) -> torch.Tensor:

@@ -132,10 +132,10 @@ def test_truncated_audio_warns_with_both_durations(tmp_path, caplog):
 def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bundle, tmp_path, monkeypatch):
     import torch
 
-    from memo_pipeline import cli
     from memo_pipeline.state import GenerationState
+    from memo_pipeline.video_io import VideoWriter
 
-    original_write = cli.VideoWriter.write
+    original_write = VideoWriter.write
     written = {}
     interrupt_at = {"clip": None}
 
@@ -146,7 +146,7 @@ def test_ctrl_c_keeps_the_finished_clips_and_resume_finishes_the_video(tiny_bund
         clips.append(frames.clone())
         return original_write(self, frames)
 
-    monkeypatch.setattr(cli.VideoWriter, "write", recording_write)
+    monkeypatch.setattr(VideoWriter, "write", recording_write)
     base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
     full, part, rest = tmp_path / "full.mp4", tmp_path / "part.mp4", tmp_path / "rest.mp4"
     assert main(base + ["--out", str(full)]) == 0
@@ -230,3 +230,112 @@ def test_vocal_separation_is_on_by_default_in_the_official_order(tiny_bundle, tm
     assert seen[-1] == ((1, 13230), 44100)  # full band: the file at its own rate
     seen.clear()
     assert main(base + ["--out", str(tmp_path / "off.mp4"), "--no-vocal-separation"]) == 0 and seen == []
+
+
+def _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, out, at_clip=2):
+    """`generate` stopped by Ctrl-C while clip `at_clip + 1` is being written (in-process)."""
+    from memo_pipeline.video_io import VideoWriter
+
+    original_write = VideoWriter.write
+    clips = {"n": 0}
+
+    def write(self, frames):
+        if clips["n"] == at_clip:
+            raise KeyboardInterrupt
+        clips["n"] += 1
+        return original_write(self, frames)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VideoWriter, "write", write)
+        assert main(base + ["--out", str(out)]) == 130
+
+
+def test_resume_refuses_to_write_over_the_part_its_state_came_from(tiny_bundle, tmp_path, monkeypatch, capsys):
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    part = tmp_path / "part1.mp4"
+    _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base, part)
+    state = tmp_path / "part1.state.safetensors"
+    kept = part.read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"], ["--overwrite", "--save-state", str(tmp_path / "s2.safetensors")]):
+        assert main(base + ["--resume", str(state), "--out", str(tmp_path / "." / "part1.mp4"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is the video the state" in err and "part1_rest.mp4" in err and err.count("\n") == 1, err
+    assert part.read_bytes() == kept
+
+
+def test_resume_refuses_a_state_made_at_another_fps(tiny_bundle, tmp_path, monkeypatch, capsys):
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    _interrupted_run(tiny_bundle, tmp_path, monkeypatch, base + ["--fps", "30"], tmp_path / "part.mp4")
+    capsys.readouterr()
+    rest = tmp_path / "rest.mp4"
+    assert main(base + ["--fps", "25", "--resume", str(tmp_path / "part.state.safetensors"), "--out", str(rest)]) == 2
+    err = capsys.readouterr().err
+    assert "fps 30.0, this run asks for 25" in err and err.count("\n") == 1 and not rest.exists()
+
+
+def test_a_full_disk_while_saving_the_state_says_what_was_kept(tiny_bundle, tmp_path, monkeypatch, capsys, caplog):
+    import errno
+
+    from memo_pipeline import state as state_module
+
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    out, saved = tmp_path / "o.mp4", tmp_path / "s.safetensors"
+    real_save = state_module.save_file
+    calls = {"n": 0}
+
+    def fills_up(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the state after clip 1 fits, then the disk is full
+            return real_save(tensors, filename, metadata=metadata)
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module, "save_file", fills_up)
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        assert main(base + ["--out", str(out), "--save-state", str(saved)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {saved}: No space left on device\n"
+    assert read_video_info(out)["frames"] == 16  # both finished clips are kept, playable
+    assert state_module.GenerationState.load(saved).next_clip == 1  # the older state is intact
+    assert "the state could NOT be saved" in caplog.text and "still holds the state after clip 1" in caplog.text
+    assert "16 frames (2 clip(s)) are in" in caplog.text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_really_full_disk_while_saving_the_state_is_one_line_and_keeps_the_video(tiny_bundle, tmp_path):
+    """The state folder is a tmpfs with room for one state file (in a private mount namespace):
+    the second save fails with the system's ENOSPC, which safetensors reports in its own words."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from memo_pipeline.state import GenerationState
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs in a private namespace here (unshare -rm)")
+    base = _base(tiny_bundle, tmp_path, seconds=1.0) + ["--frames-per-clip", "8", "--past-frames", "8"]
+    probe = tmp_path / "probe.safetensors"
+    assert main(base + ["--out", str(tmp_path / "probe.mp4"), "--save-state", str(probe)]) == 0
+    room_kb = probe.stat().st_size * 3 // 2 // 1024  # one state file fits, a second one beside it does not
+    small = tmp_path / "small"
+    small.mkdir()
+    out = tmp_path / "o.mp4"
+    command = shlex.join([sys.executable, "-m", "memo_pipeline", *base, "--out", str(out), "--save-state",
+                          str(small / "s.safetensors")])
+    folder, kept = shlex.quote(str(small)), shlex.quote(str(tmp_path / "kept.safetensors"))
+    script = (f"mount -t tmpfs -o size={room_kb}k tmpfs {folder} && {{ {command}; code=$?; "
+              f"cp {folder}/s.safetensors {kept}; exit $code; }}")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {small / 's.safetensors'}: No space left on device"
+    assert "Traceback" not in done.stderr and "could NOT be saved" in done.stderr
+    assert read_video_info(out)["frames"] == 16  # both finished clips, playable
+    assert GenerationState.load(tmp_path / "kept.safetensors").next_clip == 1  # the older state, whole

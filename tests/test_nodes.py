@@ -805,6 +805,20 @@ def test_generate_to_file_keeps_work_when_cancelled_and_resumes(loaded, vae, enc
     assert np.abs(joined - _decode_video(full["result"][0])).mean() < 3
 
 
+def test_generate_to_file_stopped_by_max_clips_says_where_the_state_is(loaded, vae, encoded, face, memo_host,
+                                                                      tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        out = generate_to_file(loaded, vae, encoded, face, max_clips=1, filename_prefix="MEMO/limited")
+    video = Path(out["result"][0])
+    state_file = video.with_name("limited_00001_.state.safetensors")
+    assert state_file.is_file() and read_video_info(video)["frames"] == 4
+    assert "stopped after clip 1 of 3 as asked" in caplog.text and str(state_file) in caplog.text
+    assert "MEMO Load State" in caplog.text
+    assert out["ui"]["text"] == ["stopped after clip 1 of 3 (max_clips): to continue, load "
+                                 "MEMO/limited_00001_.state.safetensors with MEMO Load State"]
+    assert state_file.stat().st_mode & 0o777 == video.stat().st_mode & 0o777  # the same mode (the umask's)
+
+
 def test_save_state_node_round_trip(loaded, vae, encoded, face, memo_host, tmp_path):
     _, _, state, _ = sample(loaded, vae, encoded, face, max_clips=2)
     out = NODES["MemoSaveState"]().save(state, "states/run")

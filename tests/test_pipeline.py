@@ -99,8 +99,9 @@ def test_first_clip_encodes_the_repeated_reference_once():
         first = next(clips)
         clips.close()
         assert counting.encoded == [1]  # the reference image once; the motion frames reuse its latent
-        encoded_each = torch.cat([counting.vae.encode(tensors["in.pixel_values"]) for _ in range(settings.init_past_frames)])
-        repeated = pipeline._motion_latents(None, counting.vae.encode(tensors["in.pixel_values"]), settings.init_past_frames)
+        # what the reuse rests on: the VAE encodes each frame on its own and MEMO takes the posterior mean
+        encoded_each = counting.vae.encode(tensors["in.pixel_values"].expand(settings.init_past_frames, -1, -1, -1))
+        repeated = counting.vae.encode(tensors["in.pixel_values"]).repeat(settings.init_past_frames, 1, 1, 1)
     assert torch.equal(repeated, encoded_each)
     # the whole first clip is bit-identical to the one made by encoding all 16 copies
     every_copy = build_fixture_pipeline(meta, tensors)
@@ -110,7 +111,7 @@ def test_first_clip_encodes_the_repeated_reference_once():
         frames = pixels.expand(initial, -1, -1, -1) if past is None else past
         return every_copy.vae.encode(frames)
 
-    every_copy._motion_latents = encode_every_copy
+    every_copy._motion_latents = encode_every_copy  # no public seam chooses how the motion frames are encoded
     with torch.no_grad():
         clips = every_copy.generate(tensors["in.pixel_values"], tensors["in.face_emb"], audio,
                                     tensors["in.audio_emotion"], settings, noise=lambda k: tensors[f"in.clip{k}.init_noise"])
@@ -123,22 +124,25 @@ def test_first_clip_encodes_the_repeated_reference_once():
 def test_first_clip_runs_the_reference_net_once_per_face_row(pipeline, init_past_frames):
     """The first clip's motion frames are all the reference image, so the reference net runs on one
     row per distinct face-token row, and the features equal those of the official full stack."""
-    pixels, face, _ = _inputs(4)
+    pixels, face, audio = _inputs(4)
     settings = GenerationSettings(**dict(FAST, init_past_frames=init_past_frames))
+    official = GenerationSettings(**dict(FAST, init_past_frames=init_past_frames, cache_reference=False))
     net = pipeline.models.reference_net
     batches = []
+
+    def first_clip_features(settings):
+        cond = pipeline.conditioning(pixels, face, audio, 3, settings)
+        state, _ = pipeline.initial_state(settings, None)
+        return pipeline.prepare_clip(0, cond, audio, state, settings, {}).reference
+
     hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     try:
         with torch.no_grad():
-            face_tokens = pipeline.models.image_proj(face.to(pipeline.models.dtype))
-            face_tokens = torch.cat([pipeline.models.image_proj(torch.zeros_like(face)), face_tokens])
-            fast = pipeline._reference_features(pixels, None, face_tokens, 2, settings, {})
+            fast = first_clip_features(settings)
             stack = 1 + init_past_frames
             needed = {(c * stack + 1 + j) % 2 for c in range(2) for j in range(init_past_frames)}
             assert batches == [2, len(needed)]
-            full = pipeline._reference_features(pixels, None, face_tokens, 2,
-                                                 GenerationSettings(**dict(FAST, init_past_frames=init_past_frames,
-                                                                           cache_reference=False)), {})
+            full = first_clip_features(official)
     finally:
         hook.remove()
     assert batches[-1] == 2 * stack
@@ -234,6 +238,17 @@ def test_cancel_leaves_models_reusable_and_next_run_identical(pipeline):
         _video(pipeline, should_cancel=cancel_in_second_clip)
     _, again = _video(pipeline)
     assert torch.equal(clean, again)
+
+
+def test_each_clip_keeps_its_own_state_after_later_clips(pipeline):
+    """A `ClipOutput` belongs to the caller: with all clips collected first, the state of clip 1
+    still continues the generation after clip 1 (later clips never change it)."""
+    pixels, face, audio = _inputs(12)
+    settings = GenerationSettings(**FAST)
+    clips = list(pipeline.generate(pixels, face, audio, 3, settings))
+    assert [c.state.next_clip for c in clips] == [1, 2, 3]
+    rest = list(pipeline.generate(pixels, face, audio, 3, settings, state=clips[0].state))
+    assert torch.equal(torch.cat([c.frames for c in rest]), torch.cat([c.frames for c in clips[1:]]))
 
 
 def test_resume_from_saved_state_equals_uninterrupted_run(pipeline, tmp_path):

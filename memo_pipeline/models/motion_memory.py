@@ -67,7 +67,7 @@ class MotionMemory:
         if name not in self.kv:
             raise RuntimeError(
                 f"motion memory has no state for '{name}': the first denoising step of an audio track "
-                "must write the memory (is_new_audio=True) before later steps read it"
+                "must write the memory (update='reset' on a track's first clip, 'append' on later clips) before 'read' steps"
             )
         return self.kv[name], self.z[name]
 
