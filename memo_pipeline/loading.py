@@ -322,7 +322,7 @@ class MemoModels:
         loaded = cls(**models)
         loaded.weights_fingerprint = weights_fingerprint(
             [f for name in ("reference_net", "diffusion_net", "image_proj", "audio_proj")
-             for f in _weight_files(root / COMPONENTS[name][0])])
+             for f in weight_files(root / COMPONENTS[name][0])])
         return loaded
 
     def save(self, root: str | os.PathLike) -> None:
