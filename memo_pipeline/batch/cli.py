@@ -29,6 +29,9 @@ def add_parser(sub, generate_parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--workers", type=int, help="Ray workers (default: one per GPU, or 1 on CPU)")
     batch.add_argument("--threads-per-worker", type=int, default=1, help="CPU threads (and Ray CPUs) of each worker")
     batch.add_argument("--report", type=Path, help="write the per-row results as JSON here")
+    batch.add_argument("--keep-clips", action="store_true",
+                       help="keep each row's lossless clip files (FFV1 .mkv, the exact frames) in its hidden "
+                            ".NAME.mp4.memo-batch folder next to the mp4")
     for action in generate_parser._actions:
         if action.dest not in PER_VIDEO_OPTIONS:
             batch._add_action(action)
@@ -139,7 +142,8 @@ def main_batch(args) -> int:
             if not todo:
                 pass
             elif args.ray is None:
-                for result in run_in_process(todo, template, stop, progress.clip_done, progress.row_done):
+                for result in run_in_process(todo, template, stop, progress.clip_done, progress.row_done,
+                                             args.keep_clips):
                     results[result.line] = result
             else:
                 from .cluster import ClusterError, run_on_ray
@@ -147,7 +151,7 @@ def main_batch(args) -> int:
                 mode = "ray"
                 try:
                     ran, workers = run_on_ray(todo, template, args.ray or None, args.workers, args.threads_per_worker,
-                                              stop, progress.clip_done, progress.row_done)
+                                              stop, progress.clip_done, progress.row_done, args.keep_clips)
                 except ClusterError as err:
                     progress.close()
                     print(f"error: {err}", file=sys.stderr)

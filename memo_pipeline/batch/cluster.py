@@ -58,14 +58,14 @@ def connect(address: str | None):
 class BatchWorker:
     """The body of one Ray actor (made remote by `_actor_class`)."""
 
-    def __init__(self, template, threads: int):
+    def __init__(self, template, threads: int, keep_clips: bool = False):
         import torch
 
         torch.set_num_threads(max(1, threads))
         problem = models_problem(template)
         if problem is not None:
             raise ClusterError(problem)
-        self.runner = RowRunner(template, name=worker_name())
+        self.runner = RowRunner(template, name=worker_name(), threads=max(1, threads), keep_clips=keep_clips)
         self.runner.load()
         self.stop_event = threading.Event()
 
@@ -104,6 +104,7 @@ class ClusterRun:
     stop: threading.Event = field(default_factory=threading.Event)
     on_clip: object = None
     on_row: object = None
+    keep_clips: bool = False
     poll_seconds: float = 0.5
 
     def run(self, ray) -> list[RowResult]:
@@ -114,7 +115,7 @@ class ClusterRun:
         gpu = str(self.template.device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) >= 1
         actor = _actor_class(ray, gpu, self.threads)
         template = _without_progress(self.template)
-        workers = [_Worker(actor.remote(template, self.threads)) for _ in range(self.workers)]
+        workers = [_Worker(actor.remote(template, self.threads, self.keep_clips)) for _ in range(self.workers)]
         self.workers_started = 0
         starting = {w.handle.identity.remote(): w for w in workers}
         problems = []
@@ -225,11 +226,11 @@ def _cause(err: BaseException) -> str:
 
 
 def run_on_ray(rows: list[BatchRow], template, address: str | None, workers: int | None, threads: int,
-               stop: threading.Event, on_clip=None, on_row=None) -> tuple[list[RowResult], int]:
+               stop: threading.Event, on_clip=None, on_row=None, keep_clips: bool = False) -> tuple[list[RowResult], int]:
     """Run the rows on a Ray cluster; returns the results and the number of workers that ran."""
     ray = connect(address)
     if workers is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = gpus if gpus and str(template.device).startswith("cuda") else 1
-    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row)
+    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row, keep_clips)
     return run.run(ray), run.workers_started

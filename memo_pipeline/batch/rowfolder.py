@@ -5,10 +5,12 @@ at once to its own lossless file (FFV1 in Matroska: the exact 8-bit frames the m
 have received) and the state after it (as `generate --save-state` saves it) replaces the previous
 one; both land under a temporary name and are renamed into place, so a file either is whole or is
 not there. Whoever takes the row next, on any worker, continues from the state's clip. When the
-last clip is in, the mp4 is encoded in one pass from the clip files with the whole soundtrack, so it
-is the very file an undisturbed run writes, however many workers the row went through. The clip
-files and the state are then removed; `row.json` (the row's fingerprint) stays, so a rerun knows
-the output as its own.
+last clip is in, the mp4 is encoded in one pass from the clip files with the whole soundtrack, as an
+undisturbed run encodes it: the encoder receives the very same frames and samples however many
+workers the row went through. (libx264 itself is not bit-reproducible from run to run here, so
+the exact frames are what `--keep-clips` keeps and the tests compare; the decoded soundtrack is
+reproducible.) The state, and the clip files unless kept, are then removed; `row.json` (the row's
+fingerprint) stays, so a rerun knows the output as its own.
 """
 
 from __future__ import annotations
@@ -154,8 +156,12 @@ class RowFolder:
                 writer.write(self.read_clip(index))
         return writer.frames_written
 
-    def finish(self) -> None:
-        """The mp4 is complete: drop the clips and the state, keep `row.json`."""
+    def finish(self, keep_clips: bool = False) -> None:
+        """The mp4 is complete: drop the state and (unless kept as a lossless master) the clips; keep `row.json`."""
         for path in self.path.iterdir():
-            if path.name != ROW_FILE:
+            if path.name != ROW_FILE and not (keep_clips and path.suffix == ".mkv"):
                 path.unlink(missing_ok=True)
+
+    def read_all_clips(self) -> np.ndarray:
+        """Every kept clip's frames in order (n, H, W, 3) uint8."""
+        return np.concatenate([self.read_clip(i) for i in range(self.clips_on_disk())])

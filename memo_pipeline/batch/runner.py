@@ -59,7 +59,14 @@ class RowRunner:
 
     template: object
     name: str = field(default_factory=worker_name)
+    threads: int | None = None  # CPU threads; None: the process's setting when the runner was made
+    keep_clips: bool = False  # keep each row's lossless clip files next to its mp4
     loaded: object = None
+
+    def __post_init__(self):
+        import torch
+
+        self.threads = self.threads or torch.get_num_threads()
 
     def load(self):
         if self.loaded is None:
@@ -71,6 +78,11 @@ class RowRunner:
     def run(self, row: BatchRow, stop: threading.Event | None = None,
             on_clip: Callable[[BatchRow, int], None] | None = None) -> RowResult:
         """Run (or finish) one row; a problem of the row itself is a failed result, never an exception."""
+        import torch
+
+        # set in the thread that runs the row: a thread of its own (a Ray actor's) would otherwise
+        # run with the default thread count, and the count changes how sums are split (last bits)
+        torch.set_num_threads(self.threads)
         started = time.perf_counter()
         result = RowResult(row.line, str(row.out), FAILED, self.name)
         try:
@@ -115,15 +127,15 @@ class RowRunner:
         frames = folder.join(row, row.num_clips)
         if frames != row.expected_frames:
             raise RuntimeError(f"the video has {frames} frames, {row.expected_frames} were expected")
-        folder.finish()
+        folder.finish(self.keep_clips)
         result.status, result.frames = DONE, frames
 
 
 def run_in_process(rows: list[BatchRow], template, stop: threading.Event,
                    on_clip: Callable[[BatchRow, int], None] | None = None,
-                   on_row: Callable[[BatchRow, RowResult], None] | None = None) -> list[RowResult]:
+                   on_row: Callable[[BatchRow, RowResult], None] | None = None, keep_clips: bool = False) -> list[RowResult]:
     """Every row in manifest order on one `RowRunner`; rows after a stop are `not started`."""
-    runner = RowRunner(template)
+    runner = RowRunner(template, keep_clips=keep_clips)
     results = []
     for row in rows:
         if stop.is_set():
