@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .runner import FAILED, INTERRUPTED, NOT_STARTED, RowResult, RowRunner, mode
 
 INSTALL_HINT = "pip install 'comfyui-memo[cluster]' (or pip install -r requirements-cluster.txt)"
 ACTOR_RESTARTS = 4  # per worker: a worker that keeps dying is given up after this many restarts
+REVIVE_SECONDS = 300  # how long a lost worker may take to come back (a new process loading the models)
 ROW_ATTEMPTS = 4  # a row whose workers died this many times is reported failed (it may be what kills them)
 
 
@@ -91,6 +93,7 @@ class _Worker:
     name: str = "starting"
     deaths: int = 0
     alive: bool = True
+    revive_until: float = 0.0  # while Ray restarts it, calls may fail; they are retried until then
 
 
 @dataclass
@@ -177,7 +180,11 @@ class ClusterRun:
                         worker.name = ray.get(task)["name"]
                         idle.append(worker)
                     except lost_worker:
-                        worker.alive = False
+                        if time.monotonic() < worker.revive_until:  # still being restarted: ask again
+                            time.sleep(self.poll_seconds)
+                            reviving[worker.handle.identity.remote()] = worker
+                        else:
+                            worker.alive = False
                     continue
                 worker, row = running.pop(task)
                 try:
@@ -185,6 +192,7 @@ class ClusterRun:
                 except lost_worker as err:
                     worker.deaths += 1
                     if worker.deaths <= ACTOR_RESTARTS:
+                        worker.revive_until = time.monotonic() + REVIVE_SECONDS
                         reviving[worker.handle.identity.remote()] = worker  # Ray restarts it; back when ready
                     else:
                         worker.alive = False
