@@ -249,6 +249,59 @@ def _continue_hint(state_path: Path) -> str:
     return f"finish the video with the same command plus --resume {state_path} and another --out"
 
 
+@dataclass
+class LoadedModels:
+    """The networks a generation needs, loaded once and reused by every job that shares them (batch)."""
+
+    models: MemoModels
+    vae: DiffusersVAE
+    encoder: Wav2Vec2AudioEncoder
+
+
+def load_models(job: Job) -> LoadedModels:
+    """Load (and, with `job.compile`, compile) the networks named by `job`; nothing per video."""
+    dtype = resolve_dtype(job.dtype)
+    models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
+    vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
+    encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
+    if job.compile:
+        from .compile import compile_diffusion_net
+
+        compile_diffusion_net(models)
+    return LoadedModels(models, vae, encoder)
+
+
+@dataclass
+class PreparedJob:
+    """One video's inputs turned into what `MemoPipeline.generate` takes, checked against the models."""
+
+    pipeline: MemoPipeline
+    pixels: torch.Tensor
+    face_embedding: torch.Tensor | None
+    features: object
+    labels: torch.Tensor | None
+    state: GenerationState | None
+    first_clip: int
+    settings: GenerationSettings
+
+    @property
+    def num_clips(self) -> int:
+        return self.pipeline.num_clips(self.features.num_frames, self.settings.frames_per_clip)
+
+
+def prepare_job(job: Job, loaded: LoadedModels, clip16k, state: GenerationState | None, vocal_mode: str | None) -> PreparedJob:
+    """The per-video part of a run on already loaded models: reference image, audio features, emotions."""
+    models = loaded.models
+    pixels, face_embedding = _reference_image(job)
+    speech = _vocals(job, clip16k, vocal_mode)
+    features = extract_audio_features(loaded.encoder, speech, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
+    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)  # the official path: unseparated
+    pipeline = MemoPipeline(models, loaded.vae)
+    pipeline.check_inputs(pixels, face_embedding, features, labels, job.settings, state)
+    first_clip = state.next_clip if state is not None else 0
+    return PreparedJob(pipeline, pixels, face_embedding, features, labels, state, first_clip, job.settings)
+
+
 def run(job: Job) -> dict:
     started = time.perf_counter()
     # everything that can be checked without a model is checked first: a typo must not cost a load
@@ -262,22 +315,10 @@ def run(job: Job) -> dict:
     state = GenerationState.load(job.resume) if job.resume else None
     vocal_mode = _vocal_mode(job)
 
-    dtype = resolve_dtype(job.dtype)
-    models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
-    vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
-    encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
-    pixels, face_embedding = _reference_image(job)
-
-    speech = _vocals(job, clip16k, vocal_mode)
-    features = extract_audio_features(encoder, speech, fps=job.settings.fps, frames_per_clip=job.settings.frames_per_clip)
-    labels = _emotion_labels(job, models, clip16k.samples, features.padded_frames)  # the official path: unseparated
-    if job.compile:
-        from .compile import compile_diffusion_net
-
-        compile_diffusion_net(models)
-    pipeline = MemoPipeline(models, vae)
+    prepared = prepare_job(job, load_models(job), clip16k, state, vocal_mode)
+    pipeline, pixels, face_embedding = prepared.pipeline, prepared.pixels, prepared.face_embedding
+    features, labels, first_clip = prepared.features, prepared.labels, prepared.first_clip
     mux = load_audio(job.audio, target_rate=MUX_SAMPLE_RATE)
-    first_clip = state.next_clip if state is not None else 0
     total = pipeline.total_steps(features, job.settings) - first_clip * job.settings.steps
     bar = _progress(total, job.progress)
     try:
@@ -400,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     dem.add_argument("--no-progress", action="store_true")
 
+    from .batch.cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub, gen)
     from .models_cli import add_parser as add_models_parser
 
     add_models_parser(sub)
@@ -416,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_models(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "batch":
+        from .batch.cli import main_batch
+
+        return main_batch(args)
     if args.command == "report":
         from .quality.cli import main_report
 

@@ -114,6 +114,8 @@ def test_requirement_files_and_pyproject_declare_the_same_dependencies():
     project = _pyproject()["project"]
     assert _requirements(REPO / "requirements.txt") == _by_name(project["dependencies"])
     assert _requirements(REPO / "requirements-test.txt") == _by_name(project["optional-dependencies"]["test"])
+    assert _requirements(REPO / "requirements-cluster.txt") == _by_name(project["optional-dependencies"]["cluster"])
+    assert "ray" not in _by_name(project["dependencies"])  # an extra: ComfyUI installs never pull Ray in
     declared = set(_by_name(project["dependencies"]))
     assert not declared & {"torchvision", "torchaudio", "funasr", "insightface", "moviepy"}
 
