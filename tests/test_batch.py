@@ -75,17 +75,16 @@ def test_batch_equals_generate_and_a_rerun_redoes_only_a_truncated_output(tiny_b
     assert "row" in table and "worker" in table and str(second) in table
 
     # the same row through `generate`: the very same frames go to the encoder, the same soundtrack comes out
-    from memo_pipeline import cli
-    from memo_pipeline.video_io import _frame_to_uint8
+    from memo_pipeline.video_io import VideoWriter, _frame_to_uint8
 
     given = []
-    original_write = cli.VideoWriter.write
+    original_write = VideoWriter.write
 
     def recording_write(self, frames):
         given.extend(_frame_to_uint8(frame) for frame in frames)
         return original_write(self, frames)
 
-    monkeypatch.setattr(cli.VideoWriter, "write", recording_write)
+    monkeypatch.setattr(VideoWriter, "write", recording_write)
     single = tmp_path / "single.mp4"
     assert main(["generate", *model_args(tiny_bundle), *SETTINGS, "--image", str(inputs["portrait"]),
                  "--audio", str(inputs["a"]), "--seed", "5", "--emotion", "happy", "--out", str(single)]) == 0
@@ -125,8 +124,8 @@ def test_ctrl_c_keeps_finished_clips_and_the_rerun_generates_only_the_missing_on
     original = rowfolder.RowFolder.save_state
     saved = []
 
-    def save_then_ctrl_c(self, state, metadata):
-        original(self, state, metadata)
+    def save_then_ctrl_c(self, state):
+        original(self, state)
         saved.append(state.next_clip)
         if len(saved) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # the real handler: stop after this clip
