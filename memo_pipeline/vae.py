@@ -61,10 +61,7 @@ class DiffusersVAE:
     """`diffusers.AutoencoderKL` (e.g. stabilityai/sd-vae-ft-mse) behind `VAEAdapter`."""
 
     def __init__(self, vae, batch_size: int | None = None):
-        from .models.upsample import use_phase_upsampling  # imports diffusers, like the VAE given
-
         self.vae = vae.eval().requires_grad_(False)
-        use_phase_upsampling(self.vae.decoder)  # same parameters, fewer multiply-adds on CPUs
         self.batch_size = batch_size
 
     @classmethod
