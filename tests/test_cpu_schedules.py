@@ -334,3 +334,23 @@ def test_a_generation_leaves_the_heap_settings_alone():
         print(json.dumps({"between_clips": seen}))
     """)
     assert result == {"between_clips": [True, True]}
+
+
+def test_the_networks_know_nothing_of_the_cpu_tuning():
+    """`models/` is MEMO only: no import of the tuning or the heap, and no class swapped at run time."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "memo_pipeline" / "models").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(part in ("cpu_tuning", "heap") for name in names for part in name.split(".")):
+                offenders.append(f"{path.name}: imports {names}")
+            if isinstance(node, ast.Attribute) and node.attr == "__class__" and isinstance(node.ctx, ast.Store):
+                offenders.append(f"{path.name}:{node.lineno}: assigns __class__")
+    assert offenders == []
