@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memo_pipeline.cpu_tuning import apply_cpu_tuning, tuned_allocator
 from memo_pipeline.loading import build_model, move, resolve_dtype
 from memo_pipeline.models.diffusion_net import DiffusionNet
 from memo_pipeline.models.clip_constants import ClipConstants
@@ -70,13 +71,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed read-only steps after the memory-writing one")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-cpu-tuning", action="store_true", help="the plain networks and glibc's heap settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.no_cpu_tuning:
+        run(args)
+        return
+    with tuned_allocator():  # as the command line runs on a CPU
+        run(args, tuned=True)
+
+
+def run(args, tuned: bool = False) -> None:
     dtype = resolve_dtype(args.dtype)
     config = json.loads(SPEC.read_text())
     config["block_out_channels"] = [int(w) for w in args.widths.split(",")]
     with torch.no_grad():
         model = move(build_model(DiffusionNet, config, "bench config"), dtype=dtype).eval()
+        if tuned:
+            apply_cpu_tuning(model)
         params = sum(p.numel() for p in model.parameters())
         batch, c = 2, config["cross_attention_dim"]
         features = fake_reference_features(config, batch, 1 + args.past, args.latent, dtype)
@@ -97,7 +109,7 @@ def main() -> None:
     memory_gb = sum(v.numel() * v.element_size() for v in list(memory.kv.values()) + list(memory.z.values())) / 1024**3
     print(f"diffusion net: widths {config['block_out_channels']}, {params / 1e9:.2f} B params, {args.dtype}, "
           f"latent {args.latent}x{args.latent} ({args.latent * 8} px), {args.frames} frames, {args.past} motion frames, "
-          f"CFG batch 2, {args.threads} threads")
+          f"CFG batch 2, {args.threads} threads, CPU tuning {'on' if tuned else 'off'}")
     print(f"first step (writes motion memory): {first:.2f} s")
     print(f"later steps: {min(times):.2f} s/step (best of {len(times)})")
     print(f"motion memory: {memory_gb:.2f} GB; peak RSS: {peak_rss_gb():.2f} GB")

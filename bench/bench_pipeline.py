@@ -25,7 +25,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from configs import SMALL_VAE_WIDTHS, SMALL_WIDTHS, build_case, settings_for  # noqa: E402
+from configs import SMALL_VAE_WIDTHS, SMALL_WIDTHS, build_case, owned_allocator, settings_for  # noqa: E402
 from memo_pipeline.video_io import VideoWriter  # noqa: E402
 
 def generate(clips: int, resolution: int, steps: int, vae_batch: int, cache: bool, out: Path | None) -> float:
@@ -45,7 +45,7 @@ def generate(clips: int, resolution: int, steps: int, vae_batch: int, cache: boo
 
 
 def child(args) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with owned_allocator(), tempfile.TemporaryDirectory() as tmp:  # CPU-tuned, as the command line runs
         per_frame = generate(args.clips, args.resolution, args.steps, args.vae_batch, not args.no_cache, Path(tmp) / "v.mp4")
     print(json.dumps({"clips": args.clips, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "seconds_per_frame": per_frame}))

@@ -5,7 +5,8 @@
 The baseline is checked out with `git worktree` into a temporary folder. Runs alternate
 (current, baseline, current, ...), each in a fresh process that builds the same random-weight
 models and inputs with `bench/configs.py` from *this* checkout but imports `memo_pipeline`
-from the revision under test; only the generation itself is timed. Per run it prints wall
+from the revision under test, CPU-tuned as each revision's command line runs it (`configs.py`);
+only the generation itself is timed. Per run it prints wall
 seconds per frame, CPU seconds per frame (user + system of the process, all threads), peak RSS
 and the load average at its start; then the medians, the ratio current / baseline, and as the
 last line one JSON object.
@@ -41,19 +42,20 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from configs import build_case, settings_for
+    from configs import build_case, owned_allocator, settings_for
 
     size, resolution, clips, steps = CONFIGS[args.config]
-    case = build_case(size, resolution, clips)
-    settings = settings_for(steps=steps)
-    load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    with torch.no_grad():
-        frames = sum(clip.frames.shape[0] for clip in case.pipeline.generate(case.pixels, case.face, case.audio,
-                                                                                case.emotion, settings))
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    with owned_allocator():  # the CPU tuning as the command line applies it, in either revision
+        case = build_case(size, resolution, clips)
+        settings = settings_for(steps=steps)
+        load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        with torch.no_grad():
+            frames = sum(clip.frames.shape[0] for clip in case.pipeline.generate(case.pixels, case.face, case.audio,
+                                                                                    case.emotion, settings))
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(json.dumps({"s_per_frame": wall / frames, "cpu_s_per_frame": cpu / frames, "frames": frames,
                       "peak_rss_mib": after.ru_maxrss / 1024, "load_at_start": load}))

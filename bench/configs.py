@@ -9,6 +9,11 @@ is used, so `compare_revisions.py` can drive an older checkout with exactly the 
 - mid:   the released network configs (`tests/fixtures/spec/*/config.json`), an sd-vae-ft-mse-shaped
          AutoencoderKL, 768-wide audio features of 12 wav2vec2 layers and a 512-wide face embedding.
 Weights and inputs are random and seeded: speed and memory do not depend on their values.
+
+CPU runs are tuned as the command line tunes them: `build_case` applies this checkout's
+`memo_pipeline.cpu_tuning` to the networks (`cpu_tuning=False` leaves them plain) and every script
+wraps its run in `owned_allocator` (`tuned_allocator`). A revision from before that module had the
+same tuning built into its model classes and `MemoPipeline.generate`, so there both do nothing.
 """
 
 from __future__ import annotations
@@ -113,9 +118,39 @@ def random_model(cls, config: dict, seed: int, scale: float = 1.0) -> torch.nn.M
     return model.eval()
 
 
+def _cpu_tuning_module():
+    """`memo_pipeline.cpu_tuning` of the revision under test, or None for one without it."""
+    try:
+        from memo_pipeline import cpu_tuning
+    except ImportError:
+        return None
+    return cpu_tuning
+
+
+def tune_for_device(*networks, device: str = "cpu") -> None:
+    """Switch the CPU tuning on for a CPU run, as the command line does (nothing on GPUs)."""
+    tuning = _cpu_tuning_module()
+    if tuning is not None and torch.device(device).type == "cpu":
+        tuning.apply_cpu_tuning(*networks)
+
+
+@contextmanager
+def owned_allocator(device: str = "cpu"):
+    """The heap setting of a CPU run for the whole block, as the command line enters it (the
+    benchmark owns its process); older revisions set it inside `generate` themselves."""
+    tuning = _cpu_tuning_module()
+    if tuning is None or torch.device(device).type != "cpu":
+        yield
+        return
+    with tuning.tuned_allocator():
+        yield
+
+
 def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int | None = None,
-               dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> BenchCase:
-    """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px."""
+               dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
+               cpu_tuning: bool = True) -> BenchCase:
+    """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px
+    (CPU-tuned where `device` is the CPU, unless `cpu_tuning` is False)."""
     from diffusers import AutoencoderKL
 
     from memo_pipeline.loading import COMPONENTS, MemoModels
@@ -129,6 +164,8 @@ def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16
     vae = torch.nn.Module.to(random_model(AutoencoderKL, vae_config, seed + 9, 0.5), device=device, dtype=dtype)
     # each revision's own default batch size unless one is asked for
     pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae) if vae_batch is None else DiffusersVAE(vae, batch_size=vae_batch))
+    if cpu_tuning:
+        tune_for_device(pipeline, device=device)
 
     g = torch.Generator().manual_seed(seed + 100)
     projection = configs["audio_proj"]

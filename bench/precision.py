@@ -21,6 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from configs import owned_allocator  # noqa: E402
 from memo_pipeline.loading import resolve_dtype  # noqa: E402
 
 GOLDEN = HERE.parent / "tests" / "fixtures" / "golden" / "full_pipeline"
@@ -39,7 +40,7 @@ def golden_video(dtype: torch.dtype, memory_fp32: bool) -> torch.Tensor:
 
     meta = json.loads(GOLDEN.with_suffix(".json").read_text())
     tensors = load_file(str(GOLDEN.with_suffix(".safetensors")))
-    pipeline = build_fixture_pipeline(meta, tensors)
+    pipeline = build_fixture_pipeline(meta, tensors, cpu_tuning=True)  # a CPU run, tuned as the command line does
     pipeline.models.to(dtype=dtype)
     torch.nn.Module.to(pipeline.vae.vae, dtype=dtype)
     settings = fixture_settings(meta, memory_fp32=memory_fp32)
@@ -75,6 +76,11 @@ def main(argv=None) -> dict:
                 return golden_video(dtype, memory_fp32)
             return config_video(args.case, dtype, memory_fp32, args.steps)
 
+    with owned_allocator():
+        return _compare(args, video)
+
+
+def _compare(args, video) -> dict:
     reference = video(torch.float32, True)
     results = []
     for name in args.dtypes.split(","):

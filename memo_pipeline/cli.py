@@ -8,6 +8,7 @@ a test portrait and a test tone into a temporary folder and runs the same chain 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -22,6 +23,7 @@ import torch
 from .audio.emotions import EMOTION_LABELS, emotion_index, schedule_frame_labels
 from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
+from .cpu_tuning import apply_cpu_tuning, tuned_allocator
 from .face.image import load_image
 from .loading import MemoModels, resolve_dtype
 from .reference import REFERENCE_MODES, check_resolution, prepare_reference
@@ -263,6 +265,8 @@ def load_models(job: Job) -> LoadedModels:
     dtype = resolve_dtype(job.dtype)
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
     vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
+    if torch.device(job.device).type == "cpu":  # the command line owns its process: CPU runs are tuned
+        apply_cpu_tuning(models, vae)
     encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
     if job.compile:
         from .compile import compile_diffusion_net
@@ -453,8 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_on_cpu(args) -> bool:
+    try:
+        in_this_process = args.command == "generate" or (args.command == "batch" and args.ray is None)
+        return args.command == "demo" or (in_this_process and torch.device(args.device).type == "cpu")
+    except RuntimeError:  # a bad --device is reported by the run itself
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the process is ours: a CPU generation keeps freed heap blocks for reuse while it runs
+    with tuned_allocator() if _runs_on_cpu(args) else contextlib.nullcontext():
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
     if args.command == "models":
         from .models_cli import run as run_models
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from .heap import keep_freed_memory, release_freed_memory
+from .heap import release_freed_memory
 from .loading import MemoModels
 from .audio.emotions import NUM_EMOTION_CLASSES, UNCONDITIONAL_EMOTION, clip_emotion
 from .models.clip_constants import ClipConstants
@@ -206,27 +206,26 @@ class MemoPipeline:
         total = cond.num_clips * settings.steps
         record = GenerationState.record(self.models, settings, int(reference_image.shape[-1]), audio.num_frames)
         reference_cache: dict = {}
-        with keep_freed_memory():  # big temporaries are reused, not faulted in again (see heap.py)
-            for clip in self.clip_range(cond.num_clips, state.next_clip, max_clips):
-                inputs = self.prepare_clip(clip, cond, audio, state, settings, reference_cache)
+        for clip in self.clip_range(cond.num_clips, state.next_clip, max_clips):
+            inputs = self.prepare_clip(clip, cond, audio, state, settings, reference_cache)
 
-                def step_done(info: StepInfo, offset: int = clip * settings.steps) -> None:
-                    """Count steps over the whole generation (clips before a resumed state included)."""
-                    if on_step is not None:
-                        on_step(dataclasses.replace(info, done=offset + info.done, total=total))
+            def step_done(info: StepInfo, offset: int = clip * settings.steps) -> None:
+                """Count steps over the whole generation (clips before a resumed state included)."""
+                if on_step is not None:
+                    on_step(dataclasses.replace(info, done=offset + info.done, total=total))
 
-                initial = noise(clip) if noise is not None else None
-                latents = self.denoise_clip(clip, inputs, state.memory, generator, settings, initial=initial,
-                                            on_step=step_done, should_cancel=should_cancel, num_clips=cond.num_clips)
-                del inputs
-                video = self.decode_clip(latents)
-                del latents
-                release_freed_memory()
-                start = clip * settings.frames_per_clip
-                keep = min(settings.frames_per_clip, audio.num_frames - start)
-                past = video[-min(settings.past_frames, settings.frames_per_clip):].clone()
-                state = GenerationState(state.memory, past, clip + 1, generator.get_state())
-                yield ClipOutput(clip, start, video[:keep], self._owned(state, record), video)
+            initial = noise(clip) if noise is not None else None
+            latents = self.denoise_clip(clip, inputs, state.memory, generator, settings, initial=initial,
+                                        on_step=step_done, should_cancel=should_cancel, num_clips=cond.num_clips)
+            del inputs
+            video = self.decode_clip(latents)
+            del latents
+            release_freed_memory()
+            start = clip * settings.frames_per_clip
+            keep = min(settings.frames_per_clip, audio.num_frames - start)
+            past = video[-min(settings.past_frames, settings.frames_per_clip):].clone()
+            state = GenerationState(state.memory, past, clip + 1, generator.get_state())
+            yield ClipOutput(clip, start, video[:keep], self._owned(state, record), video)
 
     @staticmethod
     def _owned(state: GenerationState, record: dict[str, str]) -> GenerationState:

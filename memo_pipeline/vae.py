@@ -39,9 +39,8 @@ class VAEAdapter(Protocol):
 
 CPU_FRAMES_PER_CALL = 1
 """On a CPU, one frame per call: the sd-vae-ft-mse-sized VAE is bound by its convolutions there,
-and batching frames only makes every activation larger (measured on the quiet 2-core machine at
-128 px, 16 frames took 12.9 s to decode one at a time, 13.5 s in fours and 13.7 s at once, and
-5.7 s, 6.7 s and 7.2 s to encode)."""
+and batching frames only makes every activation larger. Re-derive with
+`python bench/cpu_tuning_constants.py vae` (16 frames decoded and encoded in 1, 4 and 16 per call)."""
 GPU_FRAMES_PER_CALL = 16
 """On a GPU, one clip per call (the usual batching); `bench/device_check.py` times 1 vs 16."""
 
@@ -62,10 +61,7 @@ class DiffusersVAE:
     """`diffusers.AutoencoderKL` (e.g. stabilityai/sd-vae-ft-mse) behind `VAEAdapter`."""
 
     def __init__(self, vae, batch_size: int | None = None):
-        from .models.upsample import use_phase_upsampling  # imports diffusers, like the VAE given
-
         self.vae = vae.eval().requires_grad_(False)
-        use_phase_upsampling(self.vae.decoder)  # same parameters, fewer multiply-adds on CPUs
         self.batch_size = batch_size
 
     @classmethod

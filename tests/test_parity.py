@@ -13,31 +13,42 @@ from memo_pipeline.models import spatial_attention
 from memo_pipeline.models.motion_memory import MotionMemory
 
 
-def test_all_golden_cases_pass(capsys):
-    assert parity.main([str(GOLDEN)]) == 0
+def test_all_golden_cases_pass_with_the_cpu_tuning_off_and_on(capsys):
+    assert parity.main([str(GOLDEN)]) == 0  # default: --cpu-tuning both
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == "13 passed, 0 failed"
+    assert lines[-1] == "26 passed, 0 failed"
     assert all(" PASS" in line for line in lines[:-1]), lines
+    cases = [line.split()[0] for line in lines[:-1]]
+    assert all(cases.count(case) == 2 for case in cases)
+    assert sum(" tuning on " in line for line in lines) == sum(" tuning off " in line for line in lines) == 13
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_one_tuning_state(mode, capsys):
+    assert parity.main([str(GOLDEN), "--cpu-tuning", mode, "--json", "--case", "reference_net", "--case", "full_pipeline"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(c["case"], c["cpu_tuning"]) for c in report["cases"]] == [("full_pipeline", mode), ("reference_net", mode)]
 
 
 def test_json_output_lists_every_case(capsys):
     assert parity.main([str(GOLDEN), "--json", "--case", "image_proj", "--case", "audio_proj"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert {c["case"] for c in report["cases"]} == {"image_proj", "audio_proj"}
-    assert report["passed"] == 2 and report["failed"] == 0
+    assert {(c["case"], c["cpu_tuning"]) for c in report["cases"]} == {
+        (case, mode) for case in ("image_proj", "audio_proj") for mode in ("on", "off")}
+    assert report["passed"] == 4 and report["failed"] == 0
 
 
 def test_changed_decay_fails(monkeypatch, capsys):
     monkeypatch.setattr(parity.modules, "MotionMemory", lambda: MotionMemory(decay=0.8))
     assert parity.main([str(GOLDEN), "--case", "memory_linear_attention", "--case", "memory_attention"]) == 1
     out = capsys.readouterr().out
-    assert out.count("FAIL") == 2 and out.strip().endswith("0 passed, 2 failed")
+    assert out.count("FAIL") == 4 and out.strip().endswith("0 passed, 4 failed")
 
 
 def test_aligned_instead_of_tiled_reference_fails(monkeypatch, capsys):
     monkeypatch.setattr(spatial_attention, "tile_reference", lambda ref, frames: ref.repeat_interleave(frames, dim=0))
     assert parity.main([str(GOLDEN), "--case", "spatial_ref_block", "--case", "diffusion_net"]) == 1
-    assert capsys.readouterr().out.strip().endswith("0 passed, 2 failed")
+    assert capsys.readouterr().out.strip().endswith("0 passed, 4 failed")
 
 
 def test_wrong_softmax_axis_fails(monkeypatch):
@@ -53,6 +64,7 @@ def test_wrong_softmax_axis_fails(monkeypatch):
     monkeypatch.setattr(motion_module.torch, "softmax", keys_over_features)
     meta, tensors = golden_case("memory_linear_attention")
     assert not parity.run_case(meta, tensors).passed
+    assert not parity.run_case(meta, tensors, cpu_tuning=True).passed
 
 
 def test_missing_output_and_empty_directory(tmp_path, capsys):
@@ -77,12 +89,13 @@ def test_unknown_case_is_reported_as_failure(tmp_path, capsys):
 
 @pytest.mark.slow  # two threads on a shared CI machine: up to a minute
 @pytest.mark.parametrize("name", ["reference_net", "diffusion_net"])
-def test_unet_cases_also_hold_with_two_threads(name):
+@pytest.mark.parametrize("tuned", [False, True])
+def test_unet_cases_also_hold_with_two_threads(name, tuned):
     import torch
 
     torch.set_num_threads(2)
     meta, tensors = golden_case(name)
-    assert parity.run_case(meta, tensors).passed
+    assert parity.run_case(meta, tensors, cpu_tuning=tuned).passed
 
 
 def _copy_case(name, folder, manifest=True):
@@ -112,7 +125,7 @@ def test_changed_fixture_file_is_not_run(tmp_path, capsys):
     capsys.readouterr()
     assert parity.main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "fixture not run" in out and "sha256" in out and out.strip().endswith("0 passed, 1 failed")
+    assert "fixture not run" in out and "sha256" in out and out.strip().endswith("0 passed, 1 failed")  # not run at all
 
 
 def test_fixture_missing_from_or_listed_in_manifest_fails(tmp_path, capsys):
@@ -123,13 +136,13 @@ def test_fixture_missing_from_or_listed_in_manifest_fails(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text(json.dumps(entries))
     assert parity.main([str(tmp_path)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == "1 passed, 2 failed"
+    assert lines[-1] == "2 passed, 2 failed"  # image_proj with the tuning off and on
     assert any(line.startswith("audio_proj") and "not listed in manifest.json" in line for line in lines)
     assert any(line.startswith("gone") and "missing" in line for line in lines)
 
 
 def test_rounding_noise_from_tolerances_is_reported(capsys):
-    assert parity.main([str(GOLDEN), "--json", "--case", "diffusion_net"]) == 0
+    assert parity.main([str(GOLDEN), "--json", "--case", "diffusion_net", "--cpu-tuning", "off"]) == 0
     (case,) = json.loads(capsys.readouterr().out)["cases"]
     recorded = json.loads((GOLDEN / "tolerances.json").read_text())["diffusion_net"]["fp64_vs_fp32"]["max_abs"]
     assert case["official_fp64_vs_fp32"] == recorded

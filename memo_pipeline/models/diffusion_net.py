@@ -21,16 +21,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from ..cpu_kernels import onednn_linear
 from .audio_attention import AudioModule
 from .clip_constants import ClipConstants, name_slots
 from .motion_memory import MotionMemory
 from .motion_module import MemoryUpdate, MotionModule
 from .reference_features import ReferenceFeatures, motion_frames, reference_tokens
 from .spatial_attention import SpatialTransformer
-from .upsample import PhaseUpsample2D
 
 
 @dataclass
@@ -146,7 +145,7 @@ class UpLevel(VideoLevel):
         # every layer's audio heads are sized by the block's in_channels argument (docs/architecture.md#audio-module-width)
         super().__init__(resnet_io, [out_channels] * num_layers, [in_channels] * num_layers, **kwargs)
         if add_upsample:
-            self.upsamplers = nn.ModuleList([PhaseUpsample2D(out_channels, use_conv=True, out_channels=out_channels)])
+            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
 
     def forward(self, x, audio, temb, references: list[torch.Tensor], cond: Conditioning, skips: list[torch.Tensor],
                 upsample_size=None):
@@ -264,7 +263,6 @@ class DiffusionNet(ModelMixin, ConfigMixin):
                 widths.append(width)
         return widths
 
-    @onednn_linear
     def forward(self, sample: torch.Tensor, ref_features: ReferenceFeatures, timestep, encoder_hidden_states: torch.Tensor,
                 audio_embedding: torch.Tensor, audio_emotion: torch.Tensor, memory: MotionMemory,
                 memory_update: MemoryUpdate, uc_mask: torch.Tensor | None = None,

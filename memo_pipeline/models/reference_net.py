@@ -20,9 +20,7 @@ import inspect
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
-from ..cpu_kernels import onednn_linear
 from .reference_features import ReferenceFeatures
-from .upsample import use_phase_upsampling
 
 
 class ReferenceNet(UNet2DConditionModel):
@@ -39,7 +37,6 @@ class ReferenceNet(UNet2DConditionModel):
         for name in ("attn1", "norm2", "attn2", "norm3", "ff"):
             setattr(block, name, None)
         del final.transformer_blocks[1:]
-        use_phase_upsampling(self)
 
     __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__)
 
@@ -50,7 +47,6 @@ class ReferenceNet(UNet2DConditionModel):
         return last.attentions[-1]
 
     @torch.no_grad()
-    @onednn_linear
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> ReferenceFeatures:
         """`sample` `(B, 4, h, w)` (copy-major CFG batch), `encoder_hidden_states` `(k, n, c)` with `B % k == 0`.
 

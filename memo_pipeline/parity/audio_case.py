@@ -7,13 +7,17 @@ from transformers import Wav2Vec2Config
 
 from ..audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from ..audio.wav2vec2_weights import build_model, normalize_state_dict
+from ..cpu_tuning import set_cpu_tuning
 
 
-def audio_preprocess_case(fixture_json: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Return the case's ``out.*`` tensors computed by this package from its ``model.*`` and ``in.waveform``."""
+def audio_preprocess_case(fixture_json: dict, tensors: dict[str, torch.Tensor],
+                          cpu_tuning: bool = False) -> dict[str, torch.Tensor]:
+    """Return the case's ``out.*`` tensors computed by this package from its ``model.*`` and ``in.waveform``
+    (with `cpu_tuning`, the CPU tuning is applied to the wav2vec2 model; it finds nothing to change there)."""
     config = Wav2Vec2Config.from_dict(fixture_json["wav2vec_config"])
     weights = {key: value for key, value in tensors.items() if key.startswith("model.")}
     model = build_model(config, normalize_state_dict(weights, "audio_preprocess fixture"), "audio_preprocess fixture")
+    set_cpu_tuning(cpu_tuning, model)
     encoder = Wav2Vec2AudioEncoder(model, do_normalize=fixture_json["feature_extractor"]["do_normalize"])
     call = fixture_json["call"]
     if call["sample_rate"] != 16000:

@@ -79,3 +79,12 @@ def load_strict(model: torch.nn.Module, tensors: dict, prefix: str, case: str) -
     """Load the recorded weights under `prefix` into `model` (every key must match), fp32, eval mode."""
     load_weights_strict(model, model_state(tensors, prefix), f"fixture {case} ({prefix}*)")
     return model.float().eval()
+
+
+def load_tuned(cpu_tuning: bool, model: torch.nn.Module, tensors: dict, prefix: str, case: str) -> torch.nn.Module:
+    """`load_strict`, then the CPU tuning switched on or off (`cpu_tuning.set_cpu_tuning`)."""
+    from ..cpu_tuning import set_cpu_tuning
+
+    model = load_strict(model, tensors, prefix, case)
+    set_cpu_tuning(cpu_tuning, model)
+    return model

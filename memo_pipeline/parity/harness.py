@@ -3,7 +3,9 @@
 Pass criteria are the fixture set's suggested ones (tests/fixtures/golden/README.md): single
 modules atol 2e-5 / rtol 1e-5, the two UNets atol 5e-5 / rtol 1e-4, the full pipeline atol 1e-4;
 integer outputs (labels) must match exactly. A case fails when any output is missing, has another
-shape, is not finite or exceeds `atol + rtol * |ref|` anywhere.
+shape, is not finite or exceeds `atol + rtol * |ref|` anywhere. Every case runs with the CPU
+tuning (`memo_pipeline.cpu_tuning`) off and on by default, with the same tolerances; cases
+without an upsampler or a UNet have nothing the tuning changes and give the same numbers twice.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class CaseResult:
     passed: bool
     detail: str = ""
     rounding_noise: float | None = None  # the official fp32 outputs' own max |fp64 - fp32|, if recorded
+    cpu_tuning: bool = False
 
 
 # case kind -> (runner, tolerance). Case files name their official class; see `case_kind`.
@@ -112,24 +115,31 @@ CACHING_KINDS = ("diffusion_net", "full_pipeline")
 """Cases that run with or without the diffusion net's per-clip constants."""
 
 
-def run_case(meta: dict, tensors: dict, clip_constants: bool = True) -> CaseResult:
+def run_case(meta: dict, tensors: dict, clip_constants: bool = True, cpu_tuning: bool = False) -> CaseResult:
+    """One case, its networks built with the CPU tuning on or off (`cpu_tuning`)."""
     name = meta.get("case", "?")
     kind = case_kind(meta)
     runner, tol = RUNNERS[kind]
     expected = {k: v for k, v in tensors.items() if k.startswith("out.")}
     options = {"clip_constants": clip_constants} if kind in CACHING_KINDS else {}
     with torch.no_grad():
-        produced = runner(meta, tensors, **options)
+        produced = runner(meta, tensors, cpu_tuning=cpu_tuning, **options)
     worst, failures = compare(produced, expected, tol)
-    return CaseResult(name, worst, tol, not failures, "; ".join(failures[:3]))
+    return CaseResult(name, worst, tol, not failures, "; ".join(failures[:3]), cpu_tuning=cpu_tuning)
 
 
-def _not_run(name: str, reason: str) -> CaseResult:
-    return CaseResult(name, float("nan"), UNKNOWN_TOL, False, reason)
+def _not_run(name: str, reason: str, cpu_tuning: bool = False) -> CaseResult:
+    return CaseResult(name, float("nan"), UNKNOWN_TOL, False, reason, cpu_tuning=cpu_tuning)
 
 
-def run_directory(directory: str | Path, only: list[str] | None = None, clip_constants: bool = True) -> list[CaseResult]:
-    """Run the set's cases (or those named in `only`); with a manifest, check each file first."""
+TUNING_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+"""`--cpu-tuning` choices: the tuning states every case runs in."""
+
+
+def run_directory(directory: str | Path, only: list[str] | None = None, clip_constants: bool = True,
+                  cpu_tuning: tuple[bool, ...] = (False, True)) -> list[CaseResult]:
+    """Run the set's cases (or those named in `only`) once per state in `cpu_tuning`; with a
+    manifest, check each file first."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     noise = read_rounding_noise(directory)
@@ -144,12 +154,14 @@ def run_directory(directory: str | Path, only: list[str] | None = None, clip_con
         if problem:
             results.append(_not_run(name, f"fixture not run: {problem}"))
             continue
-        try:
-            result = run_case(meta, load_file(str(weights)), clip_constants)
-        except Exception as err:  # a case that cannot run counts as a failure, with the reason
-            result = _not_run(name, f"could not run: {type(err).__name__}: {err}")
-        result.rounding_noise = noise.get(path.stem)
-        results.append(result)
+        tensors = load_file(str(weights))
+        for tuned in cpu_tuning:
+            try:
+                result = run_case(meta, tensors, clip_constants, cpu_tuning=tuned)
+            except Exception as err:  # a case that cannot run counts as a failure, with the reason
+                result = _not_run(name, f"could not run: {type(err).__name__}: {err}", tuned)
+            result.rounding_noise = noise.get(path.stem)
+            results.append(result)
     if manifest is not None:  # a listed fixture that is gone must not go unnoticed
         present = {p.stem for p in find_cases(directory)}
         for missing in sorted(set(manifest) - present):
@@ -168,16 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixtures were made with 1)")
     parser.add_argument("--no-clip-constants", action="store_true",
                         help="compute the diffusion net's per-clip constants at every step instead of once per clip")
+    parser.add_argument("--cpu-tuning", choices=sorted(TUNING_MODES), default="both",
+                        help="build the networks with the CPU tuning off, on, or each case both ways (default: both)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.directory).is_dir():
         print(f"error: {args.directory} is not a folder", file=sys.stderr)
         return 2
-    results = run_directory(args.directory, args.case, clip_constants=not args.no_clip_constants)
+    results = run_directory(args.directory, args.case, clip_constants=not args.no_clip_constants,
+                            cpu_tuning=TUNING_MODES[args.cpu_tuning])
     passed = sum(r.passed for r in results)
     failed = len(results) - passed
     if args.json:
-        print(json.dumps({"cases": [{"case": r.case, "max_abs": r.max_abs, "atol": r.tolerance.atol,
+        print(json.dumps({"cases": [{"case": r.case, "cpu_tuning": "on" if r.cpu_tuning else "off", "max_abs": r.max_abs, "atol": r.tolerance.atol,
                                      "rtol": r.tolerance.rtol, "official_fp64_vs_fp32": r.rounding_noise,
                                      "passed": r.passed, "detail": r.detail} for r in results],
                           "passed": passed, "failed": failed}, indent=1))
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             status = "PASS" if r.passed else "FAIL"
             noise = f"  (official fp32 noise {r.rounding_noise:.1e})" if r.rounding_noise is not None else ""
-            print(f"{r.case:<26} max_abs={r.max_abs:.3e}  tol(atol={r.tolerance.atol:g}, rtol={r.tolerance.rtol:g})  "
+            print(f"{r.case:<26} tuning {'on ' if r.cpu_tuning else 'off'}  max_abs={r.max_abs:.3e}  tol(atol={r.tolerance.atol:g}, rtol={r.tolerance.rtol:g})  "
                   f"{status}{noise}{'  ' + r.detail if r.detail else ''}")
         print(f"{passed} passed, {failed} failed")
     return 0 if results and failed == 0 else 1

@@ -1,8 +1,9 @@
 """Runners for the single-module and network golden cases.
 
 Each runner takes a case's JSON (`meta`) and its tensors (`t`), builds *our* module from the
-recorded constructor or config, loads the recorded `model.*` weights strictly and replays the
-recorded calls in order, returning `{output name: tensor}` for the harness to compare.
+recorded constructor or config, loads the recorded `model.*` weights strictly, switches the CPU
+tuning on when asked (`cpu_tuning`) and replays the recorded calls in order, returning
+`{output name: tensor}` for the harness to compare.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..models.projections import AudioProjection, ImageProjection
 from ..models.reference_features import ReferenceFeatures
 from ..models.reference_net import ReferenceNet
 from ..models.spatial_attention import SpatialTransformer
-from .fixtures import load_strict
+from .fixtures import load_tuned
 
 
 def _fixture_key(prefix: str, section: str, level: int, layer: int, feature: torch.Tensor) -> str:
@@ -65,9 +66,9 @@ def unfold_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
     return frames.reshape(rows // num_frames, num_frames, c, h, w).transpose(1, 2)
 
 
-def run_memory_linear_attention(meta, t):
+def run_memory_linear_attention(meta, t, cpu_tuning: bool = False):
     c = meta["constructor"]
-    model = load_strict(MemoryLinearAttention(c["query_dim"], c["heads"], c["dim_head"], c.get("bias", False),
+    model = load_tuned(cpu_tuning, MemoryLinearAttention(c["query_dim"], c["heads"], c["dim_head"], c.get("bias", False),
                                               c.get("temporal_position_encoding", False),
                                               c.get("temporal_position_encoding_max_len", 24)), t, "model.", meta["case"])
     memory, out = MotionMemory(), {}
@@ -81,8 +82,8 @@ def run_memory_linear_attention(meta, t):
     return out
 
 
-def run_memory_attention(meta, t):
-    model = load_strict(MotionModule(**meta["constructor"]), t, "model.", meta["case"])
+def run_memory_attention(meta, t, cpu_tuning: bool = False):
+    model = load_tuned(cpu_tuning, MotionModule(**meta["constructor"]), t, "model.", meta["case"])
     memory, out = MotionMemory(), {}
     for call in meta["calls"]:
         update = memory_update_from_flags(call["is_new_audio"], call["update_past_memory"])
@@ -95,9 +96,9 @@ def run_memory_attention(meta, t):
     return out
 
 
-def run_spatial_ref_block(meta, t):
+def run_spatial_ref_block(meta, t, cpu_tuning: bool = False):
     c = meta["constructor"]
-    model = load_strict(SpatialTransformer(c["num_attention_heads"], c["attention_head_dim"], c["in_channels"],
+    model = load_tuned(cpu_tuning, SpatialTransformer(c["num_attention_heads"], c["attention_head_dim"], c["in_channels"],
                                            c["cross_attention_dim"], c.get("norm_num_groups", 32), c.get("num_layers", 1),
                                            c.get("use_linear_projection", False), c.get("upcast_attention", False)),
                         t, "model.", meta["case"])
@@ -114,17 +115,17 @@ def _emotion(t, name):
     return t[name].long()
 
 
-def run_audio_block(meta, t):
+def run_audio_block(meta, t, cpu_tuning: bool = False):
     c = meta["constructor"]
-    model = load_strict(JointAudioBlock(c["dim"], c["num_attention_heads"], c["attention_head_dim"], c["cross_attention_dim"],
+    model = load_tuned(cpu_tuning, JointAudioBlock(c["dim"], c["num_attention_heads"], c["attention_head_dim"], c["cross_attention_dim"],
                                         c.get("emo_drop_rate", 0.3), c.get("is_final_block", False),
                                         c.get("upcast_attention", False)), t, "model.", meta["case"])
     return _replay_audio_calls(model, meta, t)
 
 
-def run_audio_module(meta, t):
+def run_audio_module(meta, t, cpu_tuning: bool = False):
     c = meta["constructor"]
-    model = load_strict(AudioModule(c["num_attention_heads"], c["attention_head_dim"], c["in_channels"], c["cross_attention_dim"],
+    model = load_tuned(cpu_tuning, AudioModule(c["num_attention_heads"], c["attention_head_dim"], c["in_channels"], c["cross_attention_dim"],
                                     c.get("norm_num_groups", 32), c.get("num_layers", 1), c.get("use_linear_projection", False),
                                     c.get("emo_drop_rate", 0.3), c.get("is_final_block", False), c.get("upcast_attention", False)),
                         t, "model.", meta["case"])
@@ -160,11 +161,11 @@ def _argument(t, expression: str) -> torch.Tensor:
     return t[expression]
 
 
-def run_projection(meta, t):
+def run_projection(meta, t, cpu_tuning: bool = False):
     kind = meta["official_class"].split()[0].rsplit(".", 1)[-1]
     cls = {"AudioProjModel": AudioProjection, "ImageProjModel": ImageProjection,
            "AudioEmotionClassifierModel": AudioEmotionClassifier}[kind]
-    model = load_strict(cls(**meta["constructor"]), t, "model.", meta["case"])
+    model = load_tuned(cpu_tuning, cls(**meta["constructor"]), t, "model.", meta["case"])
     out = {}
     for call in meta["calls"]:
         argument = next(v for k, v in call.items() if k != "output")
@@ -176,8 +177,8 @@ def run_projection(meta, t):
     return out
 
 
-def run_reference_net(meta, t):
-    model = load_strict(build_model(ReferenceNet, meta["config"], "fixture config"), t, "model.", meta["case"])
+def run_reference_net(meta, t, cpu_tuning: bool = False):
+    model = load_tuned(cpu_tuning, build_model(ReferenceNet, meta["config"], "fixture config"), t, "model.", meta["case"])
     call = meta["calls"][0]
     sample = t[call["sample"].split(".repeat(")[0]]
     copies = int(re.search(r"\.repeat\((\d+)", call["sample"]).group(1)) if ".repeat(" in call["sample"] else 1
@@ -185,10 +186,10 @@ def run_reference_net(meta, t):
     return features_to_fixture(features, call["output"].rstrip(".*"))
 
 
-def run_diffusion_net(meta, t, clip_constants: bool = True):
+def run_diffusion_net(meta, t, clip_constants: bool = True, cpu_tuning: bool = False):
     """Every call of the fixture in order; with `clip_constants`, the calls of one clip (same
     reference features, face tokens and emotion) share one `ClipConstants`."""
-    model = load_strict(build_model(DiffusionNet, meta["config"], "fixture config"), t, "model.", meta["case"])
+    model = load_tuned(cpu_tuning, build_model(DiffusionNet, meta["config"], "fixture config"), t, "model.", meta["case"])
     memory, out, prepared = MotionMemory(), {}, {}
     for call in meta["calls"]:
         features = features_from_fixture(t, call["ref_features"].rstrip(".*"))

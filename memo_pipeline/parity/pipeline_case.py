@@ -16,6 +16,7 @@ from ..models.projections import AudioProjection, ImageProjection
 from ..models.reference_net import ReferenceNet
 from ..pipeline import GenerationSettings, MemoPipeline, WindowedAudio
 from ..vae import DiffusersVAE
+from ..cpu_tuning import set_cpu_tuning
 from .fixtures import load_strict
 
 
@@ -23,7 +24,7 @@ def _load(model, tensors, prefix):
     return load_strict(model, tensors, prefix, "full_pipeline")
 
 
-def build_fixture_pipeline(meta: dict, tensors: dict, vae_batch_size: int = 1) -> MemoPipeline:
+def build_fixture_pipeline(meta: dict, tensors: dict, vae_batch_size: int = 1, cpu_tuning: bool = False) -> MemoPipeline:
     configs = meta["configs"]
     models = MemoModels(
         reference_net=_load(build_model(ReferenceNet, configs["reference_net"], "fixture reference_net"), tensors, "model.reference_net."),
@@ -34,7 +35,9 @@ def build_fixture_pipeline(meta: dict, tensors: dict, vae_batch_size: int = 1) -
     vae_config = {k: v for k, v in configs["vae"].items() if not k.startswith("_")}
     vae = _load(AutoencoderKL(**vae_config), tensors, "model.vae.")
     scheduler = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs["scheduler"].items() if not k.startswith("_")})
-    return MemoPipeline(models, DiffusersVAE(vae, batch_size=vae_batch_size), scheduler)
+    pipeline = MemoPipeline(models, DiffusersVAE(vae, batch_size=vae_batch_size), scheduler)
+    set_cpu_tuning(cpu_tuning, pipeline)
+    return pipeline
 
 
 def fixture_settings(meta: dict, **overrides) -> GenerationSettings:
@@ -47,8 +50,8 @@ def fixture_settings(meta: dict, **overrides) -> GenerationSettings:
 
 
 def run_full_pipeline_case(meta: dict, tensors: dict, vae_batch_size: int = 1, clip_constants: bool = True,
-                           **setting_overrides) -> dict:
-    pipeline = build_fixture_pipeline(meta, tensors, vae_batch_size)
+                           cpu_tuning: bool = False, **setting_overrides) -> dict:
+    pipeline = build_fixture_pipeline(meta, tensors, vae_batch_size, cpu_tuning)
     settings = fixture_settings(meta, clip_constants=clip_constants, **setting_overrides)
     audio = WindowedAudio(tensors["in.audio_emb"], num_frames=meta["loop"]["audio_length"])
     out = {}
