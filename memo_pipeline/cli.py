@@ -32,6 +32,7 @@ from .state import GenerationState
 from .vae import DiffusersVAE
 from .streaming import StopRequested, default_state_path, stop_signals, write_generation
 from .video_io import read_video_info
+from .file_paths import same_file
 
 logger = logging.getLogger("memo_pipeline")
 MUX_SAMPLE_RATE = 48000
@@ -75,20 +76,12 @@ class UsageError(ValueError):
     """A problem with the command line found before any model loads; one line for the user."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except OSError:
-        return False
-
 
 def check_output_paths(job: Job) -> None:
     """Refuse outputs that would replace an input or (without `overwrite`) any existing file."""
     outputs = {"--out": job.out, "--save-state": job.save_state}
     outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
-    if len(outputs) == 2 and _same_file(outputs["--out"], outputs["--save-state"]):
+    if len(outputs) == 2 and same_file(outputs["--out"], outputs["--save-state"]):
         raise UsageError(f"--out and --save-state are the same file ({job.out}); give them different names")
     for out_name, out in outputs.items():
         sources = dict(job.inputs())
@@ -97,7 +90,7 @@ def check_output_paths(job: Job) -> None:
         for in_name, source in sources.items():
             # a new file inside an input folder harms nothing; replacing one of its files would
             inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
-            if _same_file(out, source) or inside:
+            if same_file(out, source) or inside:
                 where = "is" if not inside else "lies inside"
                 raise UsageError(f"{out_name} {out} {where} the input {in_name} {source}; writing it would destroy the "
                                  "input: choose another output path")
@@ -240,7 +233,7 @@ def _refuse_replacing_the_first_part(job: Job) -> None:
         made_from = GenerationState.read_metadata(job.resume).get("video_file")
     except ValueError:
         return  # an unreadable state is reported by its own check
-    if made_from and _same_file(Path(job.out), Path(made_from)):
+    if made_from and same_file(Path(job.out), Path(made_from)):
         out = Path(job.out)
         suggestion = out.with_name(f"{out.stem}_rest{out.suffix}")
         raise UsageError(f"--out {job.out} is the video the state {job.resume} was saved from: writing the rest there "

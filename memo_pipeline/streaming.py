@@ -54,22 +54,12 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals():
-    """In the main thread: the first SIGINT raises `KeyboardInterrupt`, the first SIGTERM/SIGHUP
-    `StopRequested`; every later one is ignored with a note, so the files of the finished clips
-    are closed and saved whatever arrives next. Elsewhere (a server's worker thread) it does nothing."""
+def _handling(handler):
+    """Install `handler` for SIGINT/SIGTERM/SIGHUP and restore the previous ones after; only the main
+    thread can (a server's worker thread keeps whatever its process set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if received:
-            _say(f"{signal.Signals(signum).name} again: still saving the finished clips, please wait")
-            return
-        received.append(signum)
-        raise KeyboardInterrupt if signum == signal.SIGINT else StopRequested(signum)
-
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
@@ -79,37 +69,43 @@ def stop_signals():
 
 
 @contextlib.contextmanager
+def stop_signals():
+    """In the main thread: the first SIGINT raises `KeyboardInterrupt`, the first SIGTERM/SIGHUP
+    `StopRequested`; every later one is ignored with a note, so the files of the finished clips
+    are closed and saved whatever arrives next. Elsewhere (a server's worker thread) it does nothing."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            _say(f"{signal.Signals(signum).name} again: still saving the finished clips, please wait")
+            return
+        received.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else StopRequested(signum)
+
+    with _handling(handler):
+        yield
+
+
+@contextlib.contextmanager
 def _shielded():
     """Ignore SIGINT/SIGTERM/SIGHUP (main thread only) while the files are being finished."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def ignore(signum, frame):
         _say(f"{signal.Signals(signum).name}: still saving the finished clips, please wait")
 
-    previous = {signum: signal.signal(signum, ignore) for signum in STOP_SIGNALS}
-    try:
+    with _handling(ignore):
         yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 @contextlib.contextmanager
 def _deferred():
     """Hold SIGINT/SIGTERM/SIGHUP (main thread only) until a clip is wholly in the file, then
     deliver the first one held: the video never ends in the middle of a clip."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in STOP_SIGNALS}
     try:
-        yield
+        with _handling(lambda signum, frame: held.append(signum)):
+            yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
         if held:
             signal.raise_signal(held[0])
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from ..file_paths import same_file
 from ..manifest import ManifestError, ManifestProblem, manifest_format, read_manifest
 from ..reference import REFERENCE_MODES
 
@@ -239,8 +240,6 @@ def build_rows(manifest_path: Path | str, template, out_dir: Path) -> list[Batch
 
 
 def _output_problems(job, manifest_path: Path, outputs: dict, line: int) -> list[str]:
-    from .. import cli
-
     out = Path(job.out)
     reasons = []
     if out.suffix.lower() != ".mp4":
@@ -255,7 +254,7 @@ def _output_problems(job, manifest_path: Path, outputs: dict, line: int) -> list
         source = Path(source)
         # a new file inside an input folder harms nothing; replacing one of its files would
         inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
-        if cli._same_file(out, source) or inside:
+        if same_file(out, source) or inside:
             reasons.append(f"out {out} would overwrite the input {name} {source}")
     if out.is_dir():
         reasons.append(f"out {out} is a folder")

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..file_paths import same_file
+
 DEFAULT_MODELS = Path("models") / "memo" / "memo"
 logger = logging.getLogger("memo_pipeline")
 
@@ -46,16 +48,6 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
     return rep
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Same path, or the same file reached through a symlink or a hard link (generate's rule)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except OSError:
-        return False
-
-
 def _writable_folder(path: Path) -> str | None:
     """Why a file cannot be created at `path` (its folder, made if missing), or None."""
     parent = path.parent
@@ -76,7 +68,7 @@ def check_report_outputs(args) -> None:
     from PIL import Image
 
     outputs = {name: path for name, path in (("--json", args.json), ("--plot", args.plot)) if path is not None}
-    if len(outputs) == 2 and _same_file(args.json, args.plot):
+    if len(outputs) == 2 and same_file(args.json, args.plot):
         raise ValueError(f"--json and --plot are the same file ({args.json}); give them different names")
     inputs = {"VIDEO": args.video, "--reference": args.reference, "--audio": args.audio,
               "--face-models": args.face_models, "--checkpoint": args.checkpoint, "--emotion2vec": args.emotion2vec}
@@ -86,8 +78,8 @@ def check_report_outputs(args) -> None:
                 continue
             # a new file inside an input folder harms nothing; replacing one of its files would
             inside = source.is_dir() and out.exists() and out.resolve().is_relative_to(source.resolve())
-            if _same_file(out, source) or inside:
-                where = "lies inside" if inside and not _same_file(out, source) else "is"
+            if same_file(out, source) or inside:
+                where = "lies inside" if inside and not same_file(out, source) else "is"
                 raise ValueError(f"{out_name} {out} {where} the input {in_name} {source}; writing it would destroy "
                                  "the input: choose another output path")
         if out.is_dir():
