@@ -63,6 +63,7 @@ LIMITS: dict[str, Limit] = {
     "fps": Limit(30.0, 1.0, 120.0, 0.01, integer=False),
     "resolution": Limit(512, 8, 2048, 8, multiple=8, why="the VAE works in 8-pixel blocks"),
     "max_clips": Limit(0, 0, 100000, why="0 = until the audio ends"),
+    "crf": Limit(18, 0, 51, why="H.264 quality, lower is better"),
 }
 
 
