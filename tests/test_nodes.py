@@ -865,6 +865,20 @@ def _decode_video(path):
             .astype(np.float32)
 
 
+def test_generate_to_file_v3_node_outputs_a_native_video(loaded, vae, encoded, face, memo_host):
+    """Through the V3 class: the V1 outputs first, then a VIDEO (comfy_api's VideoFromFile) of the same file."""
+    from comfy_api.v0_0_2 import InputImpl
+
+    node = v3_classes(memo_host)["MemoGenerateToFile"]
+    out = node.execute(memo_model=loaded["model"], vae=vae, reference_image=face[0], memo_audio=encoded[0],
+                       face=face[2], seed=7, steps=1, cfg=3.5, past_frames=2, resolution=64,
+                       filename_prefix="MEMO/v3")
+    path, frames, state, video = out.args
+    assert isinstance(video, InputImpl.VideoFromFile) and video.get_stream_source() == path
+    assert video.get_dimensions() == (64, 64) and frames == 12 and state.next_clip == 3
+    assert out.ui["images"][0]["filename"] == Path(path).name
+
+
 def test_generate_to_file_pastes_back(loaded, vae, encoded, face, memo_host):
     odd = S.portrait(127, 131)  # odd sides: H.264 needs even, the last row/column is dropped
     image, crop, identity = run("MemoFaceCrop", loaded["face_model"], odd, 64, 2.5, 0.25, 0, "error")
