@@ -35,6 +35,8 @@ def fraction_progress(host, resolution: int = 100):
     return report
 
 class MemoAudioEncode:
+    """The work of MEMO Audio Encode; its inputs and outputs are declared in comfy_nodes.py."""
+
     def encode(self, audio_encoder, audio, fps=30.0, frames_per_clip=16, start_seconds=0.0, duration_seconds=0.0):
         from ..memo_pipeline.audio.features import extract_audio_features
         from ..memo_pipeline.audio.io import load_audio
@@ -65,6 +67,8 @@ class MemoAudioEncode:
 
 
 class MemoEmotionDetect:
+    """The work of MEMO Emotion Detect; its inputs and outputs are declared in comfy_nodes.py."""
+
     def detect(self, emotion_model, audio):
         from ..memo_pipeline.audio.emotion_detect import emotion_windows, sample_emotion_labels
         from ..memo_pipeline.audio.emotions import EMOTION_LABELS
@@ -93,6 +97,8 @@ class MemoEmotionDetect:
 
 
 class MemoEmotionSchedule:
+    """The work of MEMO Emotion Schedule; its inputs and outputs are declared in comfy_nodes.py."""
+
     def schedule(self, memo_audio, schedule):
         from ..memo_pipeline.audio.emotions import EMOTION_LABELS, schedule_frame_labels
 
@@ -111,6 +117,8 @@ class MemoEmotionSchedule:
 
 
 class MemoVocalSeparation:
+    """The work of MEMO Vocal Separation; its inputs and outputs are declared in comfy_nodes.py."""
+
     def separate(self, audio, model, peak_normalize=True, order="official"):
         from ..memo_pipeline.audio.separation import MDXVocalSeparator, VocalSeparationUnavailable
 

@@ -650,13 +650,14 @@ def node_classes(host: Host | None = None) -> list[type[MemoNode]]:
 
 
 class MemoExtension(ComfyExtension):
-    """What ComfyUI loads through `comfy_entrypoint`: the host's model folders, then the nodes bound to it."""
+    """What ComfyUI loads through `comfy_entrypoint`: the nodes bound to one host.
+
+    ComfyUI 0.8.0 awaits `get_node_list` once while it loads the pack (it never calls `on_load`),
+    so the host's model folders are registered there, before any schema lists them."""
 
     def __init__(self, host: Host):
         self.host = host
 
-    async def on_load(self) -> None:
-        self.host.register_model_folders()
-
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        self.host.register_model_folders()  # idempotent
         return node_classes(self.host)

@@ -30,6 +30,8 @@ def _embed(model: MemoFaceModel, picture: np.ndarray, face, input_name: str) -> 
 
 
 class MemoFaceCrop:
+    """The work of MEMO Face Crop; its inputs and outputs are declared in comfy_nodes.py."""
+
     def crop(self, face_model, image, resolution=512, scale=2.5, shift_y=0.25, face_index=0, no_face="error"):
         from ..memo_pipeline.face import crop_face, crop_with_info, select_face, whole_image_crop_info
 
@@ -75,6 +77,8 @@ def _detect(face_model, image, no_face):
 
 
 class MemoFaceEmbed:
+    """The work of MEMO Face Embed; its inputs and outputs are declared in comfy_nodes.py."""
+
     def embed(self, face_model, image, face_index=0, no_face="error"):
         from ..memo_pipeline.face import select_face
 
@@ -89,6 +93,8 @@ class MemoFaceEmbed:
 
 
 class MemoPasteBack:
+    """The work of MEMO Paste Back; its inputs and outputs are declared in comfy_nodes.py."""
+
     def paste(self, images, crop, original_image, feather=0.1, color_match=False):
         return (paste_frames(images, crop, original_image, float(feather), bool(color_match)),)
 

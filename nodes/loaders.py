@@ -196,6 +196,8 @@ def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
 
 
 class MemoModelLoader:
+    """The work of MEMO Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
+
     def load(self, checkpoint, dtype="auto", attention="sdpa"):
         from ..memo_pipeline.loading import MemoModels
 
@@ -219,6 +221,8 @@ def set_attention(models, backend: str) -> None:
 
 
 class MemoAudioEncoderLoader:
+    """The work of MEMO Audio Encoder Loader; its inputs and outputs are declared in comfy_nodes.py."""
+
     def load(self, audio_encoder, dtype="fp32"):
         from ..memo_pipeline.audio.features import Wav2Vec2AudioEncoder
         from ..memo_pipeline.loading import resolve_dtype
@@ -231,6 +235,8 @@ class MemoAudioEncoderLoader:
 
 
 class MemoEmotionModelLoader:
+    """The work of MEMO Emotion Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
+
     def load(self, emotion2vec, classifier_checkpoint, dtype="fp32"):
         from ..memo_pipeline.audio.emotion2vec import Emotion2Vec
         from ..memo_pipeline.loading import COMPONENTS, load_component, resolve_dtype
@@ -257,6 +263,8 @@ class MemoEmotionModelLoader:
 
 
 class MemoFaceModelLoader:
+    """The work of MEMO Face Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
+
     def load(self, face_models, detection_size=640, device="auto"):
         from ..memo_pipeline.face import FaceAnalyzer, find_face_models
 

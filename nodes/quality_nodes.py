@@ -33,6 +33,8 @@ class _TrackTiming:
 
 
 class MemoQualityReport:
+    """The work of MEMO Quality Report; its inputs and outputs are declared in comfy_nodes.py."""
+
     def report(self, face_model, reference_image, audio, fps=30.0, frames_per_clip=16, identity_every=1,
                images=None, video_path="", emotion=None):
         from ..memo_pipeline.quality import QualityReporter, iter_video_chunks, report_image_array, video_frame_rate

@@ -208,6 +208,8 @@ def memo_state_from(clip, plan: RunPlan) -> MemoState:
 
 
 class MemoSampler:
+    """The work of MEMO Sampler; its inputs and outputs are declared in comfy_nodes.py."""
+
     def sample(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                emotion=None, state=None, max_clips=0, torch_compile=False):
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
@@ -280,6 +282,8 @@ def _video_audio(audio, plan: RunPlan):
 
 
 class MemoGenerateToFile:
+    """The work of MEMO Generate To File; its inputs and outputs are declared in comfy_nodes.py."""
+
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
                  original_image=None, crf=18, torch_compile=False, prompt=None, extra_pnginfo=None):
@@ -367,6 +371,8 @@ def state_files() -> list[str]:
 
 
 class MemoSaveState:
+    """The work of MEMO Save State; its inputs and outputs are declared in comfy_nodes.py."""
+
     def save(self, state, filename_prefix="MEMO/memo", prompt=None, extra_pnginfo=None):
         memo_state = expect(state, MemoState, "state", MEMO_STATE)
         folder, filename, counter, subfolder = host_mod.get_host().save_path(filename_prefix)
@@ -377,6 +383,8 @@ class MemoSaveState:
 
 
 class MemoLoadState:
+    """The work of MEMO Load State; its inputs and outputs are declared in comfy_nodes.py."""
+
     def fingerprint(self, state_file):
         """Changes when the file does, so that ComfyUI reloads a state file written again under the same name."""
         try:

@@ -867,9 +867,9 @@ def _decode_video(path):
 
 def test_generate_to_file_v3_node_outputs_a_native_video(loaded, vae, encoded, face, memo_host):
     """Through the V3 class: the V1 outputs first, then a VIDEO (comfy_api's VideoFromFile) of the same file."""
+    node = v3_classes(memo_host)["MemoGenerateToFile"]  # skips without ComfyUI
     from comfy_api.v0_0_2 import InputImpl
 
-    node = v3_classes(memo_host)["MemoGenerateToFile"]
     out = node.execute(memo_model=loaded["model"], vae=vae, reference_image=face[0], memo_audio=encoded[0],
                        face=face[2], seed=7, steps=1, cfg=3.5, past_frames=2, resolution=64,
                        filename_prefix="MEMO/v3")

@@ -35,11 +35,11 @@ def import_pack(pack_dir):
 
 
 def comfy_extension(pack):
-    """What ComfyUI gets from the pack's V3 entry: the extension and its host, after on_load ran."""
+    """What ComfyUI gets from the pack's V3 entry: the extension and its host, after get_node_list ran."""
     import asyncio
 
     extension = asyncio.run(pack.comfy_entrypoint())
-    asyncio.run(extension.on_load())
+    asyncio.run(extension.get_node_list())
     return extension
 
 
@@ -105,7 +105,7 @@ def check_adapter(pack_dir, base_dir):
     from memo_probe_pack.nodes import comfy_adapter, comfy_helpers, host as host_mod
     host = extension.host
     out["host"] = [type(host).__name__, host.name, isinstance(host, comfy_adapter.ComfyHost)]
-    host.register_model_folders()  # on_load registered them once already: idempotent
+    host.register_model_folders()  # get_node_list registered them once already: idempotent
     fnp = folder_paths.folder_names_and_paths
     out["folders"] = {name: [list(fnp[name][0]), sorted(fnp[name][1])] for name in comfy_adapter.MODEL_FOLDERS}
     out["audio_encoders_kept_core_paths"] = fnp["audio_encoders"][0][:len(core_audio_paths)] == core_audio_paths
