@@ -91,14 +91,20 @@ def test_all_memo_nodes_register(served):
     assert info["MemoSampler"]["output"][2] == "MEMO_STATE"
 
 
+def served_choices(entry) -> list:
+    """A combo's choices as /object_info serves them: V1 `[choices, {...}]`, V3 `["COMBO", {"options": choices}]`."""
+    return entry[0] if isinstance(entry[0], list) else entry[1]["options"]
+
+
 def test_model_lists_are_filled_from_the_servers_models_folder(served):
     info = served.object_info(refresh=True)
-    assert info["MemoModelLoader"]["input"]["required"]["checkpoint"][0] == ["memo/memo"]
-    assert info["MemoAudioEncoderLoader"]["input"]["required"]["audio_encoder"][0] == ["audio_encoders/wav2vec2-base-960h"]
-    assert info["MemoEmotionModelLoader"]["input"]["required"]["emotion2vec"][0] == ["emotion2vec/emotion2vec_plus_large"]
-    assert info["MemoFaceModelLoader"]["input"]["required"]["face_models"][0][0] == "memo/memo"
-    assert "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx" in info["MemoVocalSeparation"]["input"]["required"]["model"][0]
-    assert S.VAE_FILE in info["VAELoader"]["input"]["required"]["vae_name"][0]
+    required = {name: info[name]["input"]["required"] for name in info}
+    assert served_choices(required["MemoModelLoader"]["checkpoint"]) == ["memo/memo"]
+    assert served_choices(required["MemoAudioEncoderLoader"]["audio_encoder"]) == ["audio_encoders/wav2vec2-base-960h"]
+    assert served_choices(required["MemoEmotionModelLoader"]["emotion2vec"]) == ["emotion2vec/emotion2vec_plus_large"]
+    assert served_choices(required["MemoFaceModelLoader"]["face_models"])[0] == "memo/memo"
+    assert "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx" in served_choices(required["MemoVocalSeparation"]["model"])
+    assert S.VAE_FILE in served_choices(required["VAELoader"]["vae_name"])
 
 
 def test_core_node_inputs_used_by_the_workflows_match_the_server(served):
