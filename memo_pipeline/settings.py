@@ -31,8 +31,6 @@ class Limit:
     def problem(self, value: Any, name: str) -> str | None:
         """Why `value` is refused (one line naming `name`), or None when it is allowed."""
         allowed = f"{'a whole number' if self.integer else 'a number'} in {self.minimum}..{self.maximum}"
-        if self.multiple > 1:
-            allowed += f" and a multiple of {self.multiple}"
         if self.why:
             allowed += f"; {self.why}"
         if isinstance(value, bool) or not isinstance(value, Integral if self.integer else Real) or (
@@ -61,7 +59,7 @@ LIMITS: dict[str, Limit] = {
     "past_frames": Limit(16, 1, 64, why="16 in MEMO"),
     "seed": Limit(42, 0, MAX_SEED, why="2**64 - 1 is the largest, as in ComfyUI"),
     "fps": Limit(30.0, 1.0, 120.0, 0.01, integer=False),
-    "resolution": Limit(512, 8, 2048, 8, multiple=8, why="the VAE works in 8-pixel blocks"),
+    "resolution": Limit(512, 8, 2048, 8, multiple=8, why="a positive multiple of 8: the VAE works in 8-pixel blocks"),
     "max_clips": Limit(0, 0, 100000, why="0 = until the audio ends"),
     "crf": Limit(18, 0, 51, why="H.264 quality, lower is better"),
 }
