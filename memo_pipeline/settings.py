@@ -36,12 +36,12 @@ class Limit:
         if isinstance(value, bool) or not isinstance(value, Integral if self.integer else Real) or (
                 not self.integer and not math.isfinite(value)):
             return f"{name} must be {allowed}, got {value!r}"
+        if self.multiple > 1 and value % self.multiple:
+            return f"{name} {value!r} is not a multiple of {self.multiple} ({allowed})"
         if value < self.minimum:
             return f"{name} must be >= {self.minimum} ({allowed}), got {value!r}"
         if value > self.maximum:
             return f"{name} must be <= {self.maximum} ({allowed}), got {value!r}"
-        if self.multiple > 1 and value % self.multiple:
-            return f"{name} {value!r} is not a multiple of {self.multiple} ({allowed})"
         return None
 
     def check(self, value: Any, name: str) -> int | float:
