@@ -1,21 +1,30 @@
 """comfyui-memo: MEMO talking-video nodes for ComfyUI (one portrait + one audio track -> video).
 
-ComfyUI imports this file as a package and reads NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
-Outside ComfyUI (pytest, scripts) the package imports too: the nodes then run on a standalone host
-(see nodes/host.py). When this file is executed outside a registered package (runpy, a tool that
-execs it as a loose file), relative imports cannot work: the mappings then stay empty instead of
-failing.
+ComfyUI (0.8.0 and later) imports this file as a package and calls `comfy_entrypoint`, its V3
+extension entry: that makes ComfyUI's host (nodes/comfy_adapter.py) and returns the extension
+whose node classes (nodes/comfy_nodes.py, V3 schemas) run inside it. The module deliberately has
+no NODE_CLASS_MAPPINGS: ComfyUI would take that older V1 route instead.
+
+Outside ComfyUI (pytest, scripts) the package imports without ComfyUI: the nodes' work is in
+`nodes.IMPLEMENTATIONS` and runs on a standalone host (nodes/host.py). Executed as a loose file
+(runpy, a tool that execs it outside a package) it defines only the entry, which then refuses.
 """
 
 import sys
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-WEB_DIRECTORY = "./web"  # web/template_cards.js: title and description on the template browser's cards
+# web/template_cards.js: title and description on the template browser's cards (ComfyUI reads
+# WEB_DIRECTORY before it looks for either entry)
+WEB_DIRECTORY = "./web"
 
-if __package__ and __package__ in sys.modules:  # imported as a package, as ComfyUI (and the tests) do
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfyui
 
-    register_with_comfyui()
+async def comfy_entrypoint():
+    """ComfyUI's V3 entry: the MEMO extension, bound to a ComfyUI host made for it."""
+    if not (__package__ and __package__ in sys.modules):
+        raise ImportError("comfyui-memo must be imported as a package (a folder under ComfyUI's custom_nodes)")
+    from .nodes.comfy_adapter import ComfyHost
+    from .nodes.comfy_nodes import MemoExtension
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    return MemoExtension(ComfyHost())
+
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -38,7 +37,7 @@ from .models.reference_features import ReferenceFeatures, reference_rows
 from .state import GenerationState  # also re-exported: it used to live here
 from .vae import VAEAdapter
 
-MAX_SEED = 2**64 - 1  # the largest seed torch's generator (and ComfyUI) takes
+from .settings import LIMITS, MAX_SEED, check_resolution, num_clips  # noqa: F401 - MAX_SEED re-exported
 
 
 
@@ -48,13 +47,13 @@ class GenerationCancelled(Exception):
 
 @dataclass
 class GenerationSettings:
-    steps: int = 20
-    guidance_scale: float = 3.5
-    frames_per_clip: int = 16
-    past_frames: int = 16
-    init_past_frames: int = 16
-    seed: int = 42
-    fps: float = 30.0
+    steps: int = LIMITS["steps"].default
+    guidance_scale: float = LIMITS["guidance_scale"].default
+    frames_per_clip: int = LIMITS["frames_per_clip"].default
+    past_frames: int = LIMITS["past_frames"].default
+    init_past_frames: int = LIMITS["past_frames"].default
+    seed: int = LIMITS["seed"].default
+    fps: float = LIMITS["fps"].default
     cache_reference: bool = True
     """Encode the reference image and compute its reference-net features once for all clips, and
     the first clip's motion frames (all the reference image) once per face-token row (equal within
@@ -67,19 +66,12 @@ class GenerationSettings:
     per clip instead of at every step (equal within rounding; docs/architecture.md#per-clip-constants)."""
 
     def validate(self) -> None:
-        problems = []
-        if self.steps < 1:
-            problems.append(f"steps must be >= 1 (got {self.steps})")
-        if self.frames_per_clip < 1:
-            problems.append(f"frames_per_clip must be >= 1 (got {self.frames_per_clip})")
-        if self.past_frames < 1 or self.init_past_frames < 1:
-            problems.append("past_frames and init_past_frames must be >= 1")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            problems.append(f"guidance_scale must be a finite number >= 0 (got {self.guidance_scale})")
-        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
-            problems.append(f"fps must be positive (got {self.fps})")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            problems.append(f"seed must be a whole number in 0..{MAX_SEED} (2**64 - 1, as in ComfyUI), got {self.seed!r}")
+        """Every setting against the one input policy (`settings.LIMITS`), all problems in one error."""
+        values = {"steps": self.steps, "guidance_scale": self.guidance_scale, "frames_per_clip": self.frames_per_clip,
+                  "past_frames": self.past_frames, "init_past_frames": self.init_past_frames, "seed": self.seed,
+                  "fps": self.fps}
+        limits = {name: LIMITS["past_frames" if name == "init_past_frames" else name] for name in values}
+        problems = [p for name, value in values.items() if (p := limits[name].problem(value, name))]
         if problems:
             raise ValueError("invalid generation settings: " + "; ".join(problems))
 
@@ -169,9 +161,7 @@ class MemoPipeline:
         self.vae = vae
         self.scheduler = scheduler or FlowMatchEulerDiscreteScheduler()
 
-    @staticmethod
-    def num_clips(num_frames: int, frames_per_clip: int) -> int:
-        return math.ceil(num_frames / frames_per_clip)
+    num_clips = staticmethod(num_clips)  # the library's one clip count (settings.num_clips)
 
     @staticmethod
     def clip_range(num_clips: int, first_clip: int = 0, max_clips: int = 0) -> range:
@@ -379,8 +369,7 @@ class MemoPipeline:
         height, width = image.shape[-2:]
         if height != width:
             raise ValueError(f"MEMO generates square video: the reference image is {width}x{height}; crop or resize it to a square")
-        if height % 8:
-            raise ValueError(f"resolution {height} is not a multiple of 8 (the VAE downsamples by 8)")
+        check_resolution(int(height), "resolution (the reference image's side)")
         return image
 
     @staticmethod

@@ -20,19 +20,11 @@ import numpy as np
 import torch
 
 from .face.image import as_rgb_image
+from .settings import check_resolution
 
 logger = logging.getLogger("memo_pipeline")
 
 REFERENCE_MODES = ("resize", "center-crop", "face-crop")
-
-
-def check_resolution(resolution: Any, name: str = "resolution") -> int:
-    """A side every network of MEMO can run: a positive multiple of 8."""
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number of pixels, got {resolution!r}")
-    if resolution <= 0 or resolution % 8:
-        raise ValueError(f"{name} must be a positive multiple of 8 (the VAE works in 8-pixel blocks), got {resolution}")
-    return int(resolution)
 
 
 def pil_bilinear(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -1,27 +1,27 @@
-"""comfyui-memo nodes. Importable without ComfyUI: only comfy_adapter.py imports ComfyUI, and only
-when ComfyUI is there (see host.py)."""
+"""comfyui-memo nodes, importable without ComfyUI.
+
+The topic modules (loaders, audio_nodes, face_nodes, sampler, quality_nodes) do the work in plain
+classes that know nothing of ComfyUI; `IMPLEMENTATIONS` maps each node id to the class and method
+that run it. How ComfyUI sees the nodes — their V3 schemas and the extension that registers them —
+is declared in `comfy_nodes.py`, the one module that imports `comfy_api` (only ComfyUI's entry in
+the pack's `__init__.py`, and tests that have ComfyUI, import it).
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from . import audio_nodes, face_nodes, loaders, quality_nodes, sampler
-from .host import get_host, in_comfyui
 
-_MODULES = (loaders, audio_nodes, face_nodes, sampler, quality_nodes)
-
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in _MODULES:
-    for _name, (_cls, _display) in _module.NODE_CLASSES.items():
-        NODE_CLASS_MAPPINGS[_name] = _cls
-        NODE_DISPLAY_NAME_MAPPINGS[_name] = _display
+IMPLEMENTATIONS: dict[str, tuple[type, str]] = {}
+for _module in (loaders, audio_nodes, face_nodes, sampler, quality_nodes):
+    IMPLEMENTATIONS.update(_module.IMPLEMENTATIONS)
 
 
-def register_with_comfyui() -> bool:
-    """Register our model folders (models/memo, emotion2vec, ...) with ComfyUI; False outside ComfyUI."""
-    if not in_comfyui():
-        return False
-    get_host().register_model_folders()
-    return True
+def implementation(node_id: str) -> Callable:
+    """The function that runs node `node_id` (its inputs as keyword arguments, V1-style outputs)."""
+    cls, method = IMPLEMENTATIONS[node_id]
+    return getattr(cls(), method)
 
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_with_comfyui"]
+__all__ = ["IMPLEMENTATIONS", "implementation"]

@@ -1,8 +1,9 @@
 """The one module of comfyui-memo that imports ComfyUI: `ComfyHost`, the nodes' host inside ComfyUI.
 
-Every other module stays importable (and testable) without ComfyUI; `host.get_host()` imports
-this module on first use and falls back to the standalone host when the import fails. Written
-against ComfyUI 0.8.0.
+Every other module stays importable (and testable) without ComfyUI. Only the pack's ComfyUI
+entry (`comfy_entrypoint` in `__init__.py`) imports this module, makes one `ComfyHost` and hands
+it to the node classes (nodes/comfy_nodes.py); the dependency goes one way: this module imports
+`host`, never the reverse. Written against ComfyUI 0.8.0.
 """
 from __future__ import annotations
 
@@ -42,12 +43,6 @@ MODEL_FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 def _previews_enabled() -> bool:
     """Whether progress previews are wanted (`--preview-method`, or the prompt's own override)."""
     return _comfy_args.preview_method != _PreviewMethod.NoPreviews
-
-
-def metadata_disabled() -> bool:
-    """ComfyUI runs with --disable-metadata: saved files must not carry the prompt or workflow."""
-    return bool(getattr(_comfy_args, "disable_metadata", False))
-
 
 
 class ComfyProgress:
@@ -178,6 +173,10 @@ class ComfyHost(Host):
         _mm.load_models_gpu([self.patcher(m) for m in modules], force_full_load=True)
 
     # -- outputs
+    def metadata_disabled(self) -> bool:
+        """ComfyUI runs with --disable-metadata: saved files must not carry the prompt or workflow."""
+        return bool(getattr(_comfy_args, "disable_metadata", False))
+
     def output_directory(self) -> str:
         return folder_paths.get_output_directory()
 

@@ -18,24 +18,16 @@ CATEGORY_FACE = "MEMO/face"
 CATEGORY_GENERATE = "MEMO/generate"
 
 DTYPES = ["fp32", "fp16", "bf16"]
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
-
-
-# ComfyUI's hidden inputs that every node writing a file takes, as core's savers do.
-HIDDEN_WORKFLOW_INPUTS = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
 def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict | None:
     """What a saved file carries so that ComfyUI restores its graph: ``extra_pnginfo``'s entries
     (the editor sends ``workflow`` there) and ``prompt``, like core's Save Video / Save Latent.
     None when there is nothing to store or ComfyUI runs with --disable-metadata."""
-    from . import host as host_mod
+    from .host import get_host
 
-    if host_mod.in_comfyui():
-        from . import comfy_adapter
-
-        if comfy_adapter.metadata_disabled():
-            return None
+    if get_host().metadata_disabled():
+        return None
     metadata = {}
     if isinstance(extra_pnginfo, dict):
         metadata.update({str(key): value for key, value in extra_pnginfo.items()})
@@ -44,19 +36,12 @@ def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict | None:
     return metadata or None
 
 
-def combo(options: list[str], tooltip: str, default: str | None = None) -> tuple:
-    extra: dict[str, Any] = {"tooltip": tooltip}
-    if default is not None:
-        extra["default"] = default
-    return (list(options), extra)
+def check_setting(value, input_name: str, setting: str | None = None):
+    """`value` of the node input `input_name` against the library's input policy (`settings.LIMITS`)."""
+    from ..memo_pipeline.settings import LIMITS
 
+    return LIMITS[setting or input_name].check(value, f"input '{input_name}'")
 
-def int_input(default: int, minimum: int, maximum: int, tooltip: str, step: int = 1) -> tuple:
-    return ("INT", {"default": default, "min": minimum, "max": maximum, "step": step, "tooltip": tooltip})
-
-
-def float_input(default: float, minimum: float, maximum: float, step: float, tooltip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": minimum, "max": maximum, "step": step, "tooltip": tooltip})
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import CATEGORY_FACE, combo, float_input, int_input, logger, single_image, user_errors
-from .memo_types import MEMO_CROP, MEMO_FACE, MEMO_FACE_MODEL, MemoFace, MemoFaceModel, expect
+from .common import check_setting, logger, single_image, user_errors
+from .memo_types import MEMO_CROP, MEMO_FACE_MODEL, MemoFace, MemoFaceModel, expect
 
 NO_FACE_CHOICES = ["error", "continue without identity"]
 
@@ -30,34 +30,12 @@ def _embed(model: MemoFaceModel, picture: np.ndarray, face, input_name: str) -> 
 
 
 class MemoFaceCrop:
-    DESCRIPTION = ("Finds the face in a picture, cuts a square head-and-shoulders crop around it at the generation "
-                   "resolution, and computes the face's identity embedding. The crop record lets MEMO Paste Back "
-                   "put the generated video into the original picture.")
-    CATEGORY = CATEGORY_FACE
-    FUNCTION = "crop"
-    RETURN_TYPES = ("IMAGE", MEMO_CROP, MEMO_FACE)
-    RETURN_NAMES = ("image", "crop", "face")
-    OUTPUT_TOOLTIPS = ("The square crop, resolution x resolution: the sampler's reference image.",
-                       "Where the crop came from, for MEMO Paste Back.",
-                       "The identity embedding, for the sampler's face input.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_model": (MEMO_FACE_MODEL, {"tooltip": "From MEMO Face Model Loader."}),
-            "image": ("IMAGE", {"tooltip": "The portrait (one image)."}),
-            "resolution": int_input(512, 64, 2048, "Side of the square crop; MEMO was trained at 512.", 8),
-            "scale": float_input(2.5, 1.0, 6.0, 0.05, "Crop side as a multiple of the face box's larger side."),
-            "shift_y": float_input(0.25, -1.0, 1.0, 0.01, "Move the crop down by this many face heights "
-                                   "(more shoulders, less space above the head)."),
-            "face_index": int_input(0, 0, 63, "Which face when there are several: 0 = the largest."),
-            "no_face": combo(NO_FACE_CHOICES, "What to do when no face is found: stop with an error, or crop the "
-                             "whole picture (centred square) and go on without identity.", "error"),
-        }}
+    """The work of MEMO Face Crop; its inputs and outputs are declared in comfy_nodes.py."""
 
     def crop(self, face_model, image, resolution=512, scale=2.5, shift_y=0.25, face_index=0, no_face="error"):
         from ..memo_pipeline.face import crop_face, crop_with_info, select_face, whole_image_crop_info
 
+        resolution = check_setting(resolution, "resolution")  # named as the input, not as 'image'
         model, picture, faces = _detect(face_model, image, no_face)
         if not faces and no_face == "error":
             raise _no_face_error("MemoFaceCrop")
@@ -99,23 +77,7 @@ def _detect(face_model, image, no_face):
 
 
 class MemoFaceEmbed:
-    DESCRIPTION = ("Computes the identity embedding of the face in a picture without cropping (for portraits that "
-                   "are already framed). MEMO uses it to keep the person's identity.")
-    CATEGORY = CATEGORY_FACE
-    FUNCTION = "embed"
-    RETURN_TYPES = (MEMO_FACE,)
-    RETURN_NAMES = ("face",)
-    OUTPUT_TOOLTIPS = ("The identity embedding, for the sampler's face input.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_model": (MEMO_FACE_MODEL, {"tooltip": "From MEMO Face Model Loader (SCRFD + ArcFace)."}),
-            "image": ("IMAGE", {"tooltip": "The portrait (one image)."}),
-            "face_index": int_input(0, 0, 63, "Which face when there are several: 0 = the largest."),
-            "no_face": combo(NO_FACE_CHOICES, "What to do when no face is found: stop with an error, or go on without "
-                             "identity (MEMO's own fallback: a zero embedding).", "error"),
-        }}
+    """The work of MEMO Face Embed; its inputs and outputs are declared in comfy_nodes.py."""
 
     def embed(self, face_model, image, face_index=0, no_face="error"):
         from ..memo_pipeline.face import select_face
@@ -131,26 +93,7 @@ class MemoFaceEmbed:
 
 
 class MemoPasteBack:
-    DESCRIPTION = ("Puts generated square frames back into the picture the crop came from, blending the crop's "
-                   "edges. Works on the frames in chunks; the original may be one picture or a video of the same "
-                   "length.")
-    CATEGORY = CATEGORY_FACE
-    FUNCTION = "paste"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The original picture with the generated face, one frame per generated frame.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "Generated frames (MEMO Sampler output), at the crop's resolution."}),
-            "crop": (MEMO_CROP, {"tooltip": "From MEMO Face Crop."}),
-            "original_image": ("IMAGE", {"tooltip": "The picture that was cropped (or its video, frame for frame)."}),
-            "feather": float_input(0.1, 0.0, 0.5, 0.01, "Width of the blend at the crop's inner edges, as a fraction "
-                                   "of the crop side."),
-            "color_match": ("BOOLEAN", {"default": False, "tooltip": "Match each frame's colour statistics to the "
-                                        "original crop (removes slow colour drift)."}),
-        }}
+    """The work of MEMO Paste Back; its inputs and outputs are declared in comfy_nodes.py."""
 
     def paste(self, images, crop, original_image, feather=0.1, color_match=False):
         return (paste_frames(images, crop, original_image, float(feather), bool(color_match)),)
@@ -176,8 +119,8 @@ def paste_frames(images, crop, original_image, feather: float = 0.1, color_match
     return torch.cat(chunks).float().contiguous() if chunks else images[:0]
 
 
-NODE_CLASSES = {
-    "MemoFaceCrop": (MemoFaceCrop, "MEMO Face Crop"),
-    "MemoFaceEmbed": (MemoFaceEmbed, "MEMO Face Embed"),
-    "MemoPasteBack": (MemoPasteBack, "MEMO Paste Back"),
+IMPLEMENTATIONS = {  # node id -> (class doing the work, its method); nodes/comfy_nodes.py declares them
+    "MemoFaceCrop": (MemoFaceCrop, "crop"),
+    "MemoFaceEmbed": (MemoFaceEmbed, "embed"),
+    "MemoPasteBack": (MemoPasteBack, "paste"),
 }

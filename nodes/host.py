@@ -1,26 +1,24 @@
 """Where the nodes meet the program that runs them: ComfyUI, or a plain Python process.
 
-Node code never imports ComfyUI at module level: it calls ``get_host()`` and asks the returned
-:class:`Host` for everything the surroundings provide — model folders, the progress bar and its
-previews, the cancel button, devices and dtypes, model management, and the output folder.
+Node code never imports ComfyUI: it calls ``get_host()`` and asks the returned :class:`Host` for
+everything the surroundings provide — model folders, the progress bar and its previews, the
+cancel button, devices and dtypes, model management, the output folder and its metadata rule.
 
-There is one implementation per side:
+The host is chosen by whoever runs the nodes, never guessed here: ComfyUI's extension entry
+(``comfy_entrypoint`` in the pack's ``__init__.py``) makes a
+:class:`~.comfy_adapter.ComfyHost` and its node classes enter it around every call; tests and
+scripts enter a :class:`StandaloneHost` with :func:`use_host`. The current host is a context
+variable, so it belongs to the running call (thread, task), not to the process. Outside any
+``use_host`` block the nodes get a bare standalone host: no model folders, no output folder.
 
-* :class:`~.comfy_adapter.ComfyHost` (``nodes/comfy_adapter.py``, the only module that imports
-  ComfyUI) inside ComfyUI;
-* :class:`StandaloneHost` anywhere else (unit tests, scripts): model folders are whatever roots it
-  was given, progress and previews are recorded in memory, models move with plain ``.to``, and
-  files go to its ``output_dir``. Without configuration it knows no model folders and refuses to
-  write anything.
-
-Tests (and scripts) install their own host with :func:`use_host`, which is how loaders find a
-temporary model folder without ComfyUI's ``folder_paths``.
+This module imports nothing of ComfyUI and nothing of ``comfy_adapter`` (which imports this one).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import os
 import re
 from typing import Callable, Iterable, Sequence
@@ -94,6 +92,10 @@ class Host(abc.ABC):
         model manager, which may move other (idle) models out to make room."""
 
     # -- outputs
+    def metadata_disabled(self) -> bool:
+        """True when saved files must not carry the prompt or workflow (ComfyUI's --disable-metadata)."""
+        return False
+
     @abc.abstractmethod
     def output_directory(self) -> str:
         """The folder output files go to; HostError if there is none."""
@@ -232,39 +234,19 @@ class StandaloneHost(Host):
         return folder, filename, max(counters, default=0) + 1, subfolder
 
 
-_override: Host | None = None
-_comfy_host: Host | None = None
-_standalone = StandaloneHost()
-
-
-def _try_comfy_host() -> Host | None:
-    global _comfy_host
-    if _comfy_host is None:
-        try:
-            from .comfy_adapter import ComfyHost
-        except ImportError:
-            return None
-        _comfy_host = ComfyHost()
-    return _comfy_host
+_current: contextvars.ContextVar[Host | None] = contextvars.ContextVar("comfyui_memo_host", default=None)
 
 
 def get_host() -> Host:
-    """The host installed with `use_host`, else ComfyUI's when running inside it, else a bare standalone one."""
-    if _override is not None:
-        return _override
-    return _try_comfy_host() or _standalone
-
-
-def in_comfyui() -> bool:
-    return _try_comfy_host() is not None
+    """The host entered with `use_host` in this call's context, else a bare standalone one."""
+    return _current.get() or StandaloneHost()
 
 
 @contextlib.contextmanager
 def use_host(host: Host):
-    """Run a block with `host` as the nodes' host (tests, scripts)."""
-    global _override
-    previous, _override = _override, host
+    """Run a block with `host` as the nodes' host (ComfyUI's node classes, tests, scripts)."""
+    token = _current.set(host)
     try:
         yield host
     finally:
-        _override = previous
+        _current.reset(token)

@@ -14,14 +14,10 @@ from __future__ import annotations
 import os
 
 from . import host as host_mod
-from .common import CATEGORY_LOADERS, DTYPES, combo, int_input, logger, user_errors
+from .common import DTYPES, logger, user_errors
 from ..memo_pipeline.attention_backend import BACKENDS as ATTENTION_BACKENDS
 from .comfy_helpers import MEMO_MARKER
 from .memo_types import (
-    MEMO_AUDIO_ENCODER,
-    MEMO_EMOTION_MODEL,
-    MEMO_FACE_MODEL,
-    MEMO_MODEL,
     MemoAudioEncoder,
     MemoEmotionModel,
     MemoFaceModel,
@@ -67,6 +63,31 @@ def choices_or_hint(fn, input_name: str, folders: tuple[str, ...]) -> list[str]:
     the command that fetches it: ComfyUI checks a workflow's value against this list before the node
     runs, and its "Value not in list" error prints the list."""
     return safe_list(fn) or [NOT_FOUND + input_name + " " + missing_files_hint(input_name, folders)]
+
+
+def checkpoint_options() -> list[str]:
+    return choices_or_hint(memo_checkpoints, "checkpoint", (host_mod.MEMO_FOLDER,))
+
+
+def audio_encoder_options() -> list[str]:
+    return choices_or_hint(audio_encoder_choices, "audio_encoder", (host_mod.AUDIO_ENCODER_FOLDER,))
+
+
+def emotion2vec_options() -> list[str]:
+    return choices_or_hint(emotion2vec_choices, "emotion2vec", (host_mod.EMOTION2VEC_FOLDER,))
+
+
+def classifier_options() -> list[str]:
+    return choices_or_hint(lambda: _memo_with(CLASSIFIER_SUBDIR), "classifier_checkpoint", (host_mod.MEMO_FOLDER,))
+
+
+def face_model_options() -> list[str]:
+    """Listed without a hint entry: the Haar choice (when OpenCV runs) needs no files."""
+    return safe_list(face_model_choices)
+
+
+def vocal_model_options() -> list[str]:
+    return choices_or_hint(vocal_model_choices, "model", (host_mod.VOCAL_FOLDER, host_mod.MEMO_FOLDER))
 
 
 def split_choice(choice: str, input_name: str, allowed: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -175,25 +196,7 @@ def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
 
 
 class MemoModelLoader:
-    DESCRIPTION = ("Loads a MEMO checkpoint folder (reference_net, diffusion_net, image_proj, audio_proj) from "
-                   "models/memo/<name>/, strictly: any missing or mismatched weight is an error naming the file.")
-    CATEGORY = CATEGORY_LOADERS
-    FUNCTION = "load"
-    RETURN_TYPES = (MEMO_MODEL,)
-    RETURN_NAMES = ("memo_model",)
-    OUTPUT_TOOLTIPS = ("The MEMO networks, for MEMO Sampler / MEMO Generate To File.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "checkpoint": combo(choices_or_hint(memo_checkpoints, "checkpoint", (host_mod.MEMO_FOLDER,)),
-                                "A MEMO checkpoint folder under models/memo/ "
-                                "(holding reference_net/, diffusion_net/, image_proj/, audio_proj/)."),
-            "dtype": combo(["auto"] + DTYPES, "Weight dtype. auto: bf16 where ComfyUI finds the device supports it "
-                           "(the release dtype), else fp32 (the CPU, older GPUs). fp16 may overflow.", "auto"),
-            "attention": combo(ATTENTION_BACKENDS, "Attention kernels: PyTorch SDPA, or xformers (needs the xformers "
-                               "package and a CUDA GPU).", "sdpa"),
-        }}
+    """The work of MEMO Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
 
     def load(self, checkpoint, dtype="auto", attention="sdpa"):
         from ..memo_pipeline.loading import MemoModels
@@ -218,23 +221,7 @@ def set_attention(models, backend: str) -> None:
 
 
 class MemoAudioEncoderLoader:
-    DESCRIPTION = ("Loads the wav2vec2 speech encoder MEMO was trained with (facebook/wav2vec2-base-960h) from "
-                   "models/audio_encoders/: a Hugging Face folder (config.json + model.safetensors) or one file.")
-    CATEGORY = CATEGORY_LOADERS
-    FUNCTION = "load"
-    RETURN_TYPES = (MEMO_AUDIO_ENCODER,)
-    RETURN_NAMES = ("audio_encoder",)
-    OUTPUT_TOOLTIPS = ("The wav2vec2 encoder, for MEMO Audio Encode.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "audio_encoder": combo(choices_or_hint(audio_encoder_choices, "audio_encoder",
-                                                   (host_mod.AUDIO_ENCODER_FOLDER,)),
-                                   "wav2vec2-base-960h under models/audio_encoders/: "
-                                   "its Hugging Face folder, or a single .safetensors file."),
-            "dtype": combo(DTYPES, "Weight dtype of the encoder; fp32 matches the official features.", "fp32"),
-        }}
+    """The work of MEMO Audio Encoder Loader; its inputs and outputs are declared in comfy_nodes.py."""
 
     def load(self, audio_encoder, dtype="fp32"):
         from ..memo_pipeline.audio.features import Wav2Vec2AudioEncoder
@@ -248,25 +235,7 @@ class MemoAudioEncoderLoader:
 
 
 class MemoEmotionModelLoader:
-    DESCRIPTION = ("Loads the audio emotion detector: the emotion2vec_plus_large backbone (models/emotion2vec/) "
-                   "and MEMO's emotion classifier (misc/audio_emotion_classifier of a MEMO checkpoint).")
-    CATEGORY = CATEGORY_LOADERS
-    FUNCTION = "load"
-    RETURN_TYPES = (MEMO_EMOTION_MODEL,)
-    RETURN_NAMES = ("emotion_model",)
-    OUTPUT_TOOLTIPS = ("The emotion detector, for MEMO Emotion Detect.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "emotion2vec": combo(choices_or_hint(emotion2vec_choices, "emotion2vec", (host_mod.EMOTION2VEC_FOLDER,)),
-                                 "emotion2vec_plus_large folder under models/emotion2vec/ "
-                                 "(model.pt or model.safetensors, with its config.yaml)."),
-            "classifier_checkpoint": combo(choices_or_hint(lambda: _memo_with(CLASSIFIER_SUBDIR), "classifier_checkpoint",
-                                                           (host_mod.MEMO_FOLDER,)),
-                                           "The MEMO checkpoint whose misc/audio_emotion_classifier/ is used."),
-            "dtype": combo(DTYPES, "Weight dtype of both networks.", "fp32"),
-        }}
+    """The work of MEMO Emotion Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
 
     def load(self, emotion2vec, classifier_checkpoint, dtype="fp32"):
         from ..memo_pipeline.audio.emotion2vec import Emotion2Vec
@@ -294,26 +263,7 @@ class MemoEmotionModelLoader:
 
 
 class MemoFaceModelLoader:
-    DESCRIPTION = ("Loads MEMO's face models: the SCRFD detector (scrfd_10g_bnkps.onnx) and the ArcFace identity "
-                   "network (glintr100.onnx), from a MEMO checkpoint (misc/face_analysis/models/) or "
-                   "models/insightface/. The OpenCV Haar choice, listed only when OpenCV (cv2, 4.x or newer with its "
-                   "cascade classifier) is installed, needs no model files but cannot compute an identity.")
-    CATEGORY = CATEGORY_LOADERS
-    FUNCTION = "load"
-    RETURN_TYPES = (MEMO_FACE_MODEL,)
-    RETURN_NAMES = ("face_model",)
-    OUTPUT_TOOLTIPS = ("Face detector + identity embedder, for MEMO Face Crop / MEMO Face Embed.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_models": combo(safe_list(face_model_choices),
-                                 "Where scrfd_10g_bnkps.onnx and glintr100.onnx are: a MEMO checkpoint or a folder "
-                                 "under models/insightface/."),
-            "detection_size": int_input(640, 128, 1280, "Canvas side the detector runs at (multiple of 32); "
-                                        "640 as in MEMO. A model with a fixed input size ignores it.", 32),
-            "device": combo(["auto", "cpu"], "auto: onnxruntime's CUDA provider when installed, else the CPU.", "auto"),
-        }}
+    """The work of MEMO Face Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
 
     def load(self, face_models, detection_size=640, device="auto"):
         from ..memo_pipeline.face import FaceAnalyzer, find_face_models
@@ -338,9 +288,9 @@ class MemoFaceModelLoader:
         return (MemoFaceModel(analyzer, face_models),)
 
 
-NODE_CLASSES = {
-    "MemoModelLoader": (MemoModelLoader, "MEMO Model Loader"),
-    "MemoAudioEncoderLoader": (MemoAudioEncoderLoader, "MEMO Audio Encoder Loader"),
-    "MemoEmotionModelLoader": (MemoEmotionModelLoader, "MEMO Emotion Model Loader"),
-    "MemoFaceModelLoader": (MemoFaceModelLoader, "MEMO Face Model Loader"),
+IMPLEMENTATIONS = {  # node id -> (class doing the work, its method); nodes/comfy_nodes.py declares them
+    "MemoModelLoader": (MemoModelLoader, "load"),
+    "MemoAudioEncoderLoader": (MemoAudioEncoderLoader, "load"),
+    "MemoEmotionModelLoader": (MemoEmotionModelLoader, "load"),
+    "MemoFaceModelLoader": (MemoFaceModelLoader, "load"),
 }

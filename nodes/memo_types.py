@@ -1,18 +1,20 @@
 """The objects that travel between MEMO nodes, and their ComfyUI type names.
 
 ComfyUI's own types (IMAGE, AUDIO, VAE, ...) are used exactly as ComfyUI defines them; every
-object of ours has a ``MEMO_*`` type so it can never be wired into a core node by mistake.
+object of ours has a ``MEMO_*`` type (declared as a custom V3 type in comfy_nodes.py) so it can
+never be wired into a core node by mistake.
 These classes are plain data plus small checks; the work happens in ``memo_pipeline``.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..memo_pipeline.settings import num_clips
 
 MEMO_MODEL = "MEMO_MODEL"
 MEMO_AUDIO_ENCODER = "MEMO_AUDIO_ENCODER"
@@ -96,7 +98,7 @@ class MemoAudio:
 
     @property
     def num_clips(self) -> int:
-        return math.ceil(self.num_frames / self.frames_per_clip)
+        return num_clips(self.num_frames, self.frames_per_clip)
 
     def matching_cut(self, waveform: torch.Tensor, rate: int, input_name: str) -> torch.Tensor:
         """`waveform` `[C, N]` at `rate`, cut like this audio: unchanged when it is as long as the cut

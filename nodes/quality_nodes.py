@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import host as host_mod
-from .common import CATEGORY, comfy_audio, float_input, int_input, logger, single_image, user_errors
+from .common import CATEGORY, check_setting, comfy_audio, logger, single_image, user_errors
 from .memo_types import MEMO_EMOTION, MEMO_FACE_MODEL, MemoEmotion, MemoFaceModel, expect
 
 CATEGORY_QUALITY = f"{CATEGORY}/quality"
@@ -33,46 +33,7 @@ class _TrackTiming:
 
 
 class MemoQualityReport:
-    DESCRIPTION = ("Checks a generated video without watching it. Identity: ArcFace similarity of every frame's face "
-                   "to the reference face (per clip, minimum, drift; frames without a face are counted). Sync PROXY: "
-                   "mouth-region motion against the speech energy, cross-correlated; the lag of the peak shows an "
-                   "audio/video offset (a proxy, not SyncNet). Emotion: the labels used for generation as a "
-                   "timeline. Reads the frames (IMAGE) or the video file of MEMO Generate To File clip by clip.")
-    CATEGORY = CATEGORY_QUALITY
-    FUNCTION = "report"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("plot", "summary")
-    OUTPUT_TOOLTIPS = ("The report as a picture: identity over time with clip boundaries, the sync-proxy signals, "
-                       "the emotion band (connect a Preview Image).",
-                       "The report's numbers as JSON (see the README's 'Quality report' section).")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "face_model": (MEMO_FACE_MODEL, {"tooltip": "From MEMO Face Model Loader; needs SCRFD + ArcFace "
-                                                 "(scrfd_10g_bnkps.onnx, glintr100.onnx)."}),
-                "reference_image": ("IMAGE", {"tooltip": "The portrait the video was made from."}),
-                "audio": ("AUDIO", {"tooltip": "The speech the video was made from (the vocals if they were "
-                                    "separated), cut like the MEMO audio."}),
-                "fps": float_input(30.0, 1.0, 120.0, 0.01, "Frame rate of the frames (a video file's own rate "
-                                   "is used for a file)."),
-                "frames_per_clip": int_input(16, 1, 64, "Frames per clip used for generation (clip boundaries, "
-                                             "per-clip numbers)."),
-                "identity_every": int_input(1, 1, 1000, "Score the identity on every n-th frame only (ArcFace "
-                                            "is the slow part without a GPU); faces are still looked for in "
-                                            "every frame."),
-            },
-            "optional": {
-                "images": ("IMAGE", {"tooltip": "The generated frames (MEMO Sampler, or after MEMO Paste Back). "
-                                     "Give these or video_path."}),
-                "video_path": ("STRING", {"default": "", "tooltip": "A video file to read clip by clip instead of "
-                                          "frames: connect MEMO Generate To File's video_path."}),
-                "emotion": (MEMO_EMOTION, {"tooltip": "The emotion input given to the generator, for the "
-                                           "emotion timeline."}),
-            },
-        }
+    """The work of MEMO Quality Report; its inputs and outputs are declared in comfy_nodes.py."""
 
     def report(self, face_model, reference_image, audio, fps=30.0, frames_per_clip=16, identity_every=1,
                images=None, video_path="", emotion=None):
@@ -83,11 +44,11 @@ class MemoQualityReport:
         if not model.can_embed:
             raise ValueError(f"input 'face_model': '{model.name}' has no identity network; the report needs "
                              "scrfd_10g_bnkps.onnx + glintr100.onnx")
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ValueError(f"input 'fps' must be a positive number, got {fps!r}")
-        frames_per_clip, identity_every = int(frames_per_clip), int(identity_every)
-        if not 1 <= frames_per_clip <= 64 or identity_every < 1:
-            raise ValueError("inputs 'frames_per_clip' (1..64) and 'identity_every' (>= 1) are out of range")
+        fps = check_setting(fps, "fps")
+        frames_per_clip = check_setting(frames_per_clip, "frames_per_clip")
+        identity_every = int(identity_every)
+        if identity_every < 1:
+            raise ValueError(f"input 'identity_every' must be >= 1, got {identity_every}")
         path = (video_path or "").strip() if isinstance(video_path, str) else video_path
         if (images is None) == (not path):
             raise ValueError("connect either 'images' or 'video_path' (one of them, not both)")
@@ -135,6 +96,6 @@ class MemoQualityReport:
         return {"ui": {"text": [report.text()]}, "result": (plot, summary)}
 
 
-NODE_CLASSES = {
-    "MemoQualityReport": (MemoQualityReport, "MEMO Quality Report"),
+IMPLEMENTATIONS = {  # node id -> (class doing the work, its method); nodes/comfy_nodes.py declares them
+    "MemoQualityReport": (MemoQualityReport, "report"),
 }

@@ -14,7 +14,6 @@ the end of the audio (limit, Cancel or error), next to the part of the video alr
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,21 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from . import host as host_mod
-from .common import (
-    HIDDEN_WORKFLOW_INPUTS,
-    workflow_metadata,
-    CATEGORY_GENERATE,
-    MAX_SEED,
-    float_input,
-    frames_to_image,
-    int_input,
-    logger,
-    square_reference,
-    user_errors,
-)
+from .common import check_setting, frames_to_image, logger, square_reference, user_errors, workflow_metadata
 from .memo_types import (
     MEMO_AUDIO,
-    MEMO_CROP,
     MEMO_EMOTION,
     MEMO_FACE,
     MEMO_MODEL,
@@ -54,43 +41,6 @@ from ..memo_pipeline.streaming import STATE_SUFFIX  # the library's file rule
 
 
 
-def generation_inputs() -> dict:
-    """Inputs shared by MEMO Sampler and MEMO Generate To File."""
-    return {
-        "required": {
-            "memo_model": (MEMO_MODEL, {"tooltip": "From MEMO Model Loader."}),
-            "vae": ("VAE", {"tooltip": "The SD1.5 VAE MEMO uses (sd-vae-ft-mse), from Load VAE."}),
-            "reference_image": ("IMAGE", {"tooltip": "The portrait to animate (one image), resized to a square as "
-                                          "the official code does: a non-square picture is squashed, so crop it "
-                                          "first (MEMO Face Crop frames the face)."}),
-            "memo_audio": (MEMO_AUDIO, {"tooltip": "From MEMO Audio Encode; sets length, frame rate and clip size."}),
-            "face": (MEMO_FACE, {"tooltip": "Identity embedding from MEMO Face Crop or MEMO Face Embed."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                             "tooltip": "Noise seed (ignored when continuing from a state, which carries its own)."}),
-            "steps": int_input(20, 1, 200, "Denoising steps per clip (20 in MEMO)."),
-            "cfg": float_input(3.5, 0.0, 20.0, 0.1, "Classifier-free guidance scale (3.5 in MEMO); <= 1 runs a single "
-                               "conditional pass, about twice as fast."),
-            "past_frames": int_input(16, 1, 64, "Motion frames from the previous clip that condition the next "
-                                     "(16 in MEMO); the first clip uses the reference image this many times."),
-            "resolution": int_input(512, 8, 2048, "Side of the square video (a multiple of 8); MEMO was trained at 512.", 8),
-        },
-        "optional": {
-            "emotion": (MEMO_EMOTION, {"tooltip": "From MEMO Emotion Detect or MEMO Emotion Schedule; without it "
-                                       "every clip is 'neutral'."}),
-            "state": (MEMO_STATE, {"tooltip": "Continue a generation that stopped early (same audio, resolution "
-                                   "and clip size): its motion memory, last frames and noise generator."}),
-            "max_clips": int_input(0, 0, 100000, "Stop after this many clips (0 = until the audio ends); the state "
-                                   "output continues from there."),
-        },
-    }
-
-
-TORCH_COMPILE_INPUT = ("BOOLEAN", {"default": False, "tooltip": "Compile the diffusion net with torch.compile "
-                                   "(needs Triton on NVIDIA GPUs, a C++ compiler on CPUs). The first two clips pay the "
-                                   "compile time, later clips run faster: worth it for long audio. Same video within "
-                                   "rounding."})
-
-
 @dataclass
 class RunPlan:
     pipeline: object
@@ -105,7 +55,8 @@ class RunPlan:
     resolution: int
 
     @property
-    def num_clips(self) -> int:
+    def clips_in_run(self) -> int:
+        """Clips this run makes (of `audio.num_clips`, the library's clip count of the whole track)."""
         return self.stop_clip - self.first_clip
 
     @property
@@ -117,17 +68,10 @@ class RunPlan:
         return min(self.audio.num_frames, self.stop_clip * self.audio.frames_per_clip)
 
 
-def _check_int(value, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or not low <= value <= high:
-        raise ValueError(f"input '{name}' must be an integer in {low}..{high}, got {value!r}")
-    return int(value)
-
-
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                 emotion=None, state=None, max_clips=0, torch_compile=False) -> RunPlan:
     from ..memo_pipeline.compile import set_compiled
     from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
-    from ..memo_pipeline.reference import check_resolution
 
     model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
     audio = expect(memo_audio, MemoAudio, "memo_audio", MEMO_AUDIO)
@@ -136,15 +80,12 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
         expect(emotion, MemoEmotion, "emotion", MEMO_EMOTION)
     if state is not None:
         expect(state, MemoState, "state", MEMO_STATE)
-    seed = _check_int(seed, "seed", 0, MAX_SEED)
-    steps = _check_int(steps, "steps", 1, 10000)
-    past_frames = _check_int(past_frames, "past_frames", 1, 1024)
-    resolution = _check_int(resolution, "resolution", 8, 8192)
-    max_clips = _check_int(max_clips, "max_clips", 0, 10**9)
-    if not (isinstance(cfg, (int, float)) and math.isfinite(cfg) and cfg >= 0):
-        raise ValueError(f"input 'cfg' must be a finite number >= 0, got {cfg!r}")
-    with user_errors("input 'resolution'"):
-        check_resolution(resolution)
+    seed = check_setting(seed, "seed")
+    steps = check_setting(steps, "steps")
+    cfg = check_setting(cfg, "cfg", "guidance_scale")
+    past_frames = check_setting(past_frames, "past_frames")
+    resolution = check_setting(resolution, "resolution")
+    max_clips = check_setting(max_clips, "max_clips")
 
     models = model.models
     embedding = identity.embedding.detach().float().reshape(1, -1).cpu()
@@ -161,7 +102,7 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     stop_clip = MemoPipeline.clip_range(audio.num_clips, first_clip, max_clips).stop
 
     pixels = reference_pixels(square_reference(reference_image, resolution, "reference_image"))
-    settings = GenerationSettings(steps=steps, guidance_scale=float(cfg), frames_per_clip=audio.frames_per_clip,
+    settings = GenerationSettings(steps=steps, guidance_scale=cfg, frames_per_clip=audio.frames_per_clip,
                                   past_frames=past_frames, init_past_frames=past_frames, seed=seed, fps=audio.fps)
 
     pipeline = MemoPipeline(models, ComfyVAEBridge(vae))
@@ -220,10 +161,10 @@ def run_clips(plan: RunPlan):
     """
     host = host_mod.get_host()
     settings = plan.settings
-    total = plan.num_clips * settings.steps
+    total = plan.clips_in_run * settings.steps
     bar = host.progress(total)
     offset = plan.first_clip * settings.steps
-    estimate = RunEstimate(plan.num_clips, settings.steps) if host.compute_device().type == "cpu" else None
+    estimate = RunEstimate(plan.clips_in_run, settings.steps) if host.compute_device().type == "cpu" else None
 
     def on_step(info):
         bar.set_latent(info.done - offset, denoised_latent(info.latents, info.velocity, info.sigma_next))
@@ -239,7 +180,7 @@ def run_clips(plan: RunPlan):
 
     generator = plan.pipeline.generate(plan.pixels, plan.face, plan.audio.features, plan.labels, settings,
                                        state=plan.state, on_step=on_step, should_cancel=should_cancel,
-                                       max_clips=plan.num_clips)
+                                       max_clips=plan.clips_in_run)
 
     with plan.pipeline.models.load_on_demand(host.compute_device(), load_one):
         try:
@@ -263,23 +204,7 @@ def memo_state_from(clip, plan: RunPlan) -> MemoState:
 
 
 class MemoSampler:
-    DESCRIPTION = ("Generates the talking video: MEMO's memory-guided, emotion-aware diffusion, clip by clip, "
-                   "driven by the audio features. Returns all frames as an IMAGE batch (for Create Video), so the "
-                   "whole video is held in memory: for long audio use MEMO Generate To File.")
-    CATEGORY = CATEGORY_GENERATE
-    FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE", "FLOAT", MEMO_STATE, "AUDIO")
-    RETURN_NAMES = ("images", "fps", "state", "audio")
-    OUTPUT_TOOLTIPS = ("The generated frames, resolution x resolution.",
-                       "Frame rate of the video (from the audio encoding), for Create Video.",
-                       "Where this run stopped, to continue it in another sampler.",
-                       "The part of the audio under these frames, for Create Video.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        inputs = generation_inputs()
-        inputs["optional"]["torch_compile"] = TORCH_COMPILE_INPUT
-        return inputs
+    """The work of MEMO Sampler; its inputs and outputs are declared in comfy_nodes.py."""
 
     def sample(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                emotion=None, state=None, max_clips=0, torch_compile=False):
@@ -358,36 +283,7 @@ def _video_audio(audio, plan: RunPlan):
 
 
 class MemoGenerateToFile:
-    DESCRIPTION = ("Generates the talking video like MEMO Sampler but writes every clip to an H.264/AAC mp4 in the "
-                   "output folder as soon as it is decoded, so memory does not grow with the audio length: the node "
-                   "for long audio. Optionally pastes each clip back into the original picture. If the run stops "
-                   "early (max_clips, Cancel, an error) the frames written so far stay in the file and the state to "
-                   "continue is saved next to it (load it with MEMO Load State).")
-    CATEGORY = CATEGORY_GENERATE
-    FUNCTION = "generate"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "INT", MEMO_STATE)
-    RETURN_NAMES = ("video_path", "frame_count", "state")
-    OUTPUT_TOOLTIPS = ("Absolute path of the written mp4.", "Frames written.",
-                       "Where this run stopped, to continue it later.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        inputs = generation_inputs()
-        inputs["required"]["filename_prefix"] = ("STRING", {"default": "MEMO/memo", "tooltip": "Path of the video "
-                                                 "inside ComfyUI's output folder; a counter and .mp4 are appended."})
-        inputs["optional"].update({
-            "audio": ("AUDIO", {"tooltip": "Audio to put in the file (e.g. the original mix when the features come "
-                                "from separated vocals); default: the MEMO audio's own track. It may be cut (MEMO "
-                                "Audio Encode's 'audio' output) or whole: a whole track is cut like the MEMO audio, so "
-                                "the sound stays under the frames it drove."}),
-            "crop": (MEMO_CROP, {"tooltip": "With original_image: paste every clip back into the original picture."}),
-            "original_image": ("IMAGE", {"tooltip": "The picture MEMO Face Crop cut the portrait from."}),
-            "crf": int_input(18, 0, 51, "H.264 quality: lower is better and bigger (18 is visually lossless)."),
-            "torch_compile": TORCH_COMPILE_INPUT,
-        })
-        inputs["hidden"] = dict(HIDDEN_WORKFLOW_INPUTS)
-        return inputs
+    """The work of MEMO Generate To File; its inputs and outputs are declared in comfy_nodes.py."""
 
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
@@ -396,7 +292,7 @@ class MemoGenerateToFile:
 
         if (crop is None) != (original_image is None):
             raise ValueError("inputs 'crop' and 'original_image' go together: connect both to paste back, or neither")
-        crf = _check_int(crf, "crf", 0, 51)
+        crf = check_setting(crf, "crf")
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
                            resolution, emotion, state, max_clips, torch_compile)
         if crop is not None and crop.resolution != plan.resolution:
@@ -459,21 +355,7 @@ def state_files() -> list[str]:
 
 
 class MemoSaveState:
-    DESCRIPTION = "Saves a MEMO generation state to the output folder, to continue the generation in a later session."
-    CATEGORY = CATEGORY_GENERATE
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("state_path",)
-    OUTPUT_TOOLTIPS = ("Absolute path of the saved state.",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "state": (MEMO_STATE, {"tooltip": "From MEMO Sampler or MEMO Generate To File."}),
-            "filename_prefix": ("STRING", {"default": "MEMO/memo", "tooltip": "Path inside the output folder; a "
-                                "counter and .state.safetensors are appended."}),
-        }, "hidden": dict(HIDDEN_WORKFLOW_INPUTS)}
+    """The work of MEMO Save State; its inputs and outputs are declared in comfy_nodes.py."""
 
     def save(self, state, filename_prefix="MEMO/memo", prompt=None, extra_pnginfo=None):
         memo_state = expect(state, MemoState, "state", MEMO_STATE)
@@ -485,22 +367,10 @@ class MemoSaveState:
 
 
 class MemoLoadState:
-    DESCRIPTION = ("Loads a MEMO generation state saved in the output folder (by MEMO Save State, or by MEMO "
-                   "Generate To File when it stopped early), to continue that generation.")
-    CATEGORY = CATEGORY_GENERATE
-    FUNCTION = "load"
-    RETURN_TYPES = (MEMO_STATE,)
-    RETURN_NAMES = ("state",)
-    OUTPUT_TOOLTIPS = ("The state, for the state input of MEMO Sampler / MEMO Generate To File.",)
+    """The work of MEMO Load State; its inputs and outputs are declared in comfy_nodes.py."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "state_file": (state_files(), {"tooltip": "A *.state.safetensors file in the output folder."}),
-        }}
-
-    @classmethod
-    def IS_CHANGED(cls, state_file):
+    def fingerprint(self, state_file):
+        """Changes when the file does, so that ComfyUI reloads a state file written again under the same name."""
         try:
             path = _state_path(state_file)
             return f"{os.path.getmtime(path)}:{os.path.getsize(path)}"
@@ -522,9 +392,9 @@ def _state_path(state_file: str) -> str:
         raise ValueError(f"input 'state_file': {exc}") from exc
 
 
-NODE_CLASSES = {
-    "MemoSampler": (MemoSampler, "MEMO Sampler"),
-    "MemoGenerateToFile": (MemoGenerateToFile, "MEMO Generate To File"),
-    "MemoSaveState": (MemoSaveState, "MEMO Save State"),
-    "MemoLoadState": (MemoLoadState, "MEMO Load State"),
+IMPLEMENTATIONS = {  # node id -> (class doing the work, its method); nodes/comfy_nodes.py declares them
+    "MemoSampler": (MemoSampler, "sample"),
+    "MemoGenerateToFile": (MemoGenerateToFile, "generate"),
+    "MemoSaveState": (MemoSaveState, "save"),
+    "MemoLoadState": (MemoLoadState, "load"),
 }

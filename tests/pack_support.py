@@ -2,6 +2,8 @@
 
 * `load_pack()` imports the repository root the way ComfyUI imports a custom node: as a package
   (named after its folder) whose `nodes/` subpackage uses relative imports.
+* `comfy_nodes()` imports the pack's V3 declarations (nodes/comfy_nodes.py) with ComfyUI's real
+  `comfy_api`, taken from the ComfyUI at COMFYUI_PATH: skips without one, fails with a broken one.
 * `ComfyConventionVAE` stands in for ComfyUI's VAE object, which cannot be used in CI (no ComfyUI).
 * `build_models_dir()` lays out every model the shipped workflows name, with tiny random weights and
   small synthetic ONNX stand-ins for the face and vocal models, under the workflow's model names.
@@ -9,9 +11,11 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 import wave
@@ -45,6 +49,29 @@ def load_pack():
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+def comfy_nodes():
+    """The pack's nodes/comfy_nodes.py, importing ComfyUI's own comfy_api from COMFYUI_PATH.
+
+    No stand-in is ever used: without a ComfyUI the tests of the declarations skip (the work of
+    every node is tested through `nodes.IMPLEMENTATIONS` without ComfyUI); a COMFYUI_PATH whose
+    comfy_api does not import fails them. The ComfyUI folder goes last on sys.path, so it shadows
+    nothing of ours.
+    """
+    import pytest
+
+    root = os.environ.get("COMFYUI_PATH", "").strip()
+    if not root:
+        pytest.skip("the V3 node declarations need ComfyUI's comfy_api: set COMFYUI_PATH "
+                    "(scripts/setup_comfyui.sh DIR)")
+    if not (Path(root) / "comfy_api").is_dir():
+        raise RuntimeError(f"COMFYUI_PATH={root} has no comfy_api/ (ComfyUI 0.8.0 or later is needed)")
+    if root not in sys.path:
+        sys.path.append(root)
+    importlib.import_module("comfy_api.v0_0_2")
+    load_pack()
+    return importlib.import_module(f"{PACK_NAME}.nodes.comfy_nodes")
 
 
 class ComfyConventionVAE:

@@ -36,7 +36,7 @@ def test_models_report_their_limits(pipeline):
     (dict(face_embedding=torch.full((1, 512), float("nan"))), "finite"),
     (dict(audio=_audio(layers=3)), "3 layers x 16 channels, this checkpoint expects 2 x 16"),
     (dict(settings=GenerationSettings(**{**FAST, "frames_per_clip": 64})), "more than this checkpoint handles \\(32"),
-    (dict(settings=GenerationSettings(**{**FAST, "seed": -1})), "seed must be a whole number in 0..18446744073709551615"),
+    (dict(settings=GenerationSettings(**{**FAST, "seed": -1})), "seed must be >= 0 \\(a whole number in 0..18446744073709551615"),
     (dict(settings=GenerationSettings(**{**FAST, "seed": MAX_SEED + 1})), "seed must be"),
     (dict(settings=GenerationSettings(**{**FAST, "seed": 1.5})), "seed must be"),
     (dict(reference_image=reference_pixels(torch.rand(60, 60, 3))), "not a multiple of 8"),

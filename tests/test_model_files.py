@@ -296,17 +296,15 @@ def test_loaders_say_which_files_where_and_which_command(tmp_path):
         assert "lacks glintr100.onnx" in str(err.value) and "--only face" in str(err.value)
         # with nothing installed, ComfyUI rejects a workflow's value before the node runs ("Value not in
         # list") and prints the list: its one entry says what is missing, where, and the command
-        for node, name, feature in (("MemoModelLoader", "checkpoint", "core"), ("MemoAudioEncoderLoader", "audio_encoder", "core"),
-                                    ("MemoEmotionModelLoader", "emotion2vec", "emotion")):
-            (entry,) = getattr(loaders, node).INPUT_TYPES()["required"][name][0]
+        for options, feature in ((loaders.checkpoint_options, "core"), (loaders.audio_encoder_options, "core"),
+                                 (loaders.emotion2vec_options, "emotion")):
+            (entry,) = options()
             assert entry.startswith(loaders.NOT_FOUND) and f"models fetch --models {models} --only {feature}" in entry
             assert str(models) in entry
-        from comfyui_memo.nodes.audio_nodes import MemoVocalSeparation
-
-        (entry,) = MemoVocalSeparation.INPUT_TYPES()["required"]["model"][0]
+        (entry,) = loaders.vocal_model_options()
         assert "Kim_Vocal_2.onnx" in entry and "--only vocals" in entry
         with pytest.raises(ValueError, match="no model was found to pick from the list; needs the MEMO release"):
-            loaders.MemoModelLoader().load(loaders.MemoModelLoader.INPUT_TYPES()["required"]["checkpoint"][0][0])
+            loaders.MemoModelLoader().load(loaders.checkpoint_options()[0])
 
 
 def test_nothing_but_the_fetch_command_imports_the_fetcher():

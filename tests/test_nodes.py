@@ -6,8 +6,8 @@ way ComfyUI imports it (see pack_support.load_pack) and runs on a StandaloneHost
 roots point at a temporary models/ folder.
 """
 
-import importlib.util
 import inspect
+import json
 import math
 import sys
 from pathlib import Path
@@ -23,17 +23,28 @@ PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.pipeline import GenerationCancelled  # noqa: E402
 from comfyui_memo.memo_pipeline.vae import DiffusersVAE  # noqa: E402
 from comfyui_memo.memo_pipeline.video_io import read_video_info  # noqa: E402
-from comfyui_memo.nodes import common, host, memo_types, preview, vae_bridge  # noqa: E402
+from comfyui_memo.nodes import IMPLEMENTATIONS, common, host, implementation, memo_types, preview, vae_bridge  # noqa: E402
 
-NODES = PACK.NODE_CLASS_MAPPINGS
-NATIVE_TYPES = {"IMAGE", "AUDIO", "VAE", "INT", "FLOAT", "STRING", "BOOLEAN"}
+NODES = {name: cls for name, (cls, _method) in IMPLEMENTATIONS.items()}  # the classes doing the work
+NATIVE_TYPES = {"IMAGE", "AUDIO", "VAE", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "VIDEO"}
 HAAR = "opencv-haar (crop only, no identity)"
 
 
 def run(node_name, *args, **kwargs):
-    cls = NODES[node_name]
-    out = getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+    out = implementation(node_name)(*args, **kwargs)
     return out["result"] if isinstance(out, dict) else out
+
+
+def v3_classes(bound_host=None) -> dict:
+    """The V3 node classes (ComfyUI's real comfy_api from COMFYUI_PATH; skip without one), bound to `bound_host`."""
+    return {cls.GET_SCHEMA().node_id: cls for cls in S.comfy_nodes().node_classes(bound_host)}
+
+
+def combo_options(node_name, input_name, bound_host=None) -> list:
+    """A combo's options as ComfyUI lists them (through the V3 schema)."""
+    kind, options = v3_classes(bound_host)[node_name].INPUT_TYPES()["required"][input_name]
+    assert kind == "COMBO"
+    return options["options"]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -93,64 +104,123 @@ def sample(loaded_, vae_, encoded_, face_, **overrides):
 
 # ----------------------------------------------------------------------------- declarations
 
-def _declared_inputs(cls):
-    spec = cls.INPUT_TYPES()
-    assert set(spec) <= {"required", "optional", "hidden"}, cls
-    return spec.get("required", {}), spec.get("optional", {})
+FROZEN = json.loads((S.REPO / "tests" / "fixtures" / "workflows_v1" / "node_declarations_v1.json").read_text())
+# Changes made on purpose since the V1 declarations were frozen (issue 22): the one resolution rule
+# lets Face Crop go down to 8 like the sampler; Generate To File gains a VIDEO output after its old ones.
+INTENDED = {("MemoFaceCrop", "resolution", "min"): 8}
+ADDED_OUTPUTS = {"MemoGenerateToFile": (["VIDEO"], ["video"])}
+SETTING_OF_INPUT = {"cfg": "guidance_scale"}  # node inputs named unlike the library's setting
 
 
-@pytest.mark.parametrize("name", sorted(NODES))
-def test_node_declarations_are_complete_and_consistent(name, memo_host):
-    cls = NODES[name]
-    display = PACK.NODE_DISPLAY_NAME_MAPPINGS[name]
-    assert display.startswith("MEMO ") and cls.CATEGORY.split("/")[0] == "MEMO"
-    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
-    required, optional = _declared_inputs(cls)
-    for input_name, entry in {**required, **optional}.items():
-        assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, (name, input_name)
-        kind = entry[0]
-        assert isinstance(kind, list) or kind in NATIVE_TYPES or kind.startswith("MEMO_"), (name, input_name, kind)
-        assert entry[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
-        if kind in ("INT", "FLOAT"):
-            opts = entry[1]
-            assert opts["min"] <= opts["default"] <= opts["max"], (name, input_name)
-        if isinstance(kind, list) and "default" in entry[1]:
-            assert entry[1]["default"] in kind, (name, input_name)
-    for kind in cls.RETURN_TYPES:  # our objects never masquerade as native types
-        assert kind in NATIVE_TYPES or kind.startswith("MEMO_"), (name, kind)
-    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
-    function = getattr(cls, cls.FUNCTION)
-    params = inspect.signature(function).parameters
-    for input_name in {**required, **optional}:
-        assert input_name in params, f"{name}.{cls.FUNCTION} does not accept '{input_name}'"
-    for input_name, param in params.items():
-        if input_name == "self":
-            continue
-        hidden = cls.INPUT_TYPES().get("hidden", {})
-        assert input_name in required or input_name in optional or input_name in hidden, \
-            f"{name}: parameter {input_name} is not declared"
-        if input_name in optional or input_name in hidden:
-            assert param.default is not inspect.Parameter.empty, f"optional {name}.{input_name} needs a default"
-    assert not hasattr(cls, "IS_CHANGED") or name == "MemoLoadState", "loaders must be cached by ComfyUI"
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_v3_declarations_keep_every_v1_input_and_output(name, memo_host):
+    """Workflows saved with the V1 nodes load unchanged: same ids, input names and order, types, defaults,
+    ranges, tooltips and outputs (new outputs only after the old ones)."""
+    cls = v3_classes(memo_host)[name]
+    frozen = FROZEN[name]
+    schema = cls.GET_SCHEMA()
+    assert (schema.display_name, schema.category, schema.description) == (
+        frozen["display_name"], frozen["category"], frozen["description"])
+    assert bool(schema.is_output_node) == frozen["output_node"]
+    declared = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        now = declared.get(section, {})
+        assert list(now) == list(frozen[section]), (name, section)
+        for input_name, old in frozen[section].items():
+            kind, options = now[input_name]
+            assert kind == old["type"], (name, input_name)
+            for key, value in old.items():
+                if key in ("type", "options_from_model_folders"):
+                    continue
+                expected = INTENDED.get((name, input_name, key), value)
+                assert options.get(key) == expected, (name, input_name, key, options.get(key), expected)
+    added_types, added_names = ADDED_OUTPUTS.get(name, ([], []))
+    assert list(cls.RETURN_TYPES) == frozen["outputs"] + added_types
+    assert list(cls.RETURN_NAMES) == frozen["output_names"] + added_names
+    assert list(cls.OUTPUT_TOOLTIPS)[:len(frozen["output_tooltips"])] == frozen["output_tooltips"]
 
 
-def test_root_package_exports_all_nodes():
-    expected = {"MemoModelLoader", "MemoAudioEncoderLoader", "MemoAudioEncode", "MemoEmotionModelLoader",
-                "MemoEmotionDetect", "MemoEmotionSchedule", "MemoVocalSeparation", "MemoFaceModelLoader",
-                "MemoFaceCrop", "MemoFaceEmbed", "MemoPasteBack", "MemoSampler", "MemoGenerateToFile",
-                "MemoSaveState", "MemoLoadState", "MemoQualityReport"}
-    assert set(NODES) == expected == set(PACK.NODE_DISPLAY_NAME_MAPPINGS)
-    assert not host.in_comfyui()  # CI has no ComfyUI: comfy_adapter cannot import, the standalone host is used
+@pytest.mark.parametrize("name", sorted(IMPLEMENTATIONS))
+def test_v3_declarations_are_complete_and_run_their_implementation(name, memo_host):
+    comfy_nodes = S.comfy_nodes()
+    cls = v3_classes(memo_host)[name]
+    schema = cls.GET_SCHEMA()
+    assert schema.display_name.startswith("MEMO ") and schema.category.split("/")[0] == "MEMO"
+    assert isinstance(schema.description, str) and len(schema.description) > 40
+    custom = {t.io_type: t for t in comfy_nodes.CUSTOM_TYPES}
+    for item in schema.inputs + schema.outputs:
+        kind = item.get_io_type()
+        assert kind in NATIVE_TYPES or kind in custom, (name, item.id, kind)
+        if kind in custom:  # our objects are custom V3 types, never a native type name
+            assert item.Parent is custom[kind], (name, item.id)
+        assert item.tooltip, f"{name}.{item.id} has no tooltip"
+        if kind in ("INT", "FLOAT") and item in schema.inputs:
+            assert item.min <= item.default <= item.max, (name, item.id)
+        if kind == "COMBO" and item in schema.inputs and item.default is not None:
+            assert item.default in item.options, (name, item.id)
+    params = inspect.signature(implementation(name)).parameters
+    hidden = {h.name for h in schema.hidden}
+    for item in schema.inputs:
+        assert item.id in params, f"{name}: the implementation does not accept '{item.id}'"
+    for param_name, param in params.items():
+        assert param_name in {i.id for i in schema.inputs} | hidden, f"{name}: parameter {param_name} is not declared"
+        if param_name in hidden or any(i.id == param_name and i.optional for i in schema.inputs):
+            assert param.default is not inspect.Parameter.empty, f"optional {name}.{param_name} needs a default"
+    assert first_override(cls, "fingerprint_inputs") is None or name == "MemoLoadState", "loaders must be cached"
 
 
-def test_root_init_outside_a_package_registers_nothing():
+def first_override(cls, method):
+    from comfy_api.internal import first_real_override
+
+    return first_real_override(cls, method)
+
+
+def test_widgets_and_checks_follow_the_library_input_policy(memo_host):
+    """Every widget that is a generation setting has the library's default, min, max and step."""
+    from comfyui_memo.memo_pipeline.settings import LIMITS
+
+    seen = set()
+    for name, cls in v3_classes(memo_host).items():
+        for item in cls.GET_SCHEMA().inputs:
+            setting = SETTING_OF_INPUT.get(item.id, item.id)
+            if item.get_io_type() in ("INT", "FLOAT") and setting in LIMITS:
+                limit = LIMITS[setting]
+                assert (item.default, item.min, item.max, item.step) == (
+                    limit.default, limit.minimum, limit.maximum, limit.step), (name, item.id)
+                seen.add(setting)
+    assert seen == set(LIMITS)
+
+
+def test_the_extension_registers_all_nodes_bound_to_its_host(memo_host):
+    import asyncio
+
+    comfy_nodes = S.comfy_nodes()
+    extension = comfy_nodes.MemoExtension(memo_host)
+    classes = asyncio.run(extension.get_node_list())
+    assert {cls.GET_SCHEMA().node_id for cls in classes} == set(IMPLEMENTATIONS)
+    assert all(cls.HOST is memo_host for cls in classes) and comfy_nodes.MemoNode.HOST is None
+    with host.use_host(host.StandaloneHost()):  # the bound host wins over the caller's
+        (loader,) = [c for c in classes if c.GET_SCHEMA().node_id == "MemoModelLoader"]
+        assert loader.INPUT_TYPES()["required"]["checkpoint"][1]["options"] == ["memo/memo"]
+
+
+def test_root_package_has_only_the_v3_entry():
+    """ComfyUI takes the V1 route when NODE_CLASS_MAPPINGS exists, so the pack must not define it."""
+    assert not hasattr(PACK, "NODE_CLASS_MAPPINGS") and callable(PACK.comfy_entrypoint)
+    assert set(IMPLEMENTATIONS) == {
+        "MemoModelLoader", "MemoAudioEncoderLoader", "MemoAudioEncode", "MemoEmotionModelLoader", "MemoEmotionDetect",
+        "MemoEmotionSchedule", "MemoVocalSeparation", "MemoFaceModelLoader", "MemoFaceCrop", "MemoFaceEmbed",
+        "MemoPasteBack", "MemoSampler", "MemoGenerateToFile", "MemoSaveState", "MemoLoadState", "MemoQualityReport"}
+    assert isinstance(host.get_host(), host.StandaloneHost)  # no host is chosen by importing the pack
+
+
+def test_root_init_outside_a_package_refuses_to_register():
+    import asyncio
     import runpy
 
-    assert runpy.run_path(str(S.REPO / "__init__.py"))["NODE_CLASS_MAPPINGS"] == {}
-    spec = importlib.util.spec_from_file_location("loose_memo_init", S.REPO / "__init__.py")
-    module = importlib.util.module_from_spec(spec)  # not registered in sys.modules
-    spec.loader.exec_module(module)
-    assert module.NODE_CLASS_MAPPINGS == {} and module.NODE_DISPLAY_NAME_MAPPINGS == {}
+    entry = runpy.run_path(str(S.REPO / "__init__.py"))["comfy_entrypoint"]
+    with pytest.raises(ImportError, match="imported as a package"):
+        asyncio.run(entry())
 
 
 def test_nodes_package_never_imports_comfyui_directly():
@@ -158,9 +228,8 @@ def test_nodes_package_never_imports_comfyui_directly():
     import ast
 
     banned = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "nodes", "server", "execution", "latent_preview"}
+    allowed = {"comfy_adapter.py": banned, "comfy_nodes.py": {"comfy_api"}}  # ComfyUI's host; the V3 declarations
     for path in list((S.REPO / "nodes").glob("*.py")) + [S.REPO / "__init__.py"]:
-        if path.name == "comfy_adapter.py":
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
@@ -168,7 +237,7 @@ def test_nodes_package_never_imports_comfyui_directly():
                 roots = {(node.module or "").split(".")[0]}
             else:
                 continue
-            assert not roots & banned, f"{path.name}:{node.lineno} imports {roots & banned}"
+            assert not roots & (banned - allowed.get(path.name, set())), f"{path.name}:{node.lineno} imports {roots}"
 
 
 # ----------------------------------------------------------------------------- host
@@ -212,6 +281,28 @@ def test_standalone_host_answers_what_comfyui_would():
     assert isinstance(host.get_host(), host.StandaloneHost) and issubclass(host.StandaloneHost, host.Host)
 
 
+def test_host_is_chosen_by_the_caller_and_belongs_to_the_context():
+    """No module-level host: `use_host` sets it for the running context only, nested blocks restore it,
+    and another thread does not see it; host.py does not import the ComfyUI side."""
+    import ast
+    import threading
+
+    first, second = host.StandaloneHost(), host.StandaloneHost()
+    with host.use_host(first):
+        with host.use_host(second):
+            assert host.get_host() is second
+        assert host.get_host() is first
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(host.get_host()))
+        thread.start()
+        thread.join()
+        assert seen[0] is not first
+    assert host.get_host() not in (first, second) and host.get_host() is not host.get_host()
+    imports = [n for n in ast.walk(ast.parse((S.REPO / "nodes" / "host.py").read_text()))
+               if isinstance(n, ast.ImportFrom) and n.level]
+    assert all(n.module != "comfy_adapter" for n in imports)
+
+
 def test_standalone_host_without_roots_gives_a_clear_error():
     with host.use_host(host.StandaloneHost()):
         with pytest.raises(ValueError, match="input 'checkpoint'.*no 'memo' model folder is known outside ComfyUI"):
@@ -240,8 +331,7 @@ def test_model_lists_come_from_the_host_roots(memo_host):
     assert loaders.emotion2vec_choices() == ["emotion2vec/emotion2vec_plus_large"]
     assert loaders.face_model_choices() == ["memo/memo", HAAR]
     assert loaders.vocal_model_choices() == ["memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx"]
-    spec = NODES["MemoModelLoader"].INPUT_TYPES()["required"]
-    assert spec["checkpoint"][0] == ["memo/memo"]
+    assert loaders.checkpoint_options() == ["memo/memo"]
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -426,7 +516,7 @@ def test_face_nodes_without_a_face(tmp_path, loaded):
         run("MemoFaceEmbed", blind, S.portrait(), 0, "error")
     for caught in (crop_error, embed_error):  # the message names the option that goes on, and its value
         assert "no_face" in str(caught.value) and "'continue without identity'" in str(caught.value)
-        assert "continue without identity" in NODES["MemoFaceCrop"].INPUT_TYPES()["required"]["no_face"][0]
+        assert "continue without identity" in sys.modules[f"{PACK.__name__}.nodes.face_nodes"].NO_FACE_CHOICES
         assert "cropping the picture closer to the face" in str(caught.value)
     assert "crop the whole picture" in str(crop_error.value) and "MEMO Face Crop" in str(embed_error.value)
     image, crop, identity = run("MemoFaceCrop", blind, S.portrait(96, 128), 64, 2.5, 0.25, 0, "continue without identity")
@@ -437,6 +527,14 @@ def test_face_nodes_without_a_face(tmp_path, loaded):
         run("MemoFaceEmbed", loaded["face_model"], S.portrait(), 1, "error")
     with pytest.raises(ValueError, match="batch of 2 images"):
         run("MemoFaceEmbed", loaded["face_model"], torch.rand(2, 64, 64, 3), 0, "error")
+
+
+@pytest.mark.parametrize("resolution, message", [(60, "not a multiple of 8"), (2056, "<= 2048"), (0, ">= 8")])
+def test_face_crop_names_the_resolution_input(loaded, resolution, message):
+    with pytest.raises(ValueError, match=f"^input 'resolution'.*{message}"):
+        run("MemoFaceCrop", loaded["face_model"], S.portrait(), resolution, 2.5, 0.25, 0, "error")
+    image, crop, _ = run("MemoFaceCrop", loaded["face_model"], S.portrait(), 8, 2.5, 0.25, 0, "error")
+    assert image.shape == (1, 8, 8, 3) and crop.resolution == 8  # the one resolution rule: 8 works, as in the sampler
 
 
 def test_haar_face_model_crops_without_identity(memo_host):
@@ -455,7 +553,9 @@ def haar_module(monkeypatch):
 
 
 def _face_choices():
-    return NODES["MemoFaceModelLoader"].INPUT_TYPES()["required"]["face_models"][0]
+    from comfyui_memo.nodes import loaders
+
+    return loaders.face_model_options()
 
 
 def test_haar_choice_is_offered_only_when_opencv_can_run_it(memo_host, haar_module, monkeypatch, tmp_path):
@@ -651,7 +751,11 @@ def test_sampler_emotion_changes_the_video(loaded, vae, encoded, face, memo_host
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"resolution": 68}, r"input 'resolution': .*multiple of 8"),
+    ({"resolution": 68}, r"input 'resolution' 68 is not a multiple of 8"),
+    ({"steps": 201}, r"input 'steps' must be <= 200"),
+    ({"past_frames": 65}, r"input 'past_frames' must be <= 64"),
+    ({"resolution": 2056}, r"input 'resolution' must be <= 2048"),
+    ({"seed": 7.0}, r"input 'seed' must be a whole number"),
     ({"cfg": float("nan")}, r"input 'cfg'"),
     ({"steps": 0}, r"input 'steps'"),
     ({"reference_image": torch.rand(2, 64, 64, 3)}, r"reference_image' is a batch of 2"),
@@ -662,6 +766,47 @@ def test_sampler_emotion_changes_the_video(loaded, vae, encoded, face, memo_host
 def test_sampler_rejects_bad_inputs(loaded, vae, encoded, face, memo_host, overrides, message):
     with pytest.raises(ValueError, match=message):
         sample(loaded, vae, encoded, face, **overrides)
+
+
+def _bounds(limit):
+    below, above = limit.minimum - limit.step, limit.maximum + limit.step
+    return [limit.minimum, limit.maximum, below, above]
+
+
+@pytest.mark.parametrize("input_name", ["seed", "steps", "cfg", "past_frames", "resolution", "max_clips"])
+def test_sampler_checks_accept_and_refuse_what_the_library_does(loaded, vae, encoded, face, memo_host, input_name):
+    """At and just past every bound, the node refuses exactly when the library does (GenerationSettings.validate
+    and check_inputs for the settings, the one resolution rule, the max_clips limit)."""
+    from comfyui_memo.memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
+    from comfyui_memo.memo_pipeline.settings import LIMITS, check_resolution
+    from comfyui_memo.nodes import sampler as sampler_module
+
+    setting = SETTING_OF_INPUT.get(input_name, input_name)
+    base = dict(memo_model=loaded["model"], vae=vae, reference_image=face[0], memo_audio=encoded[0], face=face[2],
+                seed=7, steps=2, cfg=3.5, past_frames=2, resolution=64)
+    for value in _bounds(LIMITS[setting]):
+        try:
+            sampler_module.prepare_run(**{**base, input_name: value})
+            node_ok = True
+        except ValueError:
+            node_ok = False
+        try:
+            if setting == "max_clips":
+                LIMITS["max_clips"].check(value, "max_clips")
+            elif setting == "resolution":
+                check_resolution(value)
+            else:
+                fields = dict(steps=2, guidance_scale=3.5, frames_per_clip=4, past_frames=2, init_past_frames=2, seed=7,
+                              fps=10.0)
+                fields.update({setting: value, **({"init_past_frames": value} if setting == "past_frames" else {})})
+                settings = GenerationSettings(**fields)
+                pipeline = MemoPipeline(loaded["model"].models, vae_bridge.ComfyVAEBridge(vae))
+                pipeline.check_inputs(reference_pixels(torch.rand(64, 64, 3)), face[2].embedding,
+                                      encoded[0].features, None, settings, None)
+            library_ok = True
+        except ValueError:
+            library_ok = False
+        assert node_ok == library_ok, (input_name, value, node_ok, library_ok)
 
 
 def test_sampler_refuses_a_mismatched_audio_encoder(loaded, vae, encoded, face, memo_host):
@@ -718,6 +863,20 @@ def _decode_video(path):
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]) \
             .astype(np.float32)
+
+
+def test_generate_to_file_v3_node_outputs_a_native_video(loaded, vae, encoded, face, memo_host):
+    """Through the V3 class: the V1 outputs first, then a VIDEO (comfy_api's VideoFromFile) of the same file."""
+    node = v3_classes(memo_host)["MemoGenerateToFile"]  # skips without ComfyUI
+    from comfy_api.v0_0_2 import InputImpl
+
+    out = node.execute(memo_model=loaded["model"], vae=vae, reference_image=face[0], memo_audio=encoded[0],
+                       face=face[2], seed=7, steps=1, cfg=3.5, past_frames=2, resolution=64,
+                       filename_prefix="MEMO/v3")
+    path, frames, state, video = out.args
+    assert isinstance(video, InputImpl.VideoFromFile) and video.get_stream_source() == path
+    assert video.get_dimensions() == (64, 64) and frames == 12 and state.next_clip == 3
+    assert out.ui["images"][0]["filename"] == Path(path).name
 
 
 def test_generate_to_file_pastes_back(loaded, vae, encoded, face, memo_host):
@@ -785,7 +944,9 @@ def test_generate_to_file_keeps_work_when_cancelled_and_resumes(loaded, vae, enc
     assert not [p for p in (output / "MEMO").iterdir() if p.name.endswith(".part")]
 
     with host.use_host(host.StandaloneHost(models_root, output_dir=output)):
-        assert NODES["MemoLoadState"].INPUT_TYPES()["required"]["state_file"][0] == ["MEMO/long_00001_.state.safetensors"]
+        from comfyui_memo.nodes import sampler as sampler_module
+
+        assert sampler_module.state_files() == ["MEMO/long_00001_.state.safetensors"]
         (state,) = run("MemoLoadState", "MEMO/long_00001_.state.safetensors")
         assert state.next_clip == 2 and state.resolution == 64
         out = generate_to_file(loaded, vae, encoded, face, filename_prefix="MEMO/long", state=state)
@@ -868,9 +1029,9 @@ def _pack_compile_with(monkeypatch, backend):
 
 
 def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encoded, face, memo_host, monkeypatch):
+    assert FROZEN["MemoSampler"]["optional"]["torch_compile"]["default"] is False  # declared as before (V3 test)
     for name in ("MemoSampler", "MemoGenerateToFile"):
-        kind, options = PACK.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["optional"]["torch_compile"]
-        assert kind == "BOOLEAN" and options["default"] is False and "torch.compile" in options["tooltip"]
+        assert inspect.signature(implementation(name)).parameters["torch_compile"].default is False
     _pack_compile_with(monkeypatch, "eager")
     net = loaded["model"].models.diffusion_net
     plain = sample(loaded, vae, encoded, face)[0]

@@ -13,6 +13,7 @@ import av
 import pytest
 from safetensors import safe_open
 
+import pack_support as S
 from test_nodes import (  # noqa: F401 - fixtures
     NODES, PACK, encoded, face, generate_to_file, loaded, memo_host, models_root, run, sample, speech, vae)
 from comfyui_memo.memo_pipeline.video_io import VideoWriter, read_video_metadata, write_video  # noqa: E402
@@ -27,10 +28,17 @@ EXTRA = {"workflow": WORKFLOW, "note": ["any", {"json": None}]}
 
 
 def test_node_declarations_take_the_hidden_inputs():
+    """V3 output nodes get ComfyUI's hidden prompt and workflow; the file writers pass them on."""
+    import inspect
+
+    from comfyui_memo.nodes import implementation
+
+    classes = {cls.GET_SCHEMA().node_id: cls for cls in S.comfy_nodes().node_classes()}
     for name in ("MemoGenerateToFile", "MemoSaveState"):
-        assert NODES[name].INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
-    for name, cls in NODES.items():  # the other nodes write no file
-        if name not in ("MemoGenerateToFile", "MemoSaveState"):
+        assert classes[name].INPUT_TYPES()["hidden"] == {"prompt": ("PROMPT",), "extra_pnginfo": ("EXTRA_PNGINFO",)}
+        assert {"prompt", "extra_pnginfo"} <= set(inspect.signature(implementation(name)).parameters)
+    for name, cls in classes.items():  # the other nodes write no file (Quality Report is an output node only)
+        if name not in ("MemoGenerateToFile", "MemoSaveState", "MemoQualityReport"):
             assert "hidden" not in cls.INPUT_TYPES(), name
 
 
@@ -96,15 +104,11 @@ def test_save_state_writes_prompt_and_workflow(loaded, vae, encoded, face, memo_
     assert loaded_state.next_clip == 1
 
 
-def test_disable_metadata_is_honoured(monkeypatch):
-    class Adapter:
-        @staticmethod
-        def metadata_disabled():
+def test_disable_metadata_is_honoured():
+    class NoMetadataHost(host.StandaloneHost):  # what ComfyHost answers under --disable-metadata
+        def metadata_disabled(self):
             return True
 
-    import sys
-
-    monkeypatch.setattr(host, "in_comfyui", lambda: True)
-    monkeypatch.setitem(sys.modules, f"{PACK.__name__}.nodes.comfy_adapter", Adapter)
-    monkeypatch.setattr(sys.modules[f"{PACK.__name__}.nodes"], "comfy_adapter", Adapter, raising=False)
-    assert common.workflow_metadata(PROMPT, EXTRA) is None
+    with host.use_host(NoMetadataHost()):
+        assert common.workflow_metadata(PROMPT, EXTRA) is None
+    assert common.workflow_metadata(PROMPT, None) == {"prompt": PROMPT}

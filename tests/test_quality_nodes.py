@@ -15,7 +15,7 @@ from comfyui_memo.memo_pipeline.face import FaceAnalyzer  # noqa: E402
 from comfyui_memo.memo_pipeline.video_io import write_video  # noqa: E402
 from comfyui_memo.nodes import host, memo_types  # noqa: E402
 
-NODE = PACK.NODE_CLASS_MAPPINGS["MemoQualityReport"]
+from comfyui_memo.nodes.quality_nodes import MemoQualityReport as NODE  # noqa: E402
 RATE = 22050
 
 

@@ -1,5 +1,6 @@
 """The shipped workflows: up to date with their generator, structurally valid in both formats, and
-executable node by node on tiny models (without ComfyUI).
+executable node by node on tiny models (without ComfyUI). The checks against the node declarations
+read the V3 schemas, so they need ComfyUI's comfy_api (COMFYUI_PATH) and skip without it.
 
 Core ComfyUI nodes are checked against `CORE_NODES` below, copied by hand from ComfyUI 0.8.0
 (nodes.py: LoadImage, VAELoader; comfy_extras/nodes_audio.py: LoadAudio; comfy_extras/nodes_video.py:
@@ -20,9 +21,10 @@ from support import need
 
 PACK = S.load_pack()
 from comfyui_memo.memo_pipeline.video_io import VideoWriter, read_video_info  # noqa: E402
-from comfyui_memo.nodes import host  # noqa: E402
+from comfyui_memo.nodes import IMPLEMENTATIONS, host, implementation  # noqa: E402
 
 WORKFLOWS = S.REPO / "workflows"
+FROZEN = S.REPO / "tests" / "fixtures" / "workflows_v1"  # the files as released with the V1 nodes
 NAMES = ["memo_talking_video", "memo_schedule_paste_back", "memo_long_audio_to_file"]
 
 # name -> {"required": {input: type}, "optional": {...}, "outputs": [types]}; COMBO values where fixed.
@@ -50,15 +52,21 @@ def node_schema(class_type: str) -> dict:
     """{"required": {name: type-or-choices}, "optional": {...}, "outputs": [types], "options": {name: dict}}."""
     if class_type in CORE_NODES:
         return {**CORE_NODES[class_type], "options": {}}
-    cls = PACK.NODE_CLASS_MAPPINGS[class_type]
+    cls = pack_nodes()[class_type]  # the V3 class, read through its V1 view as the frontend does
     declared = cls.INPUT_TYPES()
     schema = {"outputs": list(cls.RETURN_TYPES), "options": {}}
     for section in ("required", "optional"):
         schema[section] = {}
         for name, entry in declared.get(section, {}).items():
-            schema[section][name] = entry[0]
-            schema["options"][name] = entry[1] if len(entry) > 1 else {}
+            options = entry[1] if len(entry) > 1 else {}
+            schema[section][name] = options["options"] if entry[0] == "COMBO" else entry[0]
+            schema["options"][name] = options
     return schema
+
+
+def pack_nodes() -> dict:
+    """The pack's V3 node classes by id (needs ComfyUI's comfy_api: skips without COMFYUI_PATH)."""
+    return {cls.GET_SCHEMA().node_id: cls for cls in S.comfy_nodes().node_classes()}
 
 
 def input_type(schema: dict, name: str):
@@ -72,18 +80,20 @@ def test_workflow_files_exist_in_both_formats(name):
 
 
 def test_workflow_files_are_what_the_generator_writes():
+    S.comfy_nodes()  # the generator reads the V3 declarations: skip without ComfyUI
     generator = _load_generator()
     for filename, text in generator.render_all().items():
         assert (WORKFLOWS / filename).read_text() == text, f"{filename} is stale: run python workflows/make_workflows.py"
     assert set(generator.CORE_NODES) == set(CORE_NODES)
 
 
+@pytest.mark.parametrize("folder", [WORKFLOWS, FROZEN], ids=["shipped", "frozen_v1"])
 @pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_uses_existing_nodes_and_inputs(name):
-    prompt = S.json_file(WORKFLOWS / "api" / f"{name}_api.json")
+def test_api_workflow_uses_existing_nodes_and_inputs(name, folder):
+    prompt = S.json_file(folder / "api" / f"{name}_api.json")
     for node_id, node in prompt.items():
         class_type = node["class_type"]
-        assert class_type in PACK.NODE_CLASS_MAPPINGS or class_type in CORE_NODES, f"unknown node {class_type}"
+        assert class_type in IMPLEMENTATIONS or class_type in CORE_NODES, f"unknown node {class_type}"
         schema = node_schema(class_type)
         declared = {**schema["required"], **schema["optional"]}
         assert set(node["inputs"]) <= set(declared), (node_id, set(node["inputs"]) - set(declared))
@@ -122,11 +132,13 @@ def _is_model_list(class_type: str, input_name: str) -> bool:
                           "state_file"}
 
 
+@pytest.mark.parametrize("folder", [WORKFLOWS, FROZEN], ids=["shipped", "frozen_v1"])
 @pytest.mark.parametrize("name", NAMES)
-def test_editor_workflow_is_consistent_and_matches_the_api_file(name):
-    """Re-derive the API prompt from the editor file (widget order + link table) and compare."""
-    editor = S.json_file(WORKFLOWS / f"{name}.json")
-    api = S.json_file(WORKFLOWS / "api" / f"{name}_api.json")
+def test_editor_workflow_is_consistent_and_matches_the_api_file(name, folder):
+    """Re-derive the API prompt from the editor file (widget order + link table) and compare; the files
+    frozen from the V1 release must still match the (V3) declarations."""
+    editor = S.json_file(folder / f"{name}.json")
+    api = S.json_file(folder / "api" / f"{name}_api.json")
     assert editor["version"] == 0.4 and editor["last_node_id"] == max(n["id"] for n in editor["nodes"])
     links = {link[0]: link for link in editor["links"]}
     assert editor["last_link_id"] == max(links)
@@ -344,12 +356,10 @@ def execute(prompt: dict, core: CoreStandIns) -> dict:
             if node["class_type"] in CORE_NODES:
                 out = getattr(core, node["class_type"])(**kwargs)
             else:
-                cls = PACK.NODE_CLASS_MAPPINGS[node["class_type"]]
-                out = getattr(cls(), cls.FUNCTION)(**kwargs)
+                out = implementation(node["class_type"])(**kwargs)
                 if isinstance(out, dict):
                     assert set(out) == {"ui", "result"}
                     out = out["result"]
-                assert len(out) == len(cls.RETURN_TYPES), node["class_type"]
             results[nid] = out
     return results
 

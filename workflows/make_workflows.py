@@ -26,8 +26,11 @@ Widget order and types of our nodes come from their INPUT_TYPES; the core nodes 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import importlib.util
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -293,7 +296,7 @@ def saved_view(boxes) -> dict:
 # ------------------------------------------------------------------ node descriptions
 
 def load_pack():
-    """Import the pack the way ComfyUI does (a package named after its folder), without ComfyUI."""
+    """Import the pack the way ComfyUI does (a package named after its folder)."""
     name = "comfyui_memo_workflows"
     if name in sys.modules:
         return sys.modules[name]
@@ -305,6 +308,17 @@ def load_pack():
     return module
 
 
+@functools.cache
+def node_classes(pack) -> dict:
+    """The pack's V3 node classes by id (their V1 view gives widget order and types). They need
+    ComfyUI's comfy_api: run this script with COMFYUI_PATH set, or with ComfyUI's Python."""
+    root = os.environ.get("COMFYUI_PATH", "").strip()
+    if root and root not in sys.path:
+        sys.path.append(root)
+    comfy_nodes = importlib.import_module(pack.__name__ + ".nodes.comfy_nodes")
+    return {cls.GET_SCHEMA().node_id: cls for cls in comfy_nodes.node_classes()}
+
+
 def node_spec(node_type: str, pack) -> dict:
     """{"inputs": [(name, type, kind)], "outputs": [(name, type)], "extra_widgets": [...], "seed": {names}}."""
     if node_type in CORE_NODES:
@@ -312,7 +326,7 @@ def node_spec(node_type: str, pack) -> dict:
         spec.setdefault("extra_widgets", [])
         spec["control"] = set()
         return spec
-    cls = pack.NODE_CLASS_MAPPINGS[node_type]
+    cls = node_classes(pack)[node_type]
     declared = cls.INPUT_TYPES()
     inputs, control = [], set()
     for section in ("required", "optional"):
@@ -436,7 +450,7 @@ def _widget_default(node_type: str, input_name: str, pack):
     """Value the editor keeps for a widget that was turned into a linked input."""
     if node_type == "CreateVideo" and input_name == "fps":
         return 30.0
-    spec = pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()
+    spec = node_classes(pack)[node_type].INPUT_TYPES()
     for section in ("required", "optional"):
         if input_name in spec.get(section, {}):
             return spec[section][input_name][1].get("default")

@@ -21,6 +21,7 @@ from .detection import Face
 from .errors import FaceImageError
 from .image import as_rgb_image
 from ..image_ops import resize_frames
+from ..settings import check_resolution
 
 DEFAULT_SCALE = 2.5
 DEFAULT_SHIFT_Y = 0.25
@@ -79,12 +80,6 @@ class CropInfo:
             raise ValueError(f"not a crop info record: {data!r} ({exc})") from exc
 
 
-def _check_resolution(resolution: int) -> int:
-    if int(resolution) != resolution or resolution < 64 or resolution % 8:
-        raise ValueError(f"resolution must be an integer multiple of 8 and at least 64, got {resolution}")
-    return int(resolution)
-
-
 def face_crop_info(
     face: Face,
     image_width: int,
@@ -114,7 +109,7 @@ def face_crop_info(
         size=size,
         image_width=int(image_width),
         image_height=int(image_height),
-        resolution=_check_resolution(resolution),
+        resolution=check_resolution(resolution),
         scale=float(scale),
         face_box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
     )
@@ -133,7 +128,7 @@ def whole_image_crop_info(image_width: int, image_height: int, resolution: int =
         size=size,
         image_width=int(image_width),
         image_height=int(image_height),
-        resolution=_check_resolution(resolution),
+        resolution=check_resolution(resolution),
         scale=1.0,
     )
 

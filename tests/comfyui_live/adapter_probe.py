@@ -23,13 +23,24 @@ def boot(comfy_dir, base_dir):
 
 
 def import_pack(pack_dir):
-    """The pack imported as ComfyUI imports it (a package; its __init__ registers the model folders)."""
+    """The pack imported as ComfyUI imports it (a package), once."""
+    if PACK in sys.modules:
+        return sys.modules[PACK]
     spec = importlib.util.spec_from_file_location(PACK, os.path.join(pack_dir, "__init__.py"),
                                                   submodule_search_locations=[pack_dir])
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK] = pack
     spec.loader.exec_module(pack)
     return pack
+
+
+def comfy_extension(pack):
+    """What ComfyUI gets from the pack's V3 entry: the extension and its host, after get_node_list ran."""
+    import asyncio
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    asyncio.run(extension.get_node_list())
+    return extension
 
 
 # ---------------------------------------------------------------- helpers the checks need (ComfyUI's own API)
@@ -90,12 +101,11 @@ def check_adapter(pack_dir, base_dir):
     out = {}
 
     core_audio_paths = list(folder_paths.folder_names_and_paths["audio_encoders"][0])
-    import_pack(pack_dir)
+    extension = comfy_extension(import_pack(pack_dir))
     from memo_probe_pack.nodes import comfy_adapter, comfy_helpers, host as host_mod
-    host = host_mod.get_host()
-    out["host"] = [type(host).__name__, host.name, host_mod.in_comfyui()]
-    host.register_model_folders()
-    host.register_model_folders()
+    host = extension.host
+    out["host"] = [type(host).__name__, host.name, isinstance(host, comfy_adapter.ComfyHost)]
+    host.register_model_folders()  # get_node_list registered them once already: idempotent
     fnp = folder_paths.folder_names_and_paths
     out["folders"] = {name: [list(fnp[name][0]), sorted(fnp[name][1])] for name in comfy_adapter.MODEL_FOLDERS}
     out["audio_encoders_kept_core_paths"] = fnp["audio_encoders"][0][:len(core_audio_paths)] == core_audio_paths
@@ -260,14 +270,13 @@ def check_vram(pack_dir, base_dir, bundle):
     os.makedirs(os.path.join(models_dir, "emotion2vec", "e2v"))
     for name in ("model.safetensors", "config.yaml"):
         shutil.copy(os.path.join(os.path.dirname(bundle["emotion2vec"]), name), os.path.join(models_dir, "emotion2vec", "e2v"))
-    pack = import_pack(pack_dir)
-    from memo_probe_pack.nodes import host as host_mod, memo_types
-    host = host_mod.get_host()
-    nodes = pack.NODE_CLASS_MAPPINGS
+    extension = comfy_extension(import_pack(pack_dir))
+    from memo_probe_pack.nodes import host as host_mod, implementation, memo_types
+    host = extension.host
 
     def run(name, *args, **kwargs):
-        cls = nodes[name]
-        result = getattr(cls(), cls.FUNCTION)(*args, **kwargs)
+        with host_mod.use_host(host):  # as the extension's node classes run them
+            result = implementation(name)(*args, **kwargs)
         return result["result"] if isinstance(result, dict) else result
 
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.comfyui
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = live.REPO_ROOT / "workflows"
+FROZEN = live.REPO_ROOT / "tests" / "fixtures" / "workflows_v1"  # as released with the V1 nodes, never regenerated
 NAMES = ["memo_talking_video", "memo_schedule_paste_back", "memo_long_audio_to_file"]
 # node that writes the mp4, and its frame size at 64x64 sampling
 VIDEO_NODE = {"memo_talking_video": (13, 64), "memo_schedule_paste_back": (13, 128),
@@ -47,8 +48,8 @@ nodes_live = _module("memo_live_nodes_for_browser", HERE / "test_memo_nodes_live
 S = nodes_live.S
 
 
-def editor_file(name) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+def editor_file(name, folder=WORKFLOWS) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
 
 
 # ----------------------------------------------------------------------------- without a browser
@@ -215,14 +216,16 @@ def _same_links(graph, shipped):
     return _named_links(graph) == _named_links(shipped)
 
 
+@pytest.mark.parametrize("folder", [WORKFLOWS, FROZEN], ids=["shipped", "frozen_v1"])
 @pytest.mark.parametrize("name", NAMES)
-def test_editor_workflow_loads_by_drag_and_drop_and_runs_from_the_page(editor, comfy, name):
+def test_editor_workflow_loads_by_drag_and_drop_and_runs_from_the_page(editor, comfy, name, folder):
+    """The shipped files, and the files saved with the V1 release (frozen), load without an alert and run."""
     from comfyui_memo.memo_pipeline.video_io import read_video_info, read_video_metadata
 
     editor.close_dialogs()
-    shipped = editor_file(name)
+    shipped = editor_file(name, folder)
     alerts_before = len(editor.alerts())
-    editor.drop_file(f"{name}.json", (WORKFLOWS / f"{name}.json").read_bytes(), "application/json")
+    editor.drop_file(f"{name}.json", (folder / f"{name}.json").read_bytes(), "application/json")
     assert editor.alerts()[alerts_before:] == [], "the editor raised an alert while loading the workflow"
     assert editor.open_dialogs() == [], "a dialog (e.g. missing nodes) opened while loading the workflow"
     graph = editor.graph()

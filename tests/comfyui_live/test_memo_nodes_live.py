@@ -26,6 +26,7 @@ import pack_support as S  # tests/ is on the import path (pyproject.toml), so th
 
 PACK = S.load_pack()
 WORKFLOWS = live.REPO_ROOT / "workflows"
+FROZEN = live.REPO_ROOT / "tests" / "fixtures" / "workflows_v1"  # as released with the V1 nodes, never regenerated
 SECONDS = 1.2
 EXPECTED_FRAMES = math.ceil(SECONDS * 30)
 SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
@@ -65,30 +66,45 @@ def served(comfy, tiny_bundle):
 
 
 def test_all_memo_nodes_register(served):
-    pack = S.load_pack()
+    """All 16 nodes come in through the V3 entry, served as declared and as the V1 release served them."""
     assert served.import_failures() == {}, served.server.log_tail(80)
+    classes = {cls.GET_SCHEMA().node_id: cls for cls in S.comfy_nodes().node_classes()}
     registered = served.pack_node_names()
-    assert registered == set(pack.NODE_CLASS_MAPPINGS), served.server.log_tail(80)
+    assert registered == set(classes) and len(registered) == 16, served.server.log_tail(80)
+    assert "comfy_entrypoint" in (live.REPO_ROOT / "__init__.py").read_text()
+    frozen = json.loads((live.REPO_ROOT / "tests" / "fixtures" / "workflows_v1" / "node_declarations_v1.json").read_text())
     info = served.object_info(refresh=True)
-    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+    for name, cls in classes.items():
         entry = info[name]
-        assert entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
-        assert entry["category"].startswith("MEMO") and entry["description"] == cls.DESCRIPTION
+        schema = cls.GET_SCHEMA()
+        assert entry["display_name"] == schema.display_name == frozen[name]["display_name"]
+        assert entry["category"].startswith("MEMO") and entry["description"] == schema.description
         assert entry["output"] == list(cls.RETURN_TYPES) and entry["output_name"] == list(cls.RETURN_NAMES)
-        assert entry["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False))
+        assert entry["output"][:len(frozen[name]["outputs"])] == frozen[name]["outputs"]
+        assert entry["output_node"] == bool(schema.is_output_node) == frozen[name]["output_node"]
         declared = cls.INPUT_TYPES()
         for section in ("required", "optional"):
-            assert list(entry["input"].get(section, {})) == list(declared.get(section, {})), (name, section)
+            assert list(entry["input"].get(section, {})) == list(declared.get(section, {})) == list(frozen[name][section])
+    assert info["MemoGenerateToFile"]["output"][-1] == "VIDEO"
+    # our objects are custom types, served under their own MEMO_* names
+    assert info["MemoSampler"]["input"]["required"]["memo_model"][0] == "MEMO_MODEL"
+    assert info["MemoSampler"]["output"][2] == "MEMO_STATE"
+
+
+def served_choices(entry) -> list:
+    """A combo's choices as /object_info serves them: V1 `[choices, {...}]`, V3 `["COMBO", {"options": choices}]`."""
+    return entry[0] if isinstance(entry[0], list) else entry[1]["options"]
 
 
 def test_model_lists_are_filled_from_the_servers_models_folder(served):
     info = served.object_info(refresh=True)
-    assert info["MemoModelLoader"]["input"]["required"]["checkpoint"][0] == ["memo/memo"]
-    assert info["MemoAudioEncoderLoader"]["input"]["required"]["audio_encoder"][0] == ["audio_encoders/wav2vec2-base-960h"]
-    assert info["MemoEmotionModelLoader"]["input"]["required"]["emotion2vec"][0] == ["emotion2vec/emotion2vec_plus_large"]
-    assert info["MemoFaceModelLoader"]["input"]["required"]["face_models"][0][0] == "memo/memo"
-    assert "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx" in info["MemoVocalSeparation"]["input"]["required"]["model"][0]
-    assert S.VAE_FILE in info["VAELoader"]["input"]["required"]["vae_name"][0]
+    required = {name: info[name]["input"]["required"] for name in info}
+    assert served_choices(required["MemoModelLoader"]["checkpoint"]) == ["memo/memo"]
+    assert served_choices(required["MemoAudioEncoderLoader"]["audio_encoder"]) == ["audio_encoders/wav2vec2-base-960h"]
+    assert served_choices(required["MemoEmotionModelLoader"]["emotion2vec"]) == ["emotion2vec/emotion2vec_plus_large"]
+    assert served_choices(required["MemoFaceModelLoader"]["face_models"])[0] == "memo/memo"
+    assert "memo/memo/misc/vocal_separator/Kim_Vocal_2.onnx" in served_choices(required["MemoVocalSeparation"]["model"])
+    assert S.VAE_FILE in served_choices(required["VAELoader"]["vae_name"])
 
 
 def test_core_node_inputs_used_by_the_workflows_match_the_server(served):
@@ -109,15 +125,17 @@ def test_core_node_inputs_used_by_the_workflows_match_the_server(served):
                 assert choices == kind, (name, input_name)  # V3 nodes list a COMBO's choices under "options"
 
 
+@pytest.mark.parametrize("folder", [WORKFLOWS, FROZEN], ids=["shipped", "frozen_v1"])
 @pytest.mark.parametrize("name, video_node, size", [
     ("memo_talking_video", "13", 64),
     ("memo_schedule_paste_back", "13", 128),
     ("memo_long_audio_to_file", "11", 128),
 ])
-def test_shipped_workflow_runs(served, name, video_node, size):
+def test_shipped_workflow_runs(served, name, video_node, size, folder):
+    """The shipped API files, and those saved with the V1 release (frozen, unchanged), run on the V3 nodes."""
     from comfyui_memo.memo_pipeline.video_io import read_video_info
 
-    prompt = S.small(S.json_file(WORKFLOWS / "api" / f"{name}_api.json"))
+    prompt = S.small(S.json_file(folder / "api" / f"{name}_api.json"))
     entry = served.queue_and_wait(prompt, timeout=600)
     files = served.output_files(entry)
     assert [f["node_id"] for f in files] == [video_node], files
@@ -148,6 +166,26 @@ def test_shipped_workflow_with_a_1s_cut_has_an_aligned_soundtrack(served, name, 
     assert abs(lag) < 0.005 and correlation > 0.95, (lag, correlation)
     lag, _ = S.soundtrack_alignment(soundtrack, source, 22050)
     assert lag == pytest.approx(-1.0, abs=0.005)
+
+
+def test_generate_to_file_video_output_feeds_cores_save_video(served):
+    """Generate To File's VIDEO output (appended after its V1 outputs) is a native VIDEO: core's Save Video
+    and Get Video Components take it."""
+    from comfyui_memo.memo_pipeline.video_io import read_video_info
+
+    prompt = S.small(S.json_file(WORKFLOWS / "api" / "memo_long_audio_to_file_api.json"))
+    prompt["11"]["inputs"]["filename_prefix"] = "MEMO/native_video"
+    prompt["90"] = {"class_type": "SaveVideo", "inputs": {"video": ["11", 3], "filename_prefix": "MEMO/saved_by_core",
+                                                            "format": "auto", "codec": "auto"}}
+    prompt["91"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["11", 3]}}
+    prompt["92"] = {"class_type": "PreviewImage", "inputs": {"images": ["91", 0]}}
+    entry = served.queue_and_wait(prompt, timeout=600)
+    by_node = {f["node_id"]: f for f in served.output_files(entry) if f["filename"].endswith(".mp4")}
+    assert set(by_node) == {"11", "90"}, entry.get("outputs")
+    ours, core = (read_video_info(served.local_path(by_node[n])) for n in ("11", "90"))
+    assert core["frames"] == ours["frames"] == EXPECTED_FRAMES and (core["width"], core["height"]) == (128, 128)
+    assert core["audio_codec"] is not None
+    assert len(entry["outputs"]["92"]["images"]) == EXPECTED_FRAMES  # the frames, decoded by core from our file
 
 
 def test_cpu_run_logs_how_long_it_will_take(served):
@@ -234,7 +272,10 @@ import folder_paths, torch, comfy.sd
 spec = importlib.util.spec_from_file_location("memo_probe_pack", os.path.join(repo, "__init__.py"),
                                               submodule_search_locations=[repo])
 pack = importlib.util.module_from_spec(spec); sys.modules["memo_probe_pack"] = pack; spec.loader.exec_module(pack)
-from memo_probe_pack.nodes import host, vae_bridge
+from memo_probe_pack.nodes import vae_bridge
+import asyncio
+extension = asyncio.run(pack.comfy_entrypoint())
+node_classes = asyncio.run(extension.get_node_list())
 from memo_probe_pack.memo_pipeline.vae import DiffusersVAE
 from diffusers import AutoencoderKL
 torch.manual_seed(0)
@@ -246,10 +287,10 @@ with torch.inference_mode():
     ours, theirs = bridge.encode(frames), ref.encode(frames)
     back_ours, back_theirs = bridge.decode(theirs), ref.decode(theirs)
 print("PROBE " + json.dumps({
-    "host": host.get_host().name, "in_comfyui": host.in_comfyui(),
+    "host": extension.host.name, "bound": all(cls.HOST is extension.host for cls in node_classes),
     "encode_shape": list(ours.shape), "encode_diff": float((ours - theirs).abs().max()),
     "decode_shape": list(back_ours.shape), "decode_diff": float((back_ours - back_theirs).abs().max()),
-    "latent_std": float(theirs.std()), "nodes": len(pack.NODE_CLASS_MAPPINGS)}))
+    "latent_std": float(theirs.std()), "nodes": len(node_classes)}))
 '''
 
 
@@ -261,7 +302,7 @@ def test_vae_bridge_on_comfyuis_own_vae_class(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
     assert lines, f"probe failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     report = json.loads(lines[-1][len("PROBE "):])
-    assert report["host"] == "comfyui" and report["in_comfyui"] and report["nodes"] == 16
+    assert report["host"] == "comfyui" and report["bound"] and report["nodes"] == 16
     assert report["encode_shape"] == [2, 4, 8, 8] and report["decode_shape"] == [2, 3, 64, 64]
     assert report["latent_std"] > 1e-3
     assert report["encode_diff"] < 1e-4, report
