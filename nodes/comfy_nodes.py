@@ -468,6 +468,13 @@ def torch_compile_input() -> io.Boolean.Input:
                                     "faster: worth it for long audio. Same video within rounding.")
 
 
+def cpu_tuning_input() -> io.Boolean.Input:
+    return io.Boolean.Input("cpu_tuning", default=True, optional=True,
+                            tooltip="On a CPU: faster kernels for the MEMO networks' upsampling and linear layers "
+                                    "(memo_pipeline/cpu_tuning.py). Off: the plain PyTorch kernels, which differ "
+                                    "only in the last bits. No effect on a GPU.")
+
+
 FILENAME_PREFIX_DEFAULT = "MEMO/memo"
 
 
@@ -480,7 +487,7 @@ class MemoSampler(MemoNode):
             description="Generates the talking video: MEMO's memory-guided, emotion-aware diffusion, clip by clip, "
                         "driven by the audio features. Returns all frames as an IMAGE batch (for Create Video), so the "
                         "whole video is held in memory: for long audio use MEMO Generate To File.",
-            inputs=generation_inputs() + continuation_inputs() + [torch_compile_input()],
+            inputs=generation_inputs() + continuation_inputs() + [torch_compile_input(), cpu_tuning_input()],
             outputs=[
                 io.Image.Output("images", tooltip="The generated frames, resolution x resolution."),
                 io.Float.Output("fps", tooltip="Frame rate of the video (from the audio encoding), for Create Video."),
@@ -523,6 +530,7 @@ class MemoGenerateToFile(MemoNode):
                 setting_int("crf", "H.264 quality: lower is better and bigger (18 is visually lossless).",
                             optional=True),
                 torch_compile_input(),
+                cpu_tuning_input(),
             ],
             outputs=[
                 io.String.Output("video_path", tooltip="Absolute path of the written mp4."),

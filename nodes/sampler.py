@@ -69,8 +69,9 @@ class RunPlan:
 
 
 def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
-                emotion=None, state=None, max_clips=0, torch_compile=False) -> RunPlan:
+                emotion=None, state=None, max_clips=0, torch_compile=False, cpu_tuning=True) -> RunPlan:
     from ..memo_pipeline.compile import set_compiled
+    from ..memo_pipeline.cpu_tuning import set_cpu_tuning
     from ..memo_pipeline.pipeline import GenerationSettings, MemoPipeline, reference_pixels
 
     model = expect(memo_model, MemoModel, "memo_model", MEMO_MODEL)
@@ -108,8 +109,11 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     pipeline = MemoPipeline(models, ComfyVAEBridge(vae))
     with user_errors("settings"):  # the library's one input policy (same checks as the CLI and the API)
         pipeline.check_inputs(pixels, embedding, audio.features, labels, settings, generation_state)
-    if not isinstance(torch_compile, bool):
-        raise ValueError(f"input 'torch_compile' must be true or false, got {torch_compile!r}")
+    for name, value in (("torch_compile", torch_compile), ("cpu_tuning", cpu_tuning)):
+        if not isinstance(value, bool):
+            raise ValueError(f"input '{name}' must be true or false, got {value!r}")
+    # a cached model follows each run's own option; only the MEMO networks (ComfyUI's VAE is core's)
+    set_cpu_tuning(cpu_tuning and models.device.type == "cpu", models)
     set_compiled(models, torch_compile)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution)
@@ -207,9 +211,9 @@ class MemoSampler:
     """The work of MEMO Sampler; its inputs and outputs are declared in comfy_nodes.py."""
 
     def sample(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
-               emotion=None, state=None, max_clips=0, torch_compile=False):
+               emotion=None, state=None, max_clips=0, torch_compile=False, cpu_tuning=True):
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
-                           resolution, emotion, state, max_clips, torch_compile)
+                           resolution, emotion, state, max_clips, torch_compile, cpu_tuning)
         count = plan.stop_frame - plan.start_frame
         images = torch.empty(count, plan.resolution, plan.resolution, 3)  # filled clip by clip: no second copy
         filled, last = 0, None
@@ -287,14 +291,14 @@ class MemoGenerateToFile:
 
     def generate(self, memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames, resolution,
                  filename_prefix="MEMO/memo", emotion=None, state=None, max_clips=0, audio=None, crop=None,
-                 original_image=None, crf=18, torch_compile=False, prompt=None, extra_pnginfo=None):
+                 original_image=None, crf=18, torch_compile=False, cpu_tuning=True, prompt=None, extra_pnginfo=None):
         from ..memo_pipeline.streaming import stream_to_file
 
         if (crop is None) != (original_image is None):
             raise ValueError("inputs 'crop' and 'original_image' go together: connect both to paste back, or neither")
         crf = check_setting(crf, "crf")
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
-                           resolution, emotion, state, max_clips, torch_compile)
+                           resolution, emotion, state, max_clips, torch_compile, cpu_tuning)
         if crop is not None and crop.resolution != plan.resolution:
             raise ValueError(f"input 'crop' was made at resolution {crop.resolution}, the sampler runs at "
                              f"{plan.resolution}: use the same resolution in both")

@@ -109,6 +109,8 @@ FROZEN = json.loads((S.REPO / "tests" / "fixtures" / "workflows_v1" / "node_decl
 # lets Face Crop go down to 8 like the sampler; Generate To File gains a VIDEO output after its old ones.
 INTENDED = {("MemoFaceCrop", "resolution", "min"): 8}
 ADDED_OUTPUTS = {"MemoGenerateToFile": (["VIDEO"], ["video"])}
+# new inputs only optional and after the old ones, so saved workflows (with no value for them) keep running
+ADDED_OPTIONAL_INPUTS = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"]}
 SETTING_OF_INPUT = {"cfg": "guidance_scale"}  # node inputs named unlike the library's setting
 
 
@@ -125,7 +127,8 @@ def test_v3_declarations_keep_every_v1_input_and_output(name, memo_host):
     declared = cls.INPUT_TYPES()
     for section in ("required", "optional"):
         now = declared.get(section, {})
-        assert list(now) == list(frozen[section]), (name, section)
+        added = ADDED_OPTIONAL_INPUTS.get(name, []) if section == "optional" else []
+        assert list(now) == list(frozen[section]) + added, (name, section)
         for input_name, old in frozen[section].items():
             kind, options = now[input_name]
             assert kind == old["type"], (name, input_name)
@@ -1040,6 +1043,25 @@ def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encode
     torch.testing.assert_close(compiled, plain, atol=1e-5, rtol=1e-5)
     sample(loaded, vae, encoded, face, torch_compile=False)
     assert not net._memo_compiled  # the cached model follows each run's own option
+
+
+def test_generation_nodes_tune_cpu_runs_behind_their_own_option(loaded, vae, encoded, face, memo_host):
+    """`cpu_tuning` (on by default, as the networks ran before the tuning moved out of them) applies
+    and removes the CPU tuning on the cached model for each run; off gives the plain kernels' video."""
+    from memo_pipeline.cpu_tuning import cpu_tuning_applied, remove_cpu_tuning
+
+    for name in ("MemoSampler", "MemoGenerateToFile"):
+        assert inspect.signature(implementation(name)).parameters["cpu_tuning"].default is True
+    models = loaded["model"].models
+    tuned = sample(loaded, vae, encoded, face)[0]
+    assert cpu_tuning_applied(models.diffusion_net) and cpu_tuning_applied(models.reference_net)
+    plain = sample(loaded, vae, encoded, face, cpu_tuning=False)[0]
+    assert not cpu_tuning_applied(models.diffusion_net) and not cpu_tuning_applied(models.reference_net)
+    torch.testing.assert_close(plain, tuned, atol=2e-3, rtol=0)  # other kernels: the last bits only
+    assert torch.equal(sample(loaded, vae, encoded, face, cpu_tuning=True)[0], tuned)  # reversible, exactly
+    with pytest.raises(ValueError, match="cpu_tuning"):
+        sample(loaded, vae, encoded, face, cpu_tuning="yes")
+    remove_cpu_tuning(models)
 
 
 def test_sampler_explains_a_failing_torch_compile(loaded, vae, encoded, face, memo_host, monkeypatch):

@@ -100,7 +100,7 @@ def _common_loaders() -> dict[int, dict]:
 def _sampler_inputs(reference, face, emotion) -> dict:
     return {"memo_model": L(4), "vae": L(3), "reference_image": reference, "memo_audio": L(8), "face": face,
             "seed": 42, "steps": 20, "cfg": 3.5, "past_frames": 16, "resolution": 512, "emotion": emotion,
-            "max_clips": 0, "torch_compile": False}
+            "max_clips": 0, "torch_compile": False, "cpu_tuning": True}
 
 
 # Each graph returns its nodes and its layout: columns from left to right, each a list of node ids from top to
