@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import host as host_mod
+from ..memo_pipeline.settings import num_clips
 from .common import CATEGORY, check_setting, comfy_audio, logger, single_image, user_errors
 from .memo_types import MEMO_EMOTION, MEMO_FACE_MODEL, MemoEmotion, MemoFaceModel, expect
 
@@ -29,7 +30,7 @@ class _TrackTiming:
 
     @property
     def padded_frames(self) -> int:
-        return math.ceil(self.num_frames / self.frames_per_clip) * self.frames_per_clip
+        return num_clips(self.num_frames, self.frames_per_clip) * self.frames_per_clip
 
 
 class MemoQualityReport:

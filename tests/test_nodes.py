@@ -1048,7 +1048,10 @@ def test_generation_nodes_offer_torch_compile_off_by_default(loaded, vae, encode
 def test_generation_nodes_tune_cpu_runs_behind_their_own_option(loaded, vae, encoded, face, memo_host):
     """`cpu_tuning` (on by default, as the networks ran before the tuning moved out of them) applies
     and removes the CPU tuning on the cached model for each run; off gives the plain kernels' video."""
-    from memo_pipeline.cpu_tuning import cpu_tuning_applied, remove_cpu_tuning
+    import importlib
+
+    tuning = importlib.import_module(PACK.__name__ + ".memo_pipeline.cpu_tuning")  # the module the nodes use
+    cpu_tuning_applied, remove_cpu_tuning = tuning.cpu_tuning_applied, tuning.remove_cpu_tuning
 
     for name in ("MemoSampler", "MemoGenerateToFile"):
         assert inspect.signature(implementation(name)).parameters["cpu_tuning"].default is True

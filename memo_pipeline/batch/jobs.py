@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..file_paths import same_file
 from ..manifest import ManifestError, ManifestProblem, manifest_format, read_manifest
+from ..settings import num_clips
 from ..reference import REFERENCE_MODES
 
 OUTPUT_TAG = "memo_batch_row"
@@ -225,8 +226,8 @@ def build_rows(manifest_path: Path | str, template, out_dir: Path) -> list[Batch
             reasons.extend(_output_problems(job, manifest_path, outputs, row.line))
         if not reasons:
             frames = expected_frames(job, clip16k.num_samples, len(mux.samples), mux.sample_rate)
-            num_clips = math.ceil(frame_count(clip16k.num_samples, job.settings.fps) / job.settings.frames_per_clip)
-            batch_row = BatchRow(row.line, job, frames, num_clips, row_fingerprint(job))
+            clips = num_clips(frame_count(clip16k.num_samples, job.settings.fps), job.settings.frames_per_clip)
+            batch_row = BatchRow(row.line, job, frames, clips, row_fingerprint(job))
             if not job.overwrite and output_state(batch_row) == "foreign":
                 reasons.append(f"out {job.out} exists and was not made by this row with these settings; pass "
                                "--overwrite to replace it")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
 from ..file_paths import same_file
+from ..settings import num_clips
 
 DEFAULT_MODELS = Path("models") / "memo" / "memo"
 logger = logging.getLogger("memo_pipeline")
@@ -140,7 +140,7 @@ def _emotion_labels(args, audio_path, frames: int, fps: float):
 
     import torch
 
-    padded = math.ceil(frames / args.frames_per_clip) * args.frames_per_clip
+    padded = num_clips(frames, args.frames_per_clip) * args.frames_per_clip
     if args.emotion:
         from ..audio.emotions import schedule_frame_labels
 

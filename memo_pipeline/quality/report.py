@@ -18,6 +18,7 @@ import numpy as np
 
 from ..face.errors import NoFaceError
 from ..face.image import as_rgb_frames, as_rgb_image
+from ..settings import num_clips
 from .emotion_timeline import emotion_timeline
 from .identity import cosine_similarity, linear_drift, reference_embedding
 from .sync import MouthMotion, SpeechEnvelope, SyncProxyResult, envelope_flux, mouth_patch, speech_envelope, sync_proxy
@@ -140,7 +141,7 @@ class QualityReport:
 
     @property
     def clips(self) -> int:
-        return math.ceil(self.frames / self.frames_per_clip)
+        return num_clips(self.frames, self.frames_per_clip)
 
     def identity_summary(self) -> dict:
         s = self.similarity

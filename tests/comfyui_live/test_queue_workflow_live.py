@@ -84,7 +84,9 @@ def test_batch_runs_once_per_file(comfy_server, workflow_file, tmp_path):
     res = run_script(workflow_file, "--server", comfy_server, "--set", f"7.audio=@{_wav(tmp_path / 's.wav')}",
                      "--batch", f"12.image={faces}", "--pattern", "*.png", "--out", out)
     assert res.returncode == 0, res.stderr
-    assert "batch done: 2 ok, 0 failed" in res.stderr
+    table = res.stdout.splitlines()  # the summary: a header, a line a row, the counts
+    assert table[0].split()[:2] == ["row", "status"] and table[-1] == "2 ok, 0 failed", res.stdout
+    assert sorted(line.split()[:2] for line in table[1:3]) == [["alice.png", "ok"], ["bob.png", "ok"]], res.stdout
     for stem, color in (("alice", (10, 20, 30)), ("bob", (40, 50, 60))):
         (still,) = (out / stem / "qw").glob("still_*.png")
         assert Image.open(still).convert("RGB").getpixel((0, 0)) == color
