@@ -45,9 +45,9 @@ def child(args) -> None:
     from configs import build_case, owned_allocator, settings_for
 
     size, resolution, clips, steps = CONFIGS[args.config]
-    with owned_allocator():  # the CPU tuning as the command line applies it, in either revision
-        case = build_case(size, resolution, clips)
-        settings = settings_for(steps=steps)
+    case = build_case(size, resolution, clips)
+    settings = settings_for(steps=steps)
+    with owned_allocator():  # the heap setting around the generation, as the command line enters it
         load = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()

@@ -112,18 +112,19 @@ class RowRunner:
             prepared = cli.prepare_job(job, self.load(), clip16k, state, cli._vocal_mode(job))
             if prepared.num_clips != row.num_clips:
                 raise RuntimeError(f"the audio gives {prepared.num_clips} clips, {row.num_clips} were expected")
-            for clip in prepared.pipeline.generate(prepared.pixels, prepared.face_embedding, prepared.features,
-                                                   prepared.labels, job.settings, state=state):
-                frames = clip.frames.permute(0, 2, 3, 1)
-                pixels = np.stack([_frame_to_uint8(frame) for frame in frames])
-                folder.write_clip(clip.index, pixels, job.settings.fps)
-                folder.save_state(clip.state)  # the pipeline stamps its settings record on each state
-                result.clips_generated += 1
-                if on_clip is not None:
-                    on_clip(row, clip.index + 1)
-                if stop.is_set() and clip.index + 1 < row.num_clips:
-                    result.status = INTERRUPTED
-                    return
+            with cli.generation_heap(job.device):  # a worker owns its process, as the command line does
+                for clip in prepared.pipeline.generate(prepared.pixels, prepared.face_embedding, prepared.features,
+                                                       prepared.labels, job.settings, state=state):
+                    frames = clip.frames.permute(0, 2, 3, 1)
+                    pixels = np.stack([_frame_to_uint8(frame) for frame in frames])
+                    folder.write_clip(clip.index, pixels, job.settings.fps)
+                    folder.save_state(clip.state)  # the pipeline stamps its settings record on each state
+                    result.clips_generated += 1
+                    if on_clip is not None:
+                        on_clip(row, clip.index + 1)
+                    if stop.is_set() and clip.index + 1 < row.num_clips:
+                        result.status = INTERRUPTED
+                        return
         frames = folder.join(row, row.num_clips)
         if frames != row.expected_frames:
             raise RuntimeError(f"the video has {frames} frames, {row.expected_frames} were expected")
