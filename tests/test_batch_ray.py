@@ -107,3 +107,50 @@ def test_a_worker_without_models_fails_with_what_models_check_says(ray_cluster, 
     err = capsys.readouterr().err
     assert code == 2 and "no worker could start" in err and str(empty / "reference_net") in err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_ctrl_c_on_ray_stops_after_the_current_clip_and_the_rerun_finishes(ray_cluster, tiny_bundle, tmp_path):
+    """Ctrl-C in the driver: the busy worker ends its row after the clip it is making, the finished
+    clips and the state stay, the exit code says so, and the same command finishes the row with the
+    frames of an undisturbed run (a 2 s row of 15 clips at 6 steps, so the stop lands mid-row)."""
+    import torch
+
+    inputs = make_inputs(tmp_path / "in", {"long": 2.0})
+    manifest = write_csv(tmp_path / "jobs.csv", [{"image": inputs["portrait"], "audio": inputs["long"], "seed": 3}])
+    slower = ("--steps", "6")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray worker of one thread runs
+    try:
+        code, _ = run_batch(tiny_bundle, manifest, tmp_path / "undisturbed", *slower)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    out_dir = tmp_path / "ctrl_c"
+    work = out_dir / ".portrait-long.mp4.memo-batch"
+    sent = threading.Event()
+
+    def ctrl_c_after_the_first_clip():
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            if (work / "state.safetensors").is_file():
+                os.kill(os.getpid(), signal.SIGINT)  # the driver's own handler: stop after the current clips
+                sent.set()
+                return
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=ctrl_c_after_the_first_clip, daemon=True)
+    sender.start()
+    code, report = run_batch(tiny_bundle, manifest, out_dir, *slower, "--ray", "--workers", "1",
+                             "--threads-per-worker", "1")
+    sender.join()
+    row = by_line(report)[2]
+    assert sent.is_set() and code == 130 and row["status"] == "interrupted", report
+    assert 1 <= row["clips_generated"] < 15
+    assert (work / "clip-00000.mkv").is_file() and (work / "state.safetensors").is_file()
+    assert not (out_dir / "portrait-long.mp4").exists()
+
+    code, report = run_batch(tiny_bundle, manifest, out_dir, *slower, "--ray", "--workers", "1",
+                             "--threads-per-worker", "1")
+    row = by_line(report)[2]
+    assert code == 0 and row["status"] == "done" and row["resumed_from"] >= 1
+    assert_same_video(out_dir / "portrait-long.mp4", tmp_path / "undisturbed" / "portrait-long.mp4")
