@@ -36,7 +36,10 @@ from .models.reference_net import ReferenceNet
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+# the networks a generation runs (the emotion classifier only labels audio): what a saved state depends on
+GENERATION_NETWORKS = ("reference_net", "diffusion_net", "image_proj", "audio_proj")
 # sub-folder, our class, the class name written into config.json (the released one)
+
 COMPONENTS = {
     "reference_net": ("reference_net", ReferenceNet, "UNet2DConditionModel"),
     "diffusion_net": ("diffusion_net", DiffusionNet, "UNet3DConditionModel"),
@@ -321,7 +324,7 @@ class MemoModels:
             models[name] = load_component(root / sub, model_cls, dtype, device)
         loaded = cls(**models)
         loaded.weights_fingerprint = weights_fingerprint(
-            [f for name in ("reference_net", "diffusion_net", "image_proj", "audio_proj")
+            [f for name in GENERATION_NETWORKS
              for f in weight_files(root / COMPONENTS[name][0])])
         return loaded
 

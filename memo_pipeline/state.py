@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load_file, save_file
 
+from .loading import GENERATION_NETWORKS
 from .models.motion_memory import MEMORY_DECAY, MotionMemory
 
 STATE_FORMAT = "memo-generation-state"
@@ -34,9 +35,6 @@ LIBRARY_KEYS = frozenset({"format", "next_clip", "decay", "past_frames_layout", 
 
 class StateError(ValueError):
     """A state file that cannot be read, or a state that cannot continue this generation."""
-
-
-GENERATION_NETWORKS = ("reference_net", "diffusion_net", "image_proj", "audio_proj")
 
 
 def checkpoint_fingerprint(models) -> str:
