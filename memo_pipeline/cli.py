@@ -204,7 +204,8 @@ def _check_settings_and_emotion(job: Job, clip16k) -> None:
 VOCAL_SEPARATOR = Path("misc") / "vocal_separator" / "Kim_Vocal_2.onnx"
 
 
-def _vocal_mode(job: Job) -> str | None:
+def vocal_mode_of(job: Job) -> str | None:
+    """The vocal separation a job runs: "official", "full-band" or None ("auto" picks by the checkpoint)."""
     if job.vocal_separation == "auto":
         present = (Path(job.checkpoint) / VOCAL_SEPARATOR).is_file()
         if not present:
@@ -317,7 +318,7 @@ def run(job: Job) -> dict:
     _check_settings_and_emotion(job, clip16k)
     load_image(job.image)
     state = GenerationState.load(job.resume) if job.resume else None
-    vocal_mode = _vocal_mode(job)
+    vocal_mode = vocal_mode_of(job)
 
     prepared = prepare_job(job, load_models(job), clip16k, state, vocal_mode)
     pipeline, pixels, face_embedding = prepared.pipeline, prepared.pixels, prepared.face_embedding

@@ -122,7 +122,8 @@ def _check_clip(frames) -> np.ndarray | object:
     return frames
 
 
-def _frame_to_uint8(frame) -> np.ndarray:
+def frame_to_uint8(frame) -> np.ndarray:
+    """One frame as the exact 8-bit RGB array the encoder is given (batch keeps these losslessly)."""
     arr = _to_numpy(frame)
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
@@ -215,7 +216,7 @@ class VideoWriter:
             )
         keep = count if self.max_frames is None else max(0, min(count, self.max_frames - self.frames_written))
         for i in range(keep):
-            picture = av.VideoFrame.from_ndarray(_frame_to_uint8(frames[i]), format="rgb24")
+            picture = av.VideoFrame.from_ndarray(frame_to_uint8(frames[i]), format="rgb24")
             picture.pts = self.frames_written
             self._mux(self._video_stream.encode(picture))
             self.frames_written += 1

@@ -75,13 +75,13 @@ def test_batch_equals_generate_and_a_rerun_redoes_only_a_truncated_output(tiny_b
     assert "row" in table and "worker" in table and str(second) in table
 
     # the same row through `generate`: the very same frames go to the encoder, the same soundtrack comes out
-    from memo_pipeline.video_io import VideoWriter, _frame_to_uint8
+    from memo_pipeline.video_io import VideoWriter, frame_to_uint8
 
     given = []
     original_write = VideoWriter.write
 
     def recording_write(self, frames):
-        given.extend(_frame_to_uint8(frame) for frame in frames)
+        given.extend(frame_to_uint8(frame) for frame in frames)
         return original_write(self, frames)
 
     monkeypatch.setattr(VideoWriter, "write", recording_write)

@@ -216,7 +216,7 @@ def build_rows(manifest_path: Path | str, template, out_dir: Path) -> list[Batch
             try:
                 cli._check_settings_and_emotion(job, clip16k)
                 if job.vocal_separation != "auto":  # auto never fails (and would log once per row)
-                    cli._vocal_mode(job)
+                    cli.vocal_mode_of(job)
             except ValueError as err:
                 reasons.append(str(err))
         out = _resolve(values["out"], out_dir) if "out" in values else (

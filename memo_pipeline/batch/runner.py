@@ -96,7 +96,7 @@ class RowRunner:
     def _run(self, row: BatchRow, stop: threading.Event, on_clip, result: RowResult) -> None:
         from .. import cli
         from ..audio.io import load_audio
-        from ..video_io import _frame_to_uint8
+        from ..video_io import frame_to_uint8
 
         if output_state(row) == "complete":
             result.status, result.frames = SKIPPED, row.expected_frames
@@ -109,14 +109,14 @@ class RowRunner:
         if first < row.num_clips:
             job = row.job
             clip16k = load_audio(job.audio)
-            prepared = cli.prepare_job(job, self.load(), clip16k, state, cli._vocal_mode(job))
+            prepared = cli.prepare_job(job, self.load(), clip16k, state, cli.vocal_mode_of(job))
             if prepared.num_clips != row.num_clips:
                 raise RuntimeError(f"the audio gives {prepared.num_clips} clips, {row.num_clips} were expected")
             with cli.generation_heap(job.device):  # a worker owns its process, as the command line does
                 for clip in prepared.pipeline.generate(prepared.pixels, prepared.face_embedding, prepared.features,
                                                        prepared.labels, job.settings, state=state):
                     frames = clip.frames.permute(0, 2, 3, 1)
-                    pixels = np.stack([_frame_to_uint8(frame) for frame in frames])
+                    pixels = np.stack([frame_to_uint8(frame) for frame in frames])
                     folder.write_clip(clip.index, pixels, job.settings.fps)
                     folder.save_state(clip.state)  # the pipeline stamps its settings record on each state
                     result.clips_generated += 1
