@@ -17,29 +17,31 @@ Three modes, chosen by whoever owns the run (`generate --offload`, `apply_offloa
   dominate), because their adapters place inputs by their own parameters' device.
 
 The execution device is what `MemoModels.device` reports (`MemoModels.execution_device`), so the
-pipeline prepares its inputs there. The emotion classifier (a few kilobytes, run next to
-emotion2vec on the host) stays on the host. Outputs do not depend on the mode: moving a tensor
+pipeline prepares its inputs there. The emotion classifier, which labels audio next to
+emotion2vec on the host, stays there. Outputs do not depend on the mode: moving a tensor
 between devices copies its bits, and a casting layer whose weight already has the input's dtype
 and device computes what the plain layer computes (tests/test_offload.py checks both bit for bit).
 
 Why no accelerate hooks (`cpu_offload_with_hook` for `model`, `cpu_offload` for `sequential`),
-measured with `python bench/offload_hooks.py` on this project's CPU machine:
+measured with `python bench/offload_hooks.py --resolution 32 --repeats 5` on this project's shared
+2-core CPU machine (execution device = host, so only the hooks' own work is timed):
 
-- `sequential`: accelerate's `cpu_offload` hooks every module with parameters (an
-  `AlignDevicesHook`: each forward copies the module's tensors from a host state dict onto the
-  device, moves its inputs, then resets the parameters to the meta device). On the small-config
-  diffusion net (one denoising forward, 2 threads) it took {ACCEL_SEQ} per forward against
-  {CAST_SEQ} with casting layers, {PLAIN} plain; per hooked module that is {ACCEL_PER_LAYER} vs
-  {CAST_PER_LAYER}, i.e. about {ACCEL_FULL} against {CAST_FULL} per forward on the full-size
-  diffusion net's {FULL_LAYERS} hooked modules. It also leaves the networks' parameters on the meta
-  device between forwards (`MemoModels.device`, saving, fingerprints and the CPU tuning, which
-  skips modules whose forward someone else replaced, all read real parameters), and it knows
-  nothing of stored weight dtypes, which the casting layers handle already.
+- `sequential`: accelerate's `cpu_offload` puts an `AlignDevicesHook` on every module with
+  parameters (1,251 in the full-size diffusion net): before each forward it copies the module's
+  tensors from a host state dict onto the device and moves the inputs, after it resets the
+  parameters to the meta device. Those hooks alone took 137 us per module, 172 ms per diffusion-net
+  forward (one per denoising step); the casting layers' two casts took 3.8 us per
+  layer, 5 ms per forward. (Whole small-config forwards at 32 px were 3.5 s plain, 3.2 s casting,
+  3.4 s accelerate: on this loaded machine the run-to-run spread exceeds either overhead; all three
+  outputs were bit-identical.) accelerate also leaves the parameters on the meta device between
+  forwards, which `MemoModels.device`, saving, fingerprints and the CPU tuning (it leaves alone a
+  module whose forward someone else replaced) all read, and it knows nothing of stored weight
+  dtypes, which the casting layers handle already.
 - `model`: accelerate's `CpuOffload` hook calls `module.to(device)` before every forward, a walk
-  over every parameter even when nothing moves: {ACCEL_TO} per forward on the full-size diffusion
-  net (1 per denoising step and CFG batch) against {OWN_HOOK} for a hook that compares names.
-- accelerate is not among the pack's dependencies (requirements.txt); these ~60 lines are
-  less than a new install in every ComfyUI environment.
+  over every parameter even when nothing moves: 41 ms per forward on the full-size diffusion net,
+  against 0.05 us for `ModelOffload.activate`, which compares names.
+- accelerate is not among the pack's dependencies (requirements.txt); these ~60 lines cost less
+  than a new install in every ComfyUI environment.
 """
 
 from __future__ import annotations
