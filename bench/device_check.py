@@ -169,7 +169,8 @@ def memory_rows(budget: Budget, report: dict, size: str, resolution: int, device
 
     frames = CLIPS * 16
     if not budget.allows("peak memory by weight dtype and offload", report,
-                         budget.estimate(frames, MEMORY_STEPS, torch.bfloat16) * 2 * len(MEMORY_WEIGHT_DTYPES)):
+                         budget.estimate(frames, MEMORY_STEPS, torch.bfloat16, builds=0) * 2 * len(MEMORY_WEIGHT_DTYPES)
+                         + budget.build_s):
         return []
     case = timed_case(budget, size, resolution, torch.bfloat16, HOST, cpu_tuning=False)
     models, vae = case.pipeline.models, case.pipeline.vae

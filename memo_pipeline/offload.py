@@ -40,8 +40,8 @@ measured with `python bench/offload_hooks.py --resolution 32 --repeats 5` on thi
 - `model`: accelerate's `CpuOffload` hook calls `module.to(device)` before every forward, a walk
   over every parameter even when nothing moves: 41 ms per forward on the full-size diffusion net,
   against 0.05 us for `ModelOffload.activate`, which compares names.
-- accelerate is not among the pack's dependencies (requirements.txt); these ~60 lines cost less
-  than a new install in every ComfyUI environment.
+- accelerate is not among the pack's dependencies (requirements.txt); this module costs less than
+  a new install in every ComfyUI environment.
 """
 
 from __future__ import annotations
