@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check: speed, peak GPU memory and bf16/fp16 deviation on full-size random-weight networks.
+# GPU check: speed, peak GPU memory (bf16 and fp8 weights, with and without model offload) and
+# bf16/fp16 deviation from fp32 on full-size random-weight networks, within a 6-minute budget.
 #
-#   bench/device_check.sh [--tiny] [--out FILE.json]
+#   bench/device_check.sh [--tiny] [--budget-s SECONDS] [--out FILE.json]
 #
 # On a machine without diffusers (the lent GPU machine has torch, transformers, safetensors,
 # numpy, pillow, pyyaml and scipy, but no diffusers and no internet), put the missing pure-Python

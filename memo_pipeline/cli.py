@@ -33,6 +33,7 @@ from .state import GenerationState
 from .vae import DiffusersVAE
 from .streaming import StopRequested, default_state_path, stop_signals, write_generation
 from .video_io import read_video_info
+from .offload import OFFLOAD_MODES, apply_offload, load_device
 from .file_paths import same_file
 
 logger = logging.getLogger("memo_pipeline")
@@ -59,6 +60,7 @@ class Job:
     dtype: str = "fp32"
     weight_dtype: str = "default"  # how layer weights are stored (layers.WEIGHT_DTYPES); default: as dtype
     device: str = "cpu"
+    offload: str = "none"  # offload.OFFLOAD_MODES: where weights wait while another network runs
     vae_batch_size: int | None = None
     compile: bool = False
     save_state: Path | None = None
@@ -259,11 +261,13 @@ class LoadedModels:
 def load_models(job: Job) -> LoadedModels:
     """Load (and, with `job.compile`, compile) the networks named by `job`; nothing per video."""
     dtype = resolve_dtype(job.dtype)
-    models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device, weight_dtype=job.weight_dtype)
-    vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
+    host = load_device(job.offload, job.device)  # the execution device unless weights wait on the host
+    models = MemoModels.load(job.checkpoint, dtype=dtype, device=host, weight_dtype=job.weight_dtype)
+    vae = DiffusersVAE.from_pretrained(job.vae, device=host, dtype=dtype, batch_size=job.vae_batch_size)
+    encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=host)
+    apply_offload(job.offload, job.device, models, vae, encoder)
     if torch.device(job.device).type == "cpu":  # the command line owns its process: CPU runs are tuned
         apply_cpu_tuning(models, vae)
-    encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=job.device)
     if job.compile:
         from .compile import compile_diffusion_net
 
@@ -429,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="store the MEMO networks' layer weights in this dtype and cast them to --dtype layer by layer "
                           "(fp8 weights take a quarter of fp32's memory); default: --dtype")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--offload", default="none", choices=OFFLOAD_MODES,
+                     help="model: only the running network on --device, the others wait in RAM; sequential: the MEMO "
+                          "networks' weights stay in RAM and are copied to --device layer by layer (least memory, slowest)")
     gen.add_argument("--compile", action="store_true",
                      help="torch.compile the diffusion net (slower first clips, faster long runs)")
     gen.add_argument("--vae-batch", type=int, default=None,
@@ -496,7 +503,7 @@ def _run_command(args) -> int:
                                resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
                                face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                                allow_no_face=args.allow_no_face, dtype=args.dtype, weight_dtype=args.weight_dtype,
-                               device=args.device,
+                               device=args.device, offload=args.offload,
                                vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
                                overwrite=args.overwrite, resume=args.resume,
                                vocal_separation=None if args.no_vocal_separation else args.vocal_separation))

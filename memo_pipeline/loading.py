@@ -443,6 +443,7 @@ class MemoModels:
 
     # class attributes, not dataclass fields:
     _run_device = None  # set by `load_on_demand`
+    execution_device = None  # where the networks run while offload keeps their weights on the host (offload.py)
     weights_fingerprint = None  # str, set by `load`
     compute_dtype = None  # the dtype the networks compute in, set by `load` (None: the diffusion net's)
     weight_dtype = None  # the dtype layer weights are stored in, set by `load` (None: the compute dtype)
@@ -472,8 +473,12 @@ class MemoModels:
 
     @property
     def device(self) -> torch.device:
-        """Where the networks run: the `load_on_demand` device inside that block, else the diffusion net's."""
-        return self._run_device if self._run_device is not None else self.diffusion_net.device
+        """Where the networks run: the `load_on_demand` device inside that block, else the offload
+        execution device, else the diffusion net's."""
+        for device in (self._run_device, self.execution_device):
+            if device is not None:
+                return device
+        return self.diffusion_net.device
 
     @property
     def dtype(self) -> torch.dtype:

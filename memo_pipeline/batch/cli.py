@@ -50,6 +50,7 @@ def template_job(args):
                reference_mode=args.reference_mode, crop_scale=args.crop_scale, allow_no_face=args.allow_no_face,
                dtype=args.dtype, device=args.device, vae_batch_size=args.vae_batch, compile=args.compile,
                progress=False, overwrite=args.overwrite,
+               offload=args.offload,
                vocal_separation=None if args.no_vocal_separation else args.vocal_separation)
 
 
