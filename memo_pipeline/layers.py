@@ -158,12 +158,13 @@ def storage_dtypes(network: nn.Module, weight_dtype: torch.dtype | None, compute
     return dtypes
 
 
-def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype, in_place: bool = False) -> torch.Tensor:
     """`tensor` in `dtype`; float8 values beyond the format's range are clamped to its largest
-    finite value first (a plain cast would turn them into NaN)."""
+    finite value first (a plain cast would turn them into NaN or inf). `in_place`: the clamp may
+    overwrite `tensor` (a buffer the caller owns) instead of allocating a copy of its size."""
     if tensor.dtype == dtype:
         return tensor
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and tensor.is_floating_point():
         limit = torch.finfo(dtype).max
-        tensor = tensor.clamp(-limit, limit)
+        tensor = tensor.clamp_(-limit, limit) if in_place else tensor.clamp(-limit, limit)
     return tensor.to(dtype)
