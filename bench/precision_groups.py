@@ -28,8 +28,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from precision import GOLDEN, psnr  # noqa: E402
 
-from memo_pipeline.layers import (CastingLayers, STORED_LAYER_CLASSES, resolve_weight_dtype,  # noqa: E402
-                                  storage_dtypes, to_storage_dtype, use_layers)
+from memo_pipeline.layers import (CastingLayers, STORED_LAYER_CLASSES, network_weight_dtype,  # noqa: E402
+                                  resolve_weight_dtype, storage_dtypes, to_storage_dtype, use_layers)
 from memo_pipeline.loading import GENERATION_NETWORKS  # noqa: E402
 
 NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -81,7 +81,7 @@ def picked_by(predicate):
 def stored_by_rule(dtype):
     """The selection `layers.storage_dtypes` makes for `dtype` (compute dtype fp32)."""
     def select(models):
-        return {(net, name) for net in GENERATION_NETWORKS
+        return {(net, name) for net in GENERATION_NETWORKS if network_weight_dtype(net, dtype) is not None
                 for name, stored in storage_dtypes(getattr(models, net), dtype, torch.float32).items() if stored == dtype}
     return select
 
@@ -140,6 +140,11 @@ def video(case: str, select, dtype) -> tuple[torch.Tensor, int, int]:
     with torch.no_grad():
         frames = torch.cat([clip.frames for clip in generate()])
     return frames, picked, total
+
+
+def generate_stored(case: str, select, dtype):
+    """Only the frames of `video`."""
+    return video(case, select, dtype)[0]
 
 
 def main(argv=None) -> dict:

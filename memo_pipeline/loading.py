@@ -29,7 +29,8 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .layers import CastingLayers, resolve_weight_dtype, storage_dtypes, to_storage_dtype, use_layers
+from .layers import (CastingLayers, network_weight_dtype, resolve_weight_dtype, storage_dtypes, to_storage_dtype,
+                     use_layers)
 from .models.diffusion_net import DiffusionNet
 from .models.emotion_classifier import AudioEmotionClassifier
 from .models.projections import AudioProjection, ImageProjection
@@ -425,9 +426,8 @@ class MemoModels:
             if name == "emotion_classifier" and (not emotion_classifier or not (root / sub).is_dir()):
                 models[name] = None
                 continue
-            # the emotion classifier is tiny and labels audio in fp32 (`.float()`): its weights keep their dtype
-            stored_as = weight_dtype if name in GENERATION_NETWORKS else None
-            models[name] = load_component(root / sub, model_cls, dtype, device, stored_as, layers)
+            # the emotion classifier and the image projection keep their dtype (`layers.KEPT_NETWORKS`)
+            models[name] = load_component(root / sub, model_cls, dtype, device, network_weight_dtype(name, weight_dtype), layers)
         loaded = cls(**models)
         loaded.weight_dtype = resolve_weight_dtype(weight_dtype)
         loaded.compute_dtype = resolve_dtype(dtype) or (torch.float32 if loaded.weight_dtype else loaded.diffusion_net.dtype)
@@ -449,11 +449,12 @@ class MemoModels:
         """Move to `device` and make `dtype` the compute dtype; weights stored in a `weight_dtype`
         keep it (only the parameters `layers.storage_dtypes` keeps in the compute dtype change)."""
         dtype = resolve_dtype(dtype)
-        for module in self.modules().values():
-            if self.weight_dtype is None or dtype is None:
+        for name, module in self.modules().items():
+            stored = network_weight_dtype(name, self.weight_dtype)
+            if stored is None or dtype is None:
                 move(module, device, dtype)
                 continue
-            targets = storage_dtypes(module, self.weight_dtype, dtype)
+            targets = storage_dtypes(module, stored, dtype)
             move(module, device)
             for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
                 if name in targets and tensor.dtype != targets[name]:

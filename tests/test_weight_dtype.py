@@ -11,14 +11,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from memo_pipeline.cli import make_test_portrait, make_test_tone
 from memo_pipeline.cpu_tuning import apply_cpu_tuning, cpu_tuning_applied, remove_cpu_tuning
-from memo_pipeline.layers import (KEPT_IN_COMPUTE_DTYPE, STORED_LAYER_CLASSES, WEIGHT_DTYPES, CastingLayer, CastingLayers,
-                                  WeightDtypeError, resolve_weight_dtype, storage_dtypes, to_storage_dtype, use_layers)
+from memo_pipeline.layers import (KEPT_IN_COMPUTE_DTYPE, KEPT_NETWORKS, STORED_LAYER_CLASSES, WEIGHT_DTYPES, CastingLayer,
+                                  CastingLayers, WeightDtypeError, network_weight_dtype, resolve_weight_dtype,
+                                  storage_dtypes, to_storage_dtype, use_layers)
 from memo_pipeline.loading import COMPONENTS, GENERATION_NETWORKS, CheckpointError, MemoModels, load_component
 from memo_pipeline.pipeline import GenerationSettings, MemoPipeline, WindowedAudio, reference_pixels
 from memo_pipeline.tiny import tiny_memo_models
@@ -55,13 +57,16 @@ def test_storage_dtype_of_every_parameter(weight_dtype, compute):
         for name, dtype in dtypes.items():
             module = owners[name]
             kept = not isinstance(module, STORED_LAYER_CLASSES) or isinstance(module, KEPT_IN_COMPUTE_DTYPE) \
-                or name.endswith(".bias")
+                or name.endswith(".bias") or name.split(".")[0] in ("conv_in", "conv_out")
             assert dtype == (compute if kept or stored is None else stored), (net, name)
-        # the rule keeps the norms, biases, embedding tables and the motion module's position table
+        # the rule keeps the norms, biases, embedding tables, the motion module's position table, conv_in/out
         for name, module in owners.items():
-            if name in dtypes and isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.Embedding)):
-                assert dtypes[name] == compute
+            if name in dtypes and (isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.Embedding)) or "pos_encoder" in name
+                                   or name.startswith(("conv_in.", "conv_out.")) or name.endswith(".bias")):
+                assert dtypes[name] == compute, name
         assert any(v == (stored or compute) for v in dtypes.values())
+    assert KEPT_NETWORKS == ("image_proj", "emotion_classifier")
+    assert network_weight_dtype("image_proj", stored) is None and network_weight_dtype("diffusion_net", stored) is stored
     if stored is not None:  # nearly all bytes are stored small
         net = models.diffusion_net
         dtypes = storage_dtypes(net, stored, compute)
@@ -98,27 +103,31 @@ def test_loading_stores_each_parameter_in_its_dtype(tiny_bundle, weight_dtype):
     models = MemoModels.load(tiny_bundle["memo"], weight_dtype=weight_dtype)
     stored = WEIGHT_DTYPES[weight_dtype]
     assert models.dtype == models.compute_dtype == torch.float32 and models.weight_dtype == stored
-    for net in GENERATION_NETWORKS:
+    for net in ("reference_net", "diffusion_net", "audio_proj"):
         network, reference = getattr(models, net), getattr(plain, net).state_dict()
         wanted = storage_dtypes(network, stored, torch.float32)
         for name, tensor in network.state_dict().items():
             assert tensor.dtype == wanted.get(name, reference[name].dtype), (net, name)
             assert torch.equal(tensor, to_storage_dtype(reference[name], tensor.dtype)), (net, name)
         assert all(isinstance(m, CastingLayer) for m in network.modules() if isinstance(m, STORED_LAYER_CLASSES))
-    # the emotion classifier labels audio in fp32 whatever the weights of the rest
-    assert all(p.dtype == torch.float32 for p in models.emotion_classifier.parameters())
-    assert all(type(m) in (nn.Linear, nn.Conv1d) or not isinstance(m, STORED_LAYER_CLASSES)
-               for m in models.emotion_classifier.modules())
+    # the image projection and the emotion classifier (which labels audio in fp32) keep their weights as loaded
+    for net in KEPT_NETWORKS:
+        network, reference = getattr(models, net), getattr(plain, net).state_dict()
+        assert all(torch.equal(t, reference[k]) and t.dtype == torch.float32 for k, t in network.state_dict().items())
+        assert not any(isinstance(m, CastingLayer) for m in network.modules())
 
 
 def test_bf16_compute_with_fp8_weights_and_moving_keeps_the_storage(tiny_bundle):
     models = MemoModels.load(tiny_bundle["memo"], dtype="bf16", weight_dtype="fp8_e4m3fn")
     assert models.dtype == torch.bfloat16
     conv_in, norm = models.diffusion_net.conv_in, models.diffusion_net.conv_norm_out
-    assert conv_in.weight.dtype == torch.float8_e4m3fn and norm.weight.dtype == torch.bfloat16
+    conv = models.diffusion_net.down_blocks[0].resnets[0].conv1
+    assert conv.weight.dtype == torch.float8_e4m3fn and conv.bias.dtype == torch.bfloat16
+    assert conv_in.weight.dtype == norm.weight.dtype == models.image_proj.proj.weight.dtype == torch.bfloat16
     models.to(dtype="fp32")
     assert models.dtype == torch.float32
-    assert conv_in.weight.dtype == torch.float8_e4m3fn and norm.weight.dtype == torch.float32
+    assert conv.weight.dtype == torch.float8_e4m3fn and conv.bias.dtype == torch.float32
+    assert conv_in.weight.dtype == norm.weight.dtype == models.image_proj.proj.weight.dtype == torch.float32
 
 
 def _write_image_proj(tmp_path, edit=None):
@@ -236,7 +245,7 @@ def test_cpu_tuning_on_casting_layers_equals_untuned(tiny_bundle, tiny_vae):
     assert torch.equal(again, untuned)
     torch.testing.assert_close(tuned, untuned, atol=1e-4, rtol=1e-4)
     # the tuned linear layers read the bf16 weights cast to fp32, not the raw storage
-    assert models.diffusion_net.conv_in.weight.dtype == torch.bfloat16
+    assert models.diffusion_net.time_embedding.linear_1.weight.dtype == torch.bfloat16
 
 
 def test_use_layers_swaps_classes_in_place_and_refuses_foreign_ones():
@@ -328,3 +337,67 @@ def test_loading_peak_memory_is_the_stored_size(wide_diffusion_net, weight_dtype
     rise = measured["peak"] - measured["before"]
     assert measured["stored"] < fp32_bytes / 1.9
     assert rise <= 1.1 * measured["stored"] + largest + (8 << 20), (rise, measured, largest)
+
+
+# ---------------------------------------------------------------- saved states and batches
+
+
+def _first_clip_state(models, vae, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    audio = WindowedAudio(torch.randn(12, 5, 2, 16, generator=g))
+    settings = GenerationSettings(steps=1, frames_per_clip=4, past_frames=4, init_past_frames=4, seed=3)
+    stream = MemoPipeline(models, vae).generate(reference_pixels(torch.rand(64, 64, 3, generator=g)), None, audio, 3,
+                                                settings)
+    clip = next(stream)
+    stream.close()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "state.safetensors"
+    clip.state.save(path)
+    return path, settings
+
+
+def test_a_state_continues_only_with_the_weight_dtype_that_made_it(tiny_bundle, tiny_vae, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from memo_pipeline.state import GenerationState, StateError
+
+    fp8 = MemoModels.load(tiny_bundle["memo"], weight_dtype="fp8_e4m3fn")
+    plain = MemoModels.load(tiny_bundle["memo"])
+    path, settings = _first_clip_state(fp8, tiny_vae, tmp_path)
+    state = GenerationState.load(path)
+    assert state.metadata["weight_dtype"] == "fp8_e4m3fn"
+    state.check_compatible(fp8, settings, 3, 64, 12)
+    with pytest.raises(StateError, match="made with weight_dtype fp8_e4m3fn, this run asks for default"):
+        state.check_compatible(plain, settings, 3, 64, 12)
+    # a state saved before weight dtypes existed was made with default weights
+    plain_path, _ = _first_clip_state(plain, tiny_vae, tmp_path / "plain")
+    metadata = GenerationState.read_metadata(plain_path)
+    assert metadata.pop("weight_dtype") == "default"
+    older = tmp_path / "older.safetensors"
+    save_file(load_file(str(plain_path)), str(older), metadata=metadata)
+    GenerationState.load(older).check_compatible(plain, settings, 3, 64, 12)
+    with pytest.raises(StateError, match="made with weight_dtype default, this run asks for fp8_e4m3fn"):
+        GenerationState.load(older).check_compatible(fp8, settings, 3, 64, 12)
+
+
+def test_batch_rows_choose_their_weight_dtype(tiny_bundle, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from batch_support import decode, make_inputs, run_batch, write_csv
+
+    inputs = make_inputs(tmp_path / "in", {"a": 0.3})
+    rows = [{"image": inputs["portrait"], "audio": inputs["a"], "out": name + ".mp4", "weight_dtype": dtype}
+            for name, dtype in (("plain", "default"), ("fp8", "fp8_e4m3fn"), ("cli", ""))]
+    bad = write_csv(tmp_path / "bad.csv", rows + [{"image": inputs["portrait"], "audio": inputs["a"], "out": "x.mp4",
+                                                    "weight_dtype": "fp4"}])
+    code, _ = run_batch(tiny_bundle, bad, tmp_path / "bad-out")
+    err = capsys.readouterr().err
+    assert code == 2 and "line 5: weight_dtype 'fp4' is not one of default, bf16" in err
+    # a blank cell takes the command line's value (bf16 here)
+    rows[2].pop("weight_dtype")
+    manifest = write_csv(tmp_path / "jobs.csv", rows)
+    out = tmp_path / "out"
+    code, report = run_batch(tiny_bundle, manifest, out, "--weight-dtype", "bf16")
+    assert code == 0 and [r["status"] for r in report["rows"]] == ["done"] * 3
+    plain, fp8, cli = (decode(out / f"{name}.mp4")[0].astype(int) for name in ("plain", "fp8", "cli"))
+    assert plain.shape == fp8.shape == cli.shape
+    assert np.abs(plain - fp8).max() > np.abs(plain - cli).max() > 0  # each row ran with its own storage
