@@ -401,3 +401,21 @@ def test_batch_rows_choose_their_weight_dtype(tiny_bundle, tmp_path, capsys):
     plain, fp8, cli = (decode(out / f"{name}.mp4")[0].astype(int) for name in ("plain", "fp8", "cli"))
     assert plain.shape == fp8.shape == cli.shape
     assert np.abs(plain - fp8).max() > np.abs(plain - cli).max() > 0  # each row ran with its own storage
+
+
+def test_bench_cache_holds_the_in_memory_random_weights(tmp_path, monkeypatch):
+    """bench/configs.py writes its random networks tensor by tensor for `build_case(weight_dtype=...)`:
+    the very values its in-memory path draws, loaded through the real path."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import configs
+
+    monkeypatch.setattr(configs, "WEIGHT_CACHE", tmp_path)
+    in_memory = configs.build_case("tiny", 64, 1, frames_per_clip=4, cpu_tuning=False)
+    loaded = configs.build_case("tiny", 64, 1, frames_per_clip=4, cpu_tuning=False, weight_dtype="fp8_e4m3fn")
+    assert len(list(tmp_path.iterdir())) == 1  # one checkpoint folder, no partial one left
+    assert loaded.pipeline.models.weight_dtype == torch.float8_e4m3fn
+    for net in GENERATION_NETWORKS:
+        ours, theirs = getattr(in_memory.pipeline.models, net), getattr(loaded.pipeline.models, net).state_dict()
+        for name, tensor in ours.state_dict().items():
+            assert torch.equal(to_storage_dtype(tensor, theirs[name].dtype), theirs[name]), (net, name)
+    assert torch.equal(in_memory.pixels, loaded.pixels) and torch.equal(in_memory.emotion, loaded.emotion)
