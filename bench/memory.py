@@ -107,7 +107,14 @@ def run_child(config: str, weight_dtype: str, threads: int, frames: Path) -> dic
 def deviation(frames, reference) -> dict:
     from precision import psnr
 
-    return {"max_abs": float((frames.double() - reference.double()).abs().max()), "psnr_db": psnr(frames, reference)}
+    value = psnr(frames, reference)
+    # identical videos: PSNR null (JSON has no infinity)
+    return {"max_abs": float((frames.double() - reference.double()).abs().max()),
+            "psnr_db": None if value == float("inf") else value}
+
+
+def _db(deviation_row: dict) -> str:
+    return "identical" if deviation_row["psnr_db"] is None else f"{deviation_row['psnr_db']:.1f} dB"
 
 
 def measure(config: str, weight_dtypes: list[str], runs: int, threads: int) -> dict:
@@ -146,8 +153,8 @@ def measure(config: str, weight_dtypes: list[str], runs: int, threads: int) -> d
             row["s_per_frame_ratio"] = row["s_per_frame"] / base["s_per_frame"]
             row["cpu_s_per_frame_ratio"] = row["cpu_s_per_frame"] / base["cpu_s_per_frame"]
             line += (f" ({row['s_per_frame_ratio']:.2f}x wall, {row['cpu_s_per_frame_ratio']:.2f}x CPU)"
-                     f"  video: max abs {row['video']['max_abs']:.4f} PSNR {row['video']['psnr_db']:.1f} dB"
-                     f"  golden: max abs {row['golden']['max_abs']:.4f} PSNR {row['golden']['psnr_db']:.1f} dB")
+                     f"  video: max abs {row['video']['max_abs']:.4f} PSNR {_db(row['video'])}"
+                     f"  golden: max abs {row['golden']['max_abs']:.4f} PSNR {_db(row['golden'])}")
         print(line)
     if config == "mid" and base is not None:
         for name, limit in TARGETS_MIB.items():
