@@ -335,6 +335,8 @@ def test_loading_peak_memory_is_the_stored_size(wide_diffusion_net, weight_dtype
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     rise = measured["peak"] - measured["before"]
+    print(f"{weight_dtype}: loading raised RSS by {rise / 2**20:.1f} MiB for {measured['stored'] / 2**20:.1f} MiB stored "
+          f"({fp32_bytes / 2**20:.1f} MiB in fp32; largest tensor {largest / 2**20:.1f} MiB)")
     assert measured["stored"] < fp32_bytes / 1.9
     assert rise <= 1.1 * measured["stored"] + largest + (8 << 20), (rise, measured, largest)
 
