@@ -18,8 +18,12 @@ same tuning built into its model classes and `MemoPipeline.generate`, so there b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,11 +150,106 @@ def owned_allocator(device: str = "cpu"):
         yield
 
 
+def _random_values(model: torch.nn.Module, seed: int, scale: float):
+    """(state-dict name, value) of `model`'s parameters in `random_model`'s order and with its values,
+    one at a time (parameters on the meta device: only their shapes are read)."""
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, module in model.named_modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            value = torch.empty(param.shape)
+            if param.ndim >= 2:
+                value.normal_(0.0, scale / math.sqrt(param.numel() / param.shape[0]), generator=generator)
+            elif name.endswith("weight"):
+                value.normal_(1.0, 0.1, generator=generator)
+            else:
+                value.normal_(0.0, 0.1, generator=generator)
+            yield (f"{prefix}.{name}" if prefix else name), value
+
+
+def write_random_component(cls, config: dict, folder: Path, seed: int, class_name: str, scale: float = 1.0) -> None:
+    """`random_model(cls, config, seed, scale)` written as a model folder (config.json + safetensors)
+    one tensor at a time: the header is laid out from the shapes first, then each tensor is drawn
+    and written at its offset, so at most one tensor is in memory."""
+    from memo_pipeline.loading import WEIGHT_NAMES, build_model
+
+    with parameters_on_meta():
+        model = build_model(cls, config, cls.__name__) if hasattr(cls, "config_name") else cls(**config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key in sorted(shapes):
+        size = math.prod(shapes[key]) * 4
+        header[key] = {"dtype": "F32", "shape": list(shapes[key]), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = {"_class_name": class_name, **{k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
+    (folder / "config.json").write_text(json.dumps(json.loads(json.dumps(saved, default=list)), indent=2, sort_keys=True))
+    with open(folder / WEIGHT_NAMES[0], "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        start = f.tell()
+        f.truncate(start + offset)
+        written = set()
+        for key, value in _random_values(model, seed, scale):
+            f.seek(start + header[key]["data_offsets"][0])
+            f.write(value.contiguous().numpy().tobytes())
+            written.add(key)
+        for key, value in model.state_dict().items():  # buffers (real: small position tables)
+            if key not in written:
+                f.seek(start + header[key]["data_offsets"][0])
+                f.write(value.float().contiguous().numpy().tobytes())
+                written.add(key)
+
+
+WEIGHT_CACHE = Path(tempfile.gettempdir()) / "memo-bench-weights"
+"""Where `build_case` keeps the random checkpoints it loads in a weight dtype (written once per size and seed)."""
+
+
+def cached_checkpoint(size: str, seed: int) -> Path:
+    """A MEMO checkpoint folder with `build_case`'s random weights of `size` (the values its
+    in-memory path draws), written in a separate process the first time: the writing never
+    adds to the memory of the process that loads it."""
+    configs, _ = _networks(size)
+    digest = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = WEIGHT_CACHE / f"{size}-seed{seed}-{digest}"
+    if not root.is_dir():
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_write_checkpoint", size, str(seed),
+                               str(root)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"writing the random {size} checkpoint to {root} failed:\n{done.stderr[-3000:]}")
+    return root
+
+
+def _write_checkpoint(size: str, seed: int, root: Path) -> None:
+    """Written under a name of this process, then renamed: a reader never sees half a checkpoint."""
+    import os
+    import shutil
+
+    from memo_pipeline.loading import COMPONENTS
+
+    configs, _ = _networks(size)
+    partial = root.with_name(f"{root.name}.{os.getpid()}.partial")
+    for i, (name, (sub, cls, class_name)) in enumerate(COMPONENTS.items()):
+        write_random_component(cls, configs[name], partial / sub, seed + i, class_name)
+    try:
+        partial.rename(root)
+    except OSError:  # another process finished the same checkpoint first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16, vae_batch: int | None = None,
                dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
-               cpu_tuning: bool = True) -> BenchCase:
+               cpu_tuning: bool = True, weight_dtype: str | None = None) -> BenchCase:
     """Random-weight models of `size` and random inputs for `clips` clips at `resolution` px
-    (CPU-tuned where `device` is the CPU, unless `cpu_tuning` is False)."""
+    (CPU-tuned where `device` is the CPU, unless `cpu_tuning` is False).
+
+    `weight_dtype` (a `memo_pipeline.layers.WEIGHT_DTYPES` name, "default" included) loads the same
+    random weights through the real loading path, `MemoModels.load(weight_dtype=...)`, from a
+    checkpoint written once under the temp folder (`cached_checkpoint`): each tensor goes straight
+    into its storage dtype and no fp32 copy of a network exists in this process. None builds them
+    in memory (every revision has that path, see `compare_revisions.py`)."""
     from diffusers import AutoencoderKL
 
     from memo_pipeline.loading import COMPONENTS, MemoModels
@@ -158,12 +257,16 @@ def build_case(size: str, resolution: int, clips: int, frames_per_clip: int = 16
     from memo_pipeline.vae import DiffusersVAE
 
     configs, vae_config = _networks(size)
-    models = {}
-    for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
-        models[name] = torch.nn.Module.to(random_model(cls, configs[name], seed + i), device=device, dtype=dtype)
+    if weight_dtype is None:
+        models = {}
+        for i, (name, (_, cls, _)) in enumerate(COMPONENTS.items()):
+            models[name] = torch.nn.Module.to(random_model(cls, configs[name], seed + i), device=device, dtype=dtype)
+        memo_models = MemoModels(**models)
+    else:
+        memo_models = MemoModels.load(cached_checkpoint(size, seed), dtype=dtype, device=device, weight_dtype=weight_dtype)
     vae = torch.nn.Module.to(random_model(AutoencoderKL, vae_config, seed + 9, 0.5), device=device, dtype=dtype)
     # each revision's own default batch size unless one is asked for
-    pipeline = MemoPipeline(MemoModels(**models), DiffusersVAE(vae) if vae_batch is None else DiffusersVAE(vae, batch_size=vae_batch))
+    pipeline = MemoPipeline(memo_models, DiffusersVAE(vae) if vae_batch is None else DiffusersVAE(vae, batch_size=vae_batch))
     if cpu_tuning:
         tune_for_device(pipeline, device=device)
 
@@ -188,3 +291,8 @@ def settings_for(steps: int, frames_per_clip: int = 16, past_frames: int = 16, g
                    past_frames=past_frames, init_past_frames=past_frames, seed=42)
     options.update({k: v for k, v in extra.items() if k in known})
     return GenerationSettings(**options)
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "_write_checkpoint":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _write_checkpoint(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))

@@ -41,9 +41,44 @@ STORED_LAYER_CLASSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layers whose weight may be stored in `weight_dtype`: nearly all of a UNet's bytes."""
 
 KEPT_IN_COMPUTE_DTYPE = (nn.GroupNorm, nn.LayerNorm)
-"""Layers whose parameters always keep the compute dtype: the normalisations (a few kilobytes in
-all). Parameters outside any layer class above (embedding tables, positional tables) keep it too,
-because no casting forward reads them."""
+"""Layers whose parameters always keep the compute dtype: the normalisations. Parameters outside
+any layer class above (embedding tables, positional tables) keep it too, because no casting
+forward reads them.
+
+What is kept was measured (`bench/precision_groups.py`, golden full-pipeline case: the official
+fixture's weights, compute in fp32, one group at a time stored in fp8_e4m3fn while everything else
+stays fp32; PSNR of the video against all-fp32, share of the generation networks' parameter bytes):
+
+    norms (GroupNorm, LayerNorm)        28.5 dB   0.7 %   kept
+    conv_in / conv_out of both UNets    36.2 dB   0.3 %   kept (KEPT_LAYER_NAMES)
+    biases of every layer               40.5 dB   1.2 %   kept (KEPT_PARAMETER_NAMES)
+    image projection network            40.7 dB   0.2 %   kept (KEPT_NETWORKS)
+    time embedding + time_emb_proj      44.1 dB  10.6 %   stored
+    emotion modulation (adaLN linears)  53.4 dB   2.1 %   stored
+
+A group is kept where it is cheap (under 2 % of the bytes) and costs more than a few dB on its
+own; the rest is stored (the big groups, attention, feed-forward and resnet convolutions, hold the
+bytes the weight dtype exists to shrink). The motion memory is not a weight: it is data written
+during the generation, in fp32 (`GenerationSettings.memory_fp32`, the default) or the compute
+dtype, whatever the weight dtype."""
+
+KEPT_LAYER_NAMES = ("conv_in", "conv_out")
+"""Top-level layers of a network whose parameters keep the compute dtype: the UNets' first and last
+convolutions, which map to and from the latents (a small share of the bytes, a large share of the error)."""
+
+KEPT_PARAMETER_NAMES = ("bias",)
+"""Parameters that keep the compute dtype in every layer: the biases (1 % of the bytes)."""
+
+KEPT_NETWORKS = ("image_proj", "emotion_classifier")
+"""Networks (`loading.COMPONENTS` names) whose weights keep their dtype whatever `weight_dtype`
+says: the image projection (0.2 % of the bytes, 40.7 dB alone in fp8) and the emotion
+classifier, which labels audio in fp32."""
+
+
+def network_weight_dtype(network_name: str, weight_dtype):
+    """The weight dtype a network of `loading.COMPONENTS` stores its layers in: None (its own /
+    the compute dtype) for `KEPT_NETWORKS`."""
+    return None if network_name in KEPT_NETWORKS else weight_dtype
 
 
 class WeightDtypeError(ValueError):
@@ -167,26 +202,30 @@ def layer_weights(layer: nn.Module, input: torch.Tensor):
 
 def storage_dtypes(network: nn.Module, weight_dtype: torch.dtype | None, compute_dtype: torch.dtype) -> dict[str, torch.dtype]:
     """The dtype each parameter and floating buffer of `network` is stored in (by state-dict name):
-    `weight_dtype` for the parameters of `STORED_LAYER_CLASSES` layers, the compute dtype for
-    everything else (`KEPT_IN_COMPUTE_DTYPE`). With `weight_dtype` None every entry is the compute
-    dtype."""
+    `weight_dtype` for the weights of `STORED_LAYER_CLASSES` layers, the compute dtype for what the
+    measurements keep (`KEPT_IN_COMPUTE_DTYPE`, `KEPT_LAYER_NAMES`, `KEPT_PARAMETER_NAMES`) and for
+    everything outside those layers. With `weight_dtype` None every entry is the compute dtype.
+    (Whole networks that keep their dtype: `network_weight_dtype`.)"""
     stored = weight_dtype or compute_dtype
     dtypes = {}
     for prefix, module in network.named_modules():
-        keep = not isinstance(module, STORED_LAYER_CLASSES) or isinstance(module, KEPT_IN_COMPUTE_DTYPE)
+        keep = not isinstance(module, STORED_LAYER_CLASSES) or isinstance(module, KEPT_IN_COMPUTE_DTYPE) \
+            or prefix in KEPT_LAYER_NAMES
         for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if tensor is None or not tensor.is_floating_point():
                 continue
-            dtypes[f"{prefix}.{name}" if prefix else name] = compute_dtype if keep else stored
+            kept = keep or name in KEPT_PARAMETER_NAMES
+            dtypes[f"{prefix}.{name}" if prefix else name] = compute_dtype if kept else stored
     return dtypes
 
 
-def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype, in_place: bool = False) -> torch.Tensor:
     """`tensor` in `dtype`; float8 values beyond the format's range are clamped to its largest
-    finite value first (a plain cast makes them infinite in e5m2; e4m3fn has no infinity)."""
+    finite value first (a plain cast makes them infinite in e5m2; e4m3fn has no infinity). `in_place`:
+    the clamp may overwrite `tensor` (a buffer the caller owns) instead of allocating a copy of its size."""
     if tensor.dtype == dtype:
         return tensor
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and tensor.is_floating_point():
         limit = torch.finfo(dtype).max
-        tensor = tensor.clamp(-limit, limit)
+        tensor = tensor.clamp_(-limit, limit) if in_place else tensor.clamp(-limit, limit)
     return tensor.to(dtype)

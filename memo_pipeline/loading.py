@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -30,7 +29,8 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .layers import CastingLayers, resolve_weight_dtype, storage_dtypes, to_storage_dtype, use_layers
+from .layers import (CastingLayers, network_weight_dtype, resolve_weight_dtype, storage_dtypes, to_storage_dtype,
+                     use_layers)
 from .models.diffusion_net import DiffusionNet
 from .models.emotion_classifier import AudioEmotionClassifier
 from .models.projections import AudioProjection, ImageProjection
@@ -300,12 +300,34 @@ def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | tor
     return model.eval().requires_grad_(False)
 
 
-STREAM_WINDOW = 256 << 20
-"""Bytes of a safetensors file read under one mapping by `stream_weights`: the file's pages it
-touched count as the process's memory until the mapping closes, so it is reopened after this many."""
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
-_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "U64": 8,
-                         "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset its data starts at. Only called on a
+    file `safe_open` has accepted (which checks the header and that the offsets fit the file)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _read_tensor(f, path: Path, key: str, entry: dict, data_start: int, scratch: torch.Tensor) -> torch.Tensor:
+    """One tensor of an open safetensors file, read with plain reads into the front of `scratch`
+    (a uint8 buffer at least as long as the file's largest tensor): a view that the next read
+    overwrites."""
+    dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+    if dtype is None:
+        raise CheckpointError(f"{path}: tensor {key} has dtype {entry.get('dtype')}, which MEMO weights never use")
+    begin, end = entry["data_offsets"]
+    buffer = scratch[:end - begin]
+    f.seek(data_start + begin)
+    if end > begin and f.readinto(memoryview(buffer.numpy())) != end - begin:
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {key} is cut short")
+    return buffer.view(dtype).reshape(entry["shape"])
 
 
 def _open_safetensors(path: Path):
@@ -320,44 +342,44 @@ def stream_weights(folder: str | os.PathLike, model: torch.nn.Module, dtypes: di
     """A model folder's tensors, each read, cast to `dtypes[name]` (its own dtype where absent) and
     moved to `device` before the next is read: memory holds the stored result plus one tensor in
     the file's dtype, never a whole copy in the file's dtype. Keys and shapes are checked against
-    `model` from the file headers first, before any tensor is read."""
+    `model` from the file headers first, before any tensor is read.
+
+    Tensors are read with plain file reads, not through a memory mapping: every page of a mapping
+    a tensor was read from would count as the process's memory until the mapping closes (the
+    page cache behind plain reads does not). Every tensor is read into one buffer the size of the
+    file's largest tensor, so loading peaks at the stored size plus that buffer."""
     folder = Path(folder)
-    index: dict[Path, list[tuple[str, int]]] = {}
+    index: dict[Path, list[str]] = {}
     shapes = {}
     for path in weight_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in the safetensors index but missing")
-        with _open_safetensors(path) as f:
-            entries = []
-            for key in f.keys():
-                view = f.get_slice(key)
-                shape = tuple(view.get_shape())
-                shapes[key] = shape
-                entries.append((key, math.prod(shape) * _SAFETENSORS_ITEMSIZE.get(view.get_dtype(), 8)))
-            index[path] = entries
+        with _open_safetensors(path) as f:  # validates the header and its offsets against the file size
+            index[path] = list(f.keys())
+            for key in index[path]:
+                shapes[key] = tuple(f.get_slice(key).get_shape())
     source = ", ".join(os.fspath(p) for p in index)
     problems = shape_problems({k: v.shape for k, v in model.state_dict().items()}, shapes)
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
     tensors = {}
-    for path, entries in index.items():
-        start = 0
-        while start < len(entries):
-            window, end = 0, start
-            while end < len(entries) and (end == start or window + entries[end][1] <= STREAM_WINDOW):
-                window += entries[end][1]
-                end += 1
-            try:
-                with _open_safetensors(path) as f:
-                    for key, _size in entries[start:end]:
-                        mapped = f.get_tensor(key)  # backed by the file's mapping
-                        stored = to_storage_dtype(mapped, dtypes.get(key, mapped.dtype)).to(device)
-                        if stored.data_ptr() == mapped.data_ptr():
-                            stored = stored.clone()  # a tensor left on the mapping would keep it alive
-                        tensors[key] = stored
-            except (SafetensorError, OSError) as err:
-                raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
-            start = end
+    for path, keys in index.items():
+        header, data_start = _safetensors_header(path)
+        largest = max((header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys), default=0)
+        # one buffer for every read: per-tensor buffers, freed between stored results, would leave
+        # the heap fragmented (its peak well above the stored size)
+        scratch = torch.empty(largest, dtype=torch.uint8)
+        try:
+            with open(path, "rb") as f:
+                for key in keys:
+                    read = _read_tensor(f, path, key, header[key], data_start, scratch)
+                    stored = to_storage_dtype(read, dtypes.get(key, read.dtype), in_place=True).to(device)
+                    if stored.data_ptr() == read.data_ptr() or stored.untyped_storage().data_ptr() == scratch.data_ptr():
+                        stored = stored.clone()  # still the scratch buffer, which the next read overwrites
+                    tensors[key] = stored
+        except OSError as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+        del scratch
     return tensors
 
 
@@ -404,9 +426,8 @@ class MemoModels:
             if name == "emotion_classifier" and (not emotion_classifier or not (root / sub).is_dir()):
                 models[name] = None
                 continue
-            # the emotion classifier is tiny and labels audio in fp32 (`.float()`): its weights keep their dtype
-            stored_as = weight_dtype if name in GENERATION_NETWORKS else None
-            models[name] = load_component(root / sub, model_cls, dtype, device, stored_as, layers)
+            # the emotion classifier and the image projection keep their dtype (`layers.KEPT_NETWORKS`)
+            models[name] = load_component(root / sub, model_cls, dtype, device, network_weight_dtype(name, weight_dtype), layers)
         loaded = cls(**models)
         loaded.weight_dtype = resolve_weight_dtype(weight_dtype)
         loaded.compute_dtype = resolve_dtype(dtype) or (torch.float32 if loaded.weight_dtype else loaded.diffusion_net.dtype)
@@ -428,11 +449,12 @@ class MemoModels:
         """Move to `device` and make `dtype` the compute dtype; weights stored in a `weight_dtype`
         keep it (only the parameters `layers.storage_dtypes` keeps in the compute dtype change)."""
         dtype = resolve_dtype(dtype)
-        for module in self.modules().values():
-            if self.weight_dtype is None or dtype is None:
+        for name, module in self.modules().items():
+            stored = network_weight_dtype(name, self.weight_dtype)
+            if stored is None or dtype is None:
                 move(module, device, dtype)
                 continue
-            targets = storage_dtypes(module, self.weight_dtype, dtype)
+            targets = storage_dtypes(module, stored, dtype)
             move(module, device)
             for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
                 if name in targets and tensor.dtype != targets[name]:

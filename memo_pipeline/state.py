@@ -26,9 +26,13 @@ from .models.motion_memory import MEMORY_DECAY, MotionMemory
 
 STATE_FORMAT = "memo-generation-state"
 RECORD_KEYS = ("checkpoint_fingerprint", "weights_fingerprint", "clip_frames", "settings.fps", "settings.steps",
-               "settings.guidance_scale", "settings.past_frames", "settings.resolution", "settings.audio_frames")
+               "settings.guidance_scale", "settings.past_frames", "settings.resolution", "settings.audio_frames",
+               "weight_dtype")
 """What a state records of the generation that made it (`GenerationState.record`): every setting that
 shapes the remaining clips; `check_compatible` refuses a run that differs in any of them."""
+RECORDED_BEFORE = {"weight_dtype": "default"}
+"""Keys newer than the state format, with the value every state saved without them was made with
+(weights stored in a smaller dtype did not exist then)."""
 LIBRARY_KEYS = frozenset({"format", "next_clip", "decay", "past_frames_layout", "video_file", *RECORD_KEYS})
 """Metadata keys written by the library itself; every other key is the caller's."""
 
@@ -67,6 +71,14 @@ def weights_fingerprint(models) -> str:
     return digest.hexdigest()[:16]
 
 
+def _weight_dtype_of(models) -> str:
+    """The `layers.WEIGHT_DTYPES` name the models' layer weights are stored in ("default": the
+    compute dtype). Stored weights change every later clip, so a state records it."""
+    from .layers import weight_dtype_name
+
+    return weight_dtype_name(getattr(models, "weight_dtype", None))
+
+
 def memory_layers(diffusion_net) -> dict[str, tuple[int, int]]:
     """Motion-memory slot name -> (heads, head_dim) of every memory attention of a diffusion net."""
     from .models.motion_module import MemoryLinearAttention
@@ -99,7 +111,7 @@ class GenerationState:
                 "clip_frames": str(int(settings.frames_per_clip)), "settings.fps": repr(float(settings.fps)),
                 "settings.steps": str(int(settings.steps)), "settings.guidance_scale": repr(float(settings.guidance_scale)),
                 "settings.past_frames": str(int(settings.past_frames)), "settings.resolution": str(int(resolution)),
-                "settings.audio_frames": str(int(audio_frames))}
+                "settings.audio_frames": str(int(audio_frames)), "weight_dtype": _weight_dtype_of(models)}
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """safetensors file; `metadata` (strings) is stored alongside, e.g. what generation this continues.
@@ -253,20 +265,23 @@ class GenerationState:
                 "clip_frames": int(settings.frames_per_clip), "settings.fps": float(settings.fps),
                 "settings.steps": int(settings.steps), "settings.guidance_scale": float(settings.guidance_scale),
                 "settings.past_frames": int(settings.past_frames), "settings.resolution": int(resolution) or None,
-                "settings.audio_frames": audio_frames}
+                "settings.audio_frames": audio_frames, "weight_dtype": _weight_dtype_of(models)}
         names = {"checkpoint_fingerprint": "checkpoint (config fingerprint)", "weights_fingerprint":
                  "checkpoint weights (fingerprint)", "clip_frames": "frames_per_clip", "settings.fps": "fps",
                  "settings.steps": "steps", "settings.guidance_scale": "guidance_scale (cfg)",
                  "settings.past_frames": "past_frames", "settings.resolution": "resolution",
-                 "settings.audio_frames": "audio length (frames)"}
+                 "settings.audio_frames": "audio length (frames)", "weight_dtype": "weight_dtype"}
         for key in RECORD_KEYS:
             wanted = ours[key]
             if wanted is None:  # not known to this caller
                 continue
-            if key not in self.metadata:
+            if key not in self.metadata and key in RECORDED_BEFORE:
+                text = RECORDED_BEFORE[key]
+            elif key not in self.metadata:
                 raise StateError(f"the state does not record its {names[key]} (saved by an older version, or edited): "
                                  "it cannot be checked against this run")
-            text = self.metadata[key]
+            else:
+                text = self.metadata[key]
             try:
                 value = type(wanted)(text)
             except ValueError:

@@ -59,6 +59,15 @@ def _mode(text) -> str:
     return value
 
 
+def _weight_dtype(text) -> str:
+    from ..layers import WEIGHT_DTYPES
+
+    value = str(text).strip()
+    if value not in WEIGHT_DTYPES:
+        raise ValueError
+    return value
+
+
 # column -> (parser, what a good value looks like, where it goes: "settings" field or Job field)
 SETTING_COLUMNS = {
     "seed": (_int, "a whole number", "settings.seed"),
@@ -72,6 +81,7 @@ SETTING_COLUMNS = {
     "reference_mode": (_mode, f"one of {', '.join(REFERENCE_MODES)}", "reference_mode"),
     "crop_scale": (_float, "a number", "crop_scale"),
     "vocal_separation": (_separation, "auto, official, full-band or none", "vocal_separation"),
+    "weight_dtype": (_weight_dtype, "one of default, bf16, fp16, fp8_e4m3fn, fp8_e5m2", "weight_dtype"),
 }
 PATH_COLUMNS = ("image", "audio", "emotion2vec", "out")
 KNOWN_COLUMNS = (*PATH_COLUMNS, *SETTING_COLUMNS)
@@ -115,6 +125,8 @@ def row_fingerprint(job) -> str:
     fields = {name: getattr(job, name) for name in ("resolution", "emotion", "crop", "reference_mode", "crop_scale",
                                                     "allow_no_face", "dtype", "device", "vae_batch_size",
                                                     "vocal_separation")}
+    if job.weight_dtype != "default":  # (absent when default: rows finished before weight dtypes keep their fingerprint)
+        fields["weight_dtype"] = job.weight_dtype
     text = json.dumps({
         "image": _file_digest(Path(job.image)), "audio": _file_digest(Path(job.audio)),
         "models": [None if p is None else os.fspath(p) for p in (job.checkpoint, job.vae, job.wav2vec, job.emotion2vec, job.face_models)],

@@ -62,17 +62,26 @@ class RowRunner:
     threads: int | None = None  # CPU threads; None: the process's setting when the runner was made
     keep_clips: bool = False  # keep each row's lossless clip files next to its mp4
     loaded: object = None
+    loaded_weight_dtype: str | None = None  # the weight dtype `loaded` stores its layer weights in
 
     def __post_init__(self):
         import torch
 
         self.threads = self.threads or torch.get_num_threads()
 
-    def load(self):
+    def load(self, weight_dtype: str | None = None):
+        """The template's models, with the layer weights stored in `weight_dtype` (a row's own
+        setting; None: the template's). Models of another weight dtype are let go first."""
+        import dataclasses
+
+        wanted = weight_dtype or self.template.weight_dtype
+        if self.loaded is not None and self.loaded_weight_dtype != wanted:
+            self.loaded = None
         if self.loaded is None:
             from ..cli import load_models
 
-            self.loaded = load_models(self.template)
+            self.loaded = load_models(dataclasses.replace(self.template, weight_dtype=wanted))
+            self.loaded_weight_dtype = wanted
         return self.loaded
 
     def run(self, row: BatchRow, stop: threading.Event | None = None,
@@ -109,7 +118,7 @@ class RowRunner:
         if first < row.num_clips:
             job = row.job
             clip16k = load_audio(job.audio)
-            prepared = cli.prepare_job(job, self.load(), clip16k, state, cli.vocal_mode_of(job))
+            prepared = cli.prepare_job(job, self.load(job.weight_dtype), clip16k, state, cli.vocal_mode_of(job))
             if prepared.num_clips != row.num_clips:
                 raise RuntimeError(f"the audio gives {prepared.num_clips} clips, {row.num_clips} were expected")
             with cli.generation_heap(job.device):  # a worker owns its process, as the command line does
