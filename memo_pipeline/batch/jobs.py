@@ -115,6 +115,8 @@ def row_fingerprint(job) -> str:
     fields = {name: getattr(job, name) for name in ("resolution", "emotion", "crop", "reference_mode", "crop_scale",
                                                     "allow_no_face", "dtype", "device", "vae_batch_size",
                                                     "vocal_separation")}
+    if job.vae_tiling != "auto":  # only a non-default adds a field: older fingerprints stay valid
+        fields["vae_tiling"] = job.vae_tiling
     text = json.dumps({
         "image": _file_digest(Path(job.image)), "audio": _file_digest(Path(job.audio)),
         "models": [None if p is None else os.fspath(p) for p in (job.checkpoint, job.vae, job.wav2vec, job.emotion2vec, job.face_models)],
