@@ -74,17 +74,21 @@ def measure(model, sizes: list[int]) -> dict:
         reference, untiled_s = timed(untiled.encode, frames)
         latents, tiled_s = timed(tiled.encode, frames)
         peak = float(reference.max() - reference.min())
-        row = {"encode": {**deviation(latents, reference, peak), "untiled_s": untiled_s, "tiled_s": tiled_s}}
+        row = results[str(size)] = {}
+        row["encode"] = report(size, "encode", {**deviation(latents, reference, peak),
+                                                "untiled_s": untiled_s, "tiled_s": tiled_s})
         noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(size))
         for name, z in (("decode_portrait", reference), ("decode_noise", noise)):
             exact, untiled_s = timed(untiled.decode, z)
             split, tiled_s = timed(tiled.decode, z)
-            row[name] = {**deviation(split, exact, 1.0), "untiled_s": untiled_s, "tiled_s": tiled_s}
-        results[str(size)] = row
-        for name, figures in row.items():
-            print(f"{size:5d} px  {name:16s} max abs {figures['max_abs']:.4f}  PSNR {figures['psnr_db']:6.2f} dB  "
-                  f"untiled {figures['untiled_s']:6.1f} s  tiled {figures['tiled_s']:6.1f} s", flush=True)
+            row[name] = report(size, name, {**deviation(split, exact, 1.0), "untiled_s": untiled_s, "tiled_s": tiled_s})
     return results
+
+
+def report(size: int, name: str, figures: dict) -> dict:
+    print(f"{size:5d} px  {name:16s} max abs {figures['max_abs']:.4f}  PSNR {figures['psnr_db']:6.2f} dB  "
+          f"untiled {figures['untiled_s']:6.1f} s  tiled {figures['tiled_s']:6.1f} s", flush=True)
+    return figures
 
 
 def main() -> None:

@@ -183,3 +183,19 @@ def test_comfyui_bridge_uses_comfyuis_tiled_calls_with_the_tiled_nodes_defaults_
     comfy.tiled.clear()
     bridge.decode(bridge.encode(torch.zeros(2, 3, 16, 512)))
     assert comfy.tiled == [] and comfy.calls == {"encode": 2, "decode": 2}
+
+
+def test_batch_passes_vae_tiling_to_its_rows_and_a_row_made_otherwise_is_not_resumed(tiny_bundle, tmp_path):
+    import dataclasses
+
+    from memo_pipeline.batch.cli import template_job
+    from memo_pipeline.batch.jobs import row_fingerprint
+
+    base = ["batch", "jobs.csv", "--out-dir", str(tmp_path), "--checkpoint", str(tiny_bundle["memo"]),
+            "--vae", str(tiny_bundle["vae"]), "--wav2vec", str(tiny_bundle["wav2vec2"])]
+    template = template_job(build_parser().parse_args(base + ["--vae-tiling", "off"]))
+    assert template.vae_tiling == "off"
+    image, audio = tmp_path / "p.png", tmp_path / "a.wav"
+    image.write_bytes(b"picture"), audio.write_bytes(b"sound")
+    row = dataclasses.replace(template, image=image, audio=audio, out=tmp_path / "o.mp4")
+    assert row_fingerprint(row) != row_fingerprint(dataclasses.replace(row, vae_tiling="auto"))
