@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frames per VAE call (default: chosen per device; 1 = exactly the official per-frame calls)")
     gen.add_argument("--vae-tiling", choices=list(TILING_MODES), default="auto",
                      help=f"auto: frames above {TILE_SIZE} px are encoded/decoded in {TILE_SIZE} px tiles overlapping by "
-                          f"{TILE_OVERLAP} px (less memory, slightly different pixels); off: whole frames")
+                          f"{TILE_OVERLAP} px (less memory; the pixels differ from whole frames, see docs/architecture.md); "
+                          "off: whole frames")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
     gen.add_argument("--vocal-separation", choices=["official", "full-band"], default="auto",
                      help="separate the vocals with misc/vocal_separator/Kim_Vocal_2.onnx before feature extraction; "
