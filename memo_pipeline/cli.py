@@ -30,7 +30,7 @@ from .loading import MemoModels, resolve_dtype
 from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
 from .state import GenerationState
-from .vae import DiffusersVAE
+from .vae import TILE_OVERLAP, TILE_SIZE, TILING_MODES, DiffusersVAE
 from .streaming import StopRequested, default_state_path, stop_signals, write_generation
 from .video_io import read_video_info
 from .offload import OFFLOAD_MODES, apply_offload, load_device
@@ -62,6 +62,7 @@ class Job:
     device: str = "cpu"
     offload: str = "none"  # offload.OFFLOAD_MODES: where weights wait while another network runs
     vae_batch_size: int | None = None
+    vae_tiling: str = "auto"
     compile: bool = False
     save_state: Path | None = None
     progress: bool = True
@@ -263,7 +264,8 @@ def load_models(job: Job) -> LoadedModels:
     dtype = resolve_dtype(job.dtype)
     host = load_device(job.offload, job.device)  # the execution device unless weights wait on the host
     models = MemoModels.load(job.checkpoint, dtype=dtype, device=host, weight_dtype=job.weight_dtype)
-    vae = DiffusersVAE.from_pretrained(job.vae, device=host, dtype=dtype, batch_size=job.vae_batch_size)
+    vae = DiffusersVAE.from_pretrained(job.vae, device=host, dtype=dtype, batch_size=job.vae_batch_size,
+                                       tiling=job.vae_tiling)
     encoder = Wav2Vec2AudioEncoder.from_pretrained(job.wav2vec, device=host)
     apply_offload(job.offload, job.device, models, vae, encoder)
     if torch.device(job.device).type == "cpu":  # the command line owns its process: CPU runs are tuned
@@ -440,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.compile the diffusion net (slower first clips, faster long runs)")
     gen.add_argument("--vae-batch", type=int, default=None,
                      help="frames per VAE call (default: chosen per device; 1 = exactly the official per-frame calls)")
+    gen.add_argument("--vae-tiling", choices=list(TILING_MODES), default="auto",
+                     help=f"auto: frames above {TILE_SIZE} px are encoded/decoded in {TILE_SIZE} px tiles overlapping by "
+                          f"{TILE_OVERLAP} px (less memory; the pixels differ from whole frames, see docs/architecture.md); "
+                          "off: whole frames")
     gen.add_argument("--save-state", type=Path, help="after every clip, save the motion memory + past frames here")
     gen.add_argument("--vocal-separation", choices=["official", "full-band"], default="auto",
                      help="separate the vocals with misc/vocal_separator/Kim_Vocal_2.onnx before feature extraction; "
@@ -503,8 +509,9 @@ def _run_command(args) -> int:
                                resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
                                face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
                                allow_no_face=args.allow_no_face, dtype=args.dtype, weight_dtype=args.weight_dtype,
-                               device=args.device, offload=args.offload,
-                               vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
+                               device=args.device, offload=args.offload, vae_batch_size=args.vae_batch,
+                               vae_tiling=args.vae_tiling, compile=args.compile, save_state=args.save_state,
+                               progress=not args.no_progress,
                                overwrite=args.overwrite, resume=args.resume,
                                vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
         except (ValueError, RuntimeError) as err:

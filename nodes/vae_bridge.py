@@ -15,13 +15,20 @@ MEMO's pipeline wants ``[N, 3, H, W]`` frames in [-1, 1] -> latents times 0.1821
 and scaled latents -> ``[N, 3, H, W]`` float32 in [0, 1]. So the bridge maps ``x -> (x + 1) / 2``,
 moves channels last, and multiplies the latents by 0.18215 (dividing on the way back): the same
 numbers as `DiffusersVAE` on the same weights, up to the ``(x + 1) / 2 * 2 - 1`` round trip.
+
+Frames larger than `TILE_SIZE` (512 px) on a side go through ComfyUI's own ``encode_tiled`` /
+``decode_tiled`` with the parameters its VAE Encode (Tiled) / VAE Decode (Tiled) nodes pass by
+default: 512 px tiles overlapping by 64 px (decode: 64 and 8 latents). ComfyUI averages three
+tilings per frame there (see `memo_pipeline.vae.TILE_SIZE`), so its tiled pixels differ from the
+library's tiled pixels as both differ from untiled. Up to 512 px the plain calls run, which batch
+frames by free memory themselves.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..memo_pipeline.vae import LATENT_SCALE
+from ..memo_pipeline.vae import LATENT_SCALE, TILE_OVERLAP, TILE_SIZE
 
 
 def check_sd_vae(vae, input_name: str = "vae") -> None:
@@ -52,19 +59,33 @@ class ComfyVAEBridge:
         check_sd_vae(vae, input_name)
         self.vae = vae
 
+    def tiles(self, height: int, width: int) -> bool:
+        """Whether frames of `height` x `width` pixels go through ComfyUI's tiled encode/decode
+        (above `TILE_SIZE`, as `DiffusersVAE` tiles; a VAE object without them runs whole frames)."""
+        tiled = all(callable(getattr(self.vae, name, None)) for name in ("encode_tiled", "decode_tiled"))
+        return tiled and max(height, width) > TILE_SIZE
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"VAE bridge: frames must be [N, 3, H, W], got {tuple(frames.shape)}")
         pixels = ((frames.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)
-        latents = self.vae.encode(pixels)
+        if self.tiles(*frames.shape[-2:]):
+            latents = self.vae.encode_tiled(pixels, tile_x=TILE_SIZE, tile_y=TILE_SIZE, overlap=TILE_OVERLAP)
+        else:
+            latents = self.vae.encode(pixels)
         if latents.shape[-2:] != (frames.shape[-2] // 8, frames.shape[-1] // 8):
             raise ValueError(f"VAE returned latents of shape {tuple(latents.shape)} for frames {tuple(frames.shape)}")
         return latents.to(device=frames.device, dtype=torch.float32) * LATENT_SCALE
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latents.float() / LATENT_SCALE)
+        latents = latents.float() / LATENT_SCALE
+        if self.tiles(latents.shape[-2] * 8, latents.shape[-1] * 8):
+            tile, overlap = TILE_SIZE // 8, TILE_OVERLAP // 8  # VAE Decode (Tiled) divides by the compression
+            images = self.vae.decode_tiled(latents, tile_x=tile, tile_y=tile, overlap=overlap)
+        else:
+            images = self.vae.decode(latents)
         if images.dim() == 5:  # video VAEs add a time axis; an image VAE never should
             images = images.reshape(-1, *images.shape[-3:])
         return images[..., :3].movedim(-1, 1).float()

@@ -48,7 +48,8 @@ def template_job(args):
     return Job(args.checkpoint, args.vae, args.wav2vec, None, None, None, settings, resolution=args.resolution,
                emotion=args.emotion, emotion2vec=args.emotion2vec, face_models=args.face_models, crop=args.crop,
                reference_mode=args.reference_mode, crop_scale=args.crop_scale, allow_no_face=args.allow_no_face,
-               dtype=args.dtype, weight_dtype=args.weight_dtype, device=args.device, vae_batch_size=args.vae_batch, compile=args.compile,
+               dtype=args.dtype, weight_dtype=args.weight_dtype, device=args.device, vae_batch_size=args.vae_batch,
+               vae_tiling=args.vae_tiling, compile=args.compile,
                progress=False, overwrite=args.overwrite,
                offload=args.offload,
                vocal_separation=None if args.no_vocal_separation else args.vocal_separation)

@@ -127,6 +127,8 @@ def row_fingerprint(job) -> str:
                                                     "vocal_separation")}
     if job.weight_dtype != "default":  # (absent when default: rows finished before weight dtypes keep their fingerprint)
         fields["weight_dtype"] = job.weight_dtype
+    if job.vae_tiling != "auto":  # only a non-default adds a field: older fingerprints stay valid
+        fields["vae_tiling"] = job.vae_tiling
     text = json.dumps({
         "image": _file_digest(Path(job.image)), "audio": _file_digest(Path(job.audio)),
         "models": [None if p is None else os.fspath(p) for p in (job.checkpoint, job.vae, job.wav2vec, job.emotion2vec, job.face_models)],
