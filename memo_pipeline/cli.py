@@ -25,6 +25,7 @@ from .audio.features import Wav2Vec2AudioEncoder, extract_audio_features
 from .audio.io import load_audio
 from .cpu_tuning import apply_cpu_tuning, tuned_allocator
 from .face.image import load_image
+from .layers import WEIGHT_DTYPES
 from .loading import MemoModels, resolve_dtype
 from .reference import REFERENCE_MODES, check_resolution, prepare_reference
 from .pipeline import GenerationSettings, MemoPipeline, clip_emotion, reference_pixels
@@ -56,6 +57,7 @@ class Job:
     crop_scale: float | None = None
     allow_no_face: bool = False
     dtype: str = "fp32"
+    weight_dtype: str = "default"  # how layer weights are stored (layers.WEIGHT_DTYPES); default: as dtype
     device: str = "cpu"
     vae_batch_size: int | None = None
     compile: bool = False
@@ -257,7 +259,7 @@ class LoadedModels:
 def load_models(job: Job) -> LoadedModels:
     """Load (and, with `job.compile`, compile) the networks named by `job`; nothing per video."""
     dtype = resolve_dtype(job.dtype)
-    models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device)
+    models = MemoModels.load(job.checkpoint, dtype=dtype, device=job.device, weight_dtype=job.weight_dtype)
     vae = DiffusersVAE.from_pretrained(job.vae, device=job.device, dtype=dtype, batch_size=job.vae_batch_size)
     if torch.device(job.device).type == "cpu":  # the command line owns its process: CPU runs are tuned
         apply_cpu_tuning(models, vae)
@@ -422,7 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--crop", action="store_true", help="same as --reference-mode face-crop")
     gen.add_argument("--crop-scale", type=float, help="crop size relative to the face box")
     gen.add_argument("--allow-no-face", action="store_true", help="use a zero identity embedding when no face/face model is found")
-    gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="the dtype the networks compute in")
+    gen.add_argument("--weight-dtype", default="default", choices=list(WEIGHT_DTYPES),
+                     help="store the MEMO networks' layer weights in this dtype and cast them to --dtype layer by layer "
+                          "(fp8 weights take a quarter of fp32's memory); default: --dtype")
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--compile", action="store_true",
                      help="torch.compile the diffusion net (slower first clips, faster long runs)")
@@ -490,7 +495,8 @@ def _run_command(args) -> int:
                 info = run(Job(args.checkpoint, args.vae, args.wav2vec, args.image, args.audio, args.out, settings,
                                resolution=args.resolution, emotion=args.emotion, emotion2vec=args.emotion2vec,
                                face_models=args.face_models, crop=args.crop, reference_mode=args.reference_mode, crop_scale=args.crop_scale,
-                               allow_no_face=args.allow_no_face, dtype=args.dtype, device=args.device,
+                               allow_no_face=args.allow_no_face, dtype=args.dtype, weight_dtype=args.weight_dtype,
+                               device=args.device,
                                vae_batch_size=args.vae_batch, compile=args.compile, save_state=args.save_state, progress=not args.no_progress,
                                overwrite=args.overwrite, resume=args.resume,
                                vocal_separation=None if args.no_vocal_separation else args.vocal_separation))

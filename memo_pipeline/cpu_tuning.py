@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heap import libc_function, release_freed_memory
+from .layers import CastingLayer, layer_weights
 
 MIN_POSITIONS = 256
 """Fewest input positions (batch x height x width) that take the phase path: the four folded
@@ -77,9 +78,12 @@ def _phase_upsample_forward(self, hidden_states: torch.Tensor, output_size=None,
     h, w = hidden_states.shape[-2:]
     doubled = output_size is None or tuple(output_size) == (2 * h, 2 * w)
     small = hidden_states.shape[0] * h * w < MIN_POSITIONS
-    if args or kwargs or not doubled or small or hidden_states.device.type != "cpu":
+    weights = None
+    if not (args or kwargs or not doubled or small or hidden_states.device.type != "cpu"):
+        weights = layer_weights(self.conv, hidden_states)
+    if weights is None:
         return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
-    return nearest_upsample_conv(hidden_states, self.conv.weight, self.conv.bias)
+    return nearest_upsample_conv(hidden_states, *weights)
 
 
 def _phase_eligible(module: nn.Module) -> bool:
@@ -125,10 +129,21 @@ def _routable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def _onednn_linear_forward(self, input: torch.Tensor) -> torch.Tensor:
-    """An `nn.Linear` forward that uses oneDNN's matmul where `_routable` allows, else its own."""
-    if _routable(input, self.weight, self.bias):
-        return _LINEAR_POINTWISE(input, self.weight, self.bias, "none", [], "")
+    """An `nn.Linear` forward that uses oneDNN's matmul where `_routable` allows, else its own.
+    The weights are the ones the layer's class would use (`layers.layer_weights`: cast from their
+    storage dtype for casting layers)."""
+    weights = layer_weights(self, input)
+    if weights is not None and _routable(input, *weights):
+        return _LINEAR_POINTWISE(input, *weights, "none", [], "")
     return type(self).forward(self, input)
+
+
+def _linear_tunable(layer: nn.Module) -> bool:
+    """A linear layer whose forward only multiplies by its (possibly cast) weights: a plain
+    `nn.Linear`, a `layers.CastingLayers.Linear`, or a comfy.ops one (`layer_weights` sends those
+    to their own forward whenever they cast or patch)."""
+    return isinstance(layer, nn.Linear) and (
+        type(layer) is nn.Linear or isinstance(layer, CastingLayer) or hasattr(type(layer), "comfy_cast_weights"))
 
 
 def _onednn_networks():
@@ -176,7 +191,7 @@ def _targets(root: nn.Module) -> list[tuple[nn.Module, object]]:
     seen = set()
     for net in (m for m in root.modules() if isinstance(m, _onednn_networks())):
         for layer in net.modules():
-            if type(layer) is nn.Linear and id(layer) not in seen:
+            if _linear_tunable(layer) and id(layer) not in seen:
                 seen.add(id(layer))
                 found.append((layer, _onednn_linear_forward))
     return found

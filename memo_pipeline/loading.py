@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -26,8 +27,10 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .layers import CastingLayers, resolve_weight_dtype, storage_dtypes, to_storage_dtype, use_layers
 from .models.diffusion_net import DiffusionNet
 from .models.emotion_classifier import AudioEmotionClassifier
 from .models.projections import AudioProjection, ImageProjection
@@ -270,18 +273,92 @@ def load_weights_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
     return model
 
 
-def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | torch.device = "cpu",
+                   weight_dtype=None, layers=None) -> torch.nn.Module:
     """Build `cls` from `folder/config.json` (on the meta device, so nothing is allocated twice),
-    load its safetensors strictly, then cast/move."""
+    load its safetensors strictly, then cast/move.
+
+    `layers`: a layer namespace for `layers.use_layers` (e.g. comfy.ops); `weight_dtype` (a
+    `WEIGHT_DTYPES` name or dtype) stores the weights that way (`layers.storage_dtypes`), with
+    `CastingLayers` unless `layers` is given, and `dtype` (fp32 when None) as the compute dtype.
+    Either one reads the file tensor by tensor straight into its storage dtype and device."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
     config = read_config(folder)
     model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
-    tensors, source = read_weights(folder)
-    load_weights_strict(model, tensors, source)
-    move(model, device, dtype)
+    weight_dtype = resolve_weight_dtype(weight_dtype)
+    if layers is None and weight_dtype is None:
+        tensors, source = read_weights(folder)
+        load_weights_strict(model, tensors, source)
+        move(model, device, dtype)
+        return model.eval().requires_grad_(False)
+    use_layers(model, layers if layers is not None else CastingLayers)
+    compute = resolve_dtype(dtype) or torch.float32
+    tensors = stream_weights(folder, model, storage_dtypes(model, weight_dtype, compute), device)
+    model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+STREAM_WINDOW = 256 << 20
+"""Bytes of a safetensors file read under one mapping by `stream_weights`: the file's pages it
+touched count as the process's memory until the mapping closes, so it is reopened after this many."""
+
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "U64": 8,
+                         "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(os.fspath(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+
+
+def stream_weights(folder: str | os.PathLike, model: torch.nn.Module, dtypes: dict[str, torch.dtype],
+                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A model folder's tensors, each read, cast to `dtypes[name]` (its own dtype where absent) and
+    moved to `device` before the next is read: memory holds the stored result plus one tensor in
+    the file's dtype, never a whole copy in the file's dtype. Keys and shapes are checked against
+    `model` from the file headers first, before any tensor is read."""
+    folder = Path(folder)
+    index: dict[Path, list[tuple[str, int]]] = {}
+    shapes = {}
+    for path in weight_files(folder):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is listed in the safetensors index but missing")
+        with _open_safetensors(path) as f:
+            entries = []
+            for key in f.keys():
+                view = f.get_slice(key)
+                shape = tuple(view.get_shape())
+                shapes[key] = shape
+                entries.append((key, math.prod(shape) * _SAFETENSORS_ITEMSIZE.get(view.get_dtype(), 8)))
+            index[path] = entries
+    source = ", ".join(os.fspath(p) for p in index)
+    problems = shape_problems({k: v.shape for k, v in model.state_dict().items()}, shapes)
+    if problems:
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+    tensors = {}
+    for path, entries in index.items():
+        start = 0
+        while start < len(entries):
+            window, end = 0, start
+            while end < len(entries) and (end == start or window + entries[end][1] <= STREAM_WINDOW):
+                window += entries[end][1]
+                end += 1
+            try:
+                with _open_safetensors(path) as f:
+                    for key, _size in entries[start:end]:
+                        mapped = f.get_tensor(key)  # backed by the file's mapping
+                        stored = to_storage_dtype(mapped, dtypes.get(key, mapped.dtype)).to(device)
+                        if stored.data_ptr() == mapped.data_ptr():
+                            stored = stored.clone()  # a tensor left on the mapping would keep it alive
+                        tensors[key] = stored
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+            start = end
+    return tensors
 
 
 def save_component(model: torch.nn.Module, folder: str | os.PathLike, class_name: str) -> None:
@@ -305,7 +382,13 @@ class MemoModels:
     emotion_classifier: AudioEmotionClassifier | None = None
 
     @classmethod
-    def load(cls, root: str | os.PathLike, dtype="fp32", device="cpu", emotion_classifier: bool = True) -> "MemoModels":
+    def load(cls, root: str | os.PathLike, dtype="fp32", device="cpu", emotion_classifier: bool = True,
+             weight_dtype=None, layers=None) -> "MemoModels":
+        """Load every network of the checkpoint at `root`, computing in `dtype` on `device`.
+
+        `weight_dtype` ("default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2") stores the layer
+        weights in that dtype and casts them per forward; `layers` is the layer namespace the
+        networks use (`layers.use_layers`; ComfyUI's node layer passes comfy.ops). See `load_component`."""
         root = Path(root)
         if not root.is_dir():
             raise CheckpointError(f"MEMO checkpoint folder {root} does not exist")
@@ -321,8 +404,12 @@ class MemoModels:
             if name == "emotion_classifier" and (not emotion_classifier or not (root / sub).is_dir()):
                 models[name] = None
                 continue
-            models[name] = load_component(root / sub, model_cls, dtype, device)
+            # the emotion classifier is tiny and labels audio in fp32 (`.float()`): its weights keep their dtype
+            stored_as = weight_dtype if name in GENERATION_NETWORKS else None
+            models[name] = load_component(root / sub, model_cls, dtype, device, stored_as, layers)
         loaded = cls(**models)
+        loaded.weight_dtype = resolve_weight_dtype(weight_dtype)
+        loaded.compute_dtype = resolve_dtype(dtype) or (torch.float32 if loaded.weight_dtype else loaded.diffusion_net.dtype)
         loaded.weights_fingerprint = weights_fingerprint(
             [f for name in GENERATION_NETWORKS
              for f in weight_files(root / COMPONENTS[name][0])])
@@ -338,12 +425,27 @@ class MemoModels:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def to(self, device=None, dtype=None) -> "MemoModels":
+        """Move to `device` and make `dtype` the compute dtype; weights stored in a `weight_dtype`
+        keep it (only the parameters `layers.storage_dtypes` keeps in the compute dtype change)."""
+        dtype = resolve_dtype(dtype)
         for module in self.modules().values():
-            move(module, device, dtype)
+            if self.weight_dtype is None or dtype is None:
+                move(module, device, dtype)
+                continue
+            targets = storage_dtypes(module, self.weight_dtype, dtype)
+            move(module, device)
+            for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+                if name in targets and tensor.dtype != targets[name]:
+                    tensor.data = to_storage_dtype(tensor.data, targets[name])
+        if dtype is not None:
+            self.compute_dtype = dtype
         return self
 
-    _run_device = None  # set by `load_on_demand` (a class attribute, not a dataclass field)
-    weights_fingerprint = None  # str, set by `load` (a class attribute, not a dataclass field)
+    # class attributes, not dataclass fields:
+    _run_device = None  # set by `load_on_demand`
+    weights_fingerprint = None  # str, set by `load`
+    compute_dtype = None  # the dtype the networks compute in, set by `load` (None: the diffusion net's)
+    weight_dtype = None  # the dtype layer weights are stored in, set by `load` (None: the compute dtype)
 
     @property
     def audio_feature_shape(self) -> tuple[int, int]:
@@ -375,7 +477,8 @@ class MemoModels:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.diffusion_net.dtype
+        """The compute dtype (weights may be stored in another, see `weight_dtype`)."""
+        return self.compute_dtype if self.compute_dtype is not None else self.diffusion_net.dtype
 
     @contextlib.contextmanager
     def load_on_demand(self, device, load: Callable[[torch.nn.Module], None]):

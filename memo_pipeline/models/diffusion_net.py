@@ -281,7 +281,8 @@ class DiffusionNet(ModelMixin, ConfigMixin):
             sample = 2 * sample - 1.0
         batch, channels, frames, height, width = sample.shape
         timestep = torch.as_tensor(timestep, device=sample.device)
-        temb = self.time_embedding(self.time_proj(timestep.reshape(-1).expand(batch)).to(dtype=self.dtype))
+        # the input's dtype is the compute dtype (the first parameter's need not be: weights may be stored smaller)
+        temb = self.time_embedding(self.time_proj(timestep.reshape(-1).expand(batch)).to(dtype=sample.dtype))
         temb = temb.repeat_interleave(frames, dim=0)
         cond = Conditioning(encoder_hidden_states, audio_emotion.to(sample.device).long(), uc_mask, batch, frames,
                             memory, memory_update, constants)

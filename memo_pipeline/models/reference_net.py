@@ -60,7 +60,7 @@ class ReferenceNet(UNet2DConditionModel):
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
-        temb = self.time_embedding(self.time_proj(timestep).to(dtype=self.dtype))
+        temb = self.time_embedding(self.time_proj(timestep).to(dtype=sample.dtype))  # the compute dtype (see DiffusionNet)
 
         features = ReferenceFeatures([[] for _ in self.down_blocks], [], [[] for _ in self.up_blocks])
         slots = self._feature_slots(features)

@@ -1,0 +1,169 @@
+"""The layer classes the MEMO networks are made of, and the dtype each of their weights is stored in.
+
+The networks are built from diffusers blocks, which create plain torch layers (`nn.Linear`,
+`nn.Conv2d`, `nn.GroupNorm`, ...). A run may want other classes for the same layers:
+
+- `CastingLayers` (this module): weights stored in a smaller dtype (`weight_dtype`, e.g. fp8) or
+  on another device, cast to the input's dtype and device inside each forward;
+- ComfyUI's `comfy.ops` namespaces (`disable_weight_init`, `manual_cast`, ...), which the node layer
+  supplies like ComfyUI's own `operations=` argument, so that ComfyUI's model management can leave
+  part of a network's weights off the GPU and stream them layer by layer.
+
+`use_layers(network, layers)` is the one injection point: it gives every plain torch layer of a
+network the class of the same name in `layers`, in place. That equals building the network with
+those classes, because such classes only add methods and class attributes, no constructor state:
+parameters, buffers and state-dict keys stay the same objects and names. The CPU tuning
+(`cpu_tuning.py`) works over any of these classes: it reads a layer's weights with `layer_weights`.
+
+Which parameters keep the compute dtype whatever `weight_dtype` says is decided by
+`storage_dtypes` (see `KEPT_IN_COMPUTE_DTYPE`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYER_CLASSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)
+"""The torch layers `use_layers` replaces (the ones the MEMO networks and comfy.ops have)."""
+
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
+    "default": None,  # the compute dtype
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+"""Weight storage dtypes by the names ComfyUI's diffusion-model loader uses."""
+
+STORED_LAYER_CLASSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layers whose weight may be stored in `weight_dtype`: nearly all of a UNet's bytes."""
+
+KEPT_IN_COMPUTE_DTYPE = (nn.GroupNorm, nn.LayerNorm)
+"""Layers whose parameters always keep the compute dtype: the normalisations (a few kilobytes in
+all). Parameters outside any layer class above (embedding tables, positional tables) keep it too,
+because no casting forward reads them."""
+
+
+class WeightDtypeError(ValueError):
+    """An unknown weight dtype name."""
+
+
+def resolve_weight_dtype(name) -> torch.dtype | None:
+    """`WEIGHT_DTYPES[name]` (None for "default" or None); a torch dtype passes through."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if str(name) not in WEIGHT_DTYPES:
+        raise WeightDtypeError(f"unknown weight dtype '{name}'; use one of {', '.join(WEIGHT_DTYPES)}")
+    return WEIGHT_DTYPES[str(name)]
+
+
+def weight_dtype_name(dtype: torch.dtype | None) -> str:
+    """The `WEIGHT_DTYPES` name of a dtype (None: "default")."""
+    for name, value in WEIGHT_DTYPES.items():
+        if value == dtype:
+            return name
+    raise WeightDtypeError(f"{dtype} is not a weight dtype; use one of {', '.join(WEIGHT_DTYPES)}")
+
+
+def _cast_like(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    if tensor is None:
+        return None
+    return tensor.to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+class CastingLayer:
+    """Mixin for a torch layer whose forward reads its weight and bias cast to the input's dtype and
+    device. Where they already match, `.to` returns the same tensors and the forward computes what
+    the plain layer computes."""
+
+    def cast_weight_bias(self, input: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return _cast_like(self.weight, input), _cast_like(self.bias, input)
+
+
+class CastingLayers:
+    """Layer classes for `use_layers` that store weights in any dtype or device and cast per forward."""
+
+    class Linear(CastingLayer, nn.Linear):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return F.linear(input, *self.cast_weight_bias(input))
+
+    class Conv1d(CastingLayer, nn.Conv1d):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return self._conv_forward(input, *self.cast_weight_bias(input))
+
+    class Conv2d(CastingLayer, nn.Conv2d):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return self._conv_forward(input, *self.cast_weight_bias(input))
+
+    class Conv3d(CastingLayer, nn.Conv3d):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return self._conv_forward(input, *self.cast_weight_bias(input))
+
+    class GroupNorm(CastingLayer, nn.GroupNorm):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return F.group_norm(input, self.num_groups, *self.cast_weight_bias(input), self.eps)
+
+    class LayerNorm(CastingLayer, nn.LayerNorm):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return F.layer_norm(input, self.normalized_shape, *self.cast_weight_bias(input), self.eps)
+
+
+def use_layers(network: nn.Module, layers) -> nn.Module:
+    """Give every plain torch layer of `network` (`LAYER_CLASSES`, exact type) the class of the same
+    name in the namespace `layers`, in place; returns `network`.
+
+    `layers` is `CastingLayers`, a comfy.ops namespace, or anything with such attributes; each
+    replacement must subclass the torch class it replaces (so isinstance checks keep holding).
+    Layers already of another class are left alone, so calling it twice is harmless."""
+    for module in network.modules():
+        plain = type(module)
+        if plain not in LAYER_CLASSES:
+            continue
+        replacement = getattr(layers, plain.__name__, None)
+        if replacement is None:
+            raise TypeError(f"{getattr(layers, '__name__', layers)!r} has no {plain.__name__} class")
+        if not issubclass(replacement, plain):
+            raise TypeError(f"{replacement.__qualname__} does not subclass {plain.__qualname__}")
+        module.__class__ = replacement
+    return network
+
+
+def layer_weights(layer: nn.Module, input: torch.Tensor):
+    """The (weight, bias) a layer's own forward would compute `input` with, or None when that
+    forward does more than use its parameters (a comfy.ops layer that casts or applies patches:
+    then only its own forward may run)."""
+    if getattr(layer, "comfy_cast_weights", False) or getattr(layer, "weight_function", None) \
+            or getattr(layer, "bias_function", None):
+        return None
+    if isinstance(layer, CastingLayer):
+        return layer.cast_weight_bias(input)
+    return layer.weight, layer.bias
+
+
+def storage_dtypes(network: nn.Module, weight_dtype: torch.dtype | None, compute_dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype each parameter and floating buffer of `network` is stored in (by state-dict name):
+    `weight_dtype` for the parameters of `STORED_LAYER_CLASSES` layers, the compute dtype for
+    everything else (`KEPT_IN_COMPUTE_DTYPE`). With `weight_dtype` None every entry is the compute
+    dtype."""
+    stored = weight_dtype or compute_dtype
+    dtypes = {}
+    for prefix, module in network.named_modules():
+        keep = not isinstance(module, STORED_LAYER_CLASSES) or isinstance(module, KEPT_IN_COMPUTE_DTYPE)
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if tensor is None or not tensor.is_floating_point():
+                continue
+            dtypes[f"{prefix}.{name}" if prefix else name] = compute_dtype if keep else stored
+    return dtypes
+
+
+def to_storage_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` in `dtype`; float8 values beyond the format's range are clamped to its largest
+    finite value first (a plain cast would turn them into NaN)."""
+    if tensor.dtype == dtype:
+        return tensor
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        limit = torch.finfo(dtype).max
+        tensor = tensor.clamp(-limit, limit)
+    return tensor.to(dtype)
