@@ -259,10 +259,16 @@ def _strip(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def storage_dtypes(network: torch.nn.Module, compute_dtype: torch.dtype, weight_dtype: str | None) -> dict[str, torch.dtype]:
-    """The dtype each floating parameter and buffer of `network` is stored in."""
-    names = [name for name, tensor in [*network.named_parameters(), *network.named_buffers()] if tensor.is_floating_point()]
-    return {name: compute_dtype for name in names}
+def stored_as_loaded(network: torch.nn.Module, compute_dtype: torch.dtype, weight_dtype) -> dict[str, torch.dtype]:
+    """The dtype each floating parameter and buffer of `network` is stored in, and (in place) the
+    layer classes it runs with, as `loading.load_component` gives them: with a weight dtype the
+    casting layers and `layers.storage_dtypes`, without one everything in the compute dtype."""
+    from .layers import CastingLayers, resolve_weight_dtype, storage_dtypes, use_layers
+
+    weight_dtype = resolve_weight_dtype(weight_dtype)
+    if weight_dtype is not None:
+        use_layers(network, CastingLayers)
+    return storage_dtypes(network, weight_dtype, compute_dtype)
 
 
 def _fake_network(network: torch.nn.Module, dtypes: dict[str, torch.dtype], mode) -> torch.nn.Module:
@@ -291,10 +297,10 @@ def stored_bytes(network: torch.nn.Module) -> int:
     return total
 
 
-def largest_layer_bytes(network: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Bytes of the largest layer's own weights in `dtype` (what sequential offload streams)."""
-    sizes = [sum(p.numel() for p in module.parameters(recurse=False)) for module in network.modules()]
-    return max(sizes or [0]) * torch.empty((), dtype=dtype).element_size()
+def largest_layer_bytes(network: torch.nn.Module) -> int:
+    """Bytes of the largest layer's own weights as stored (what sequential offload streams)."""
+    sizes = [sum(p.numel() * p.element_size() for p in module.parameters(recurse=False)) for module in network.modules()]
+    return max(sizes or [0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,11 +385,13 @@ def _scheduler_copied_by_config():
 
 
 def check_request(request: PlanRequest) -> None:
+    from .layers import resolve_weight_dtype
     from .loading import resolve_dtype
     from .settings import check_resolution
 
     check_resolution(request.resolution)
     resolve_dtype(request.dtype)
+    resolve_weight_dtype(request.weight_dtype)
     if request.offload not in OFFLOAD_MODES:
         raise ValueError(f"unknown offload mode '{request.offload}'; use one of {', '.join(OFFLOAD_MODES)}")
     torch.device(request.device)
@@ -395,7 +403,8 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from .loading import COMPONENTS, MemoModels, build_model, resolve_dtype
+    from .layers import resolve_weight_dtype
+    from .loading import COMPONENTS, GENERATION_NETWORKS, MemoModels, build_model, resolve_dtype
     from .pipeline import GenerationSettings, MemoPipeline
     from .vae import DiffusersVAE, auto_batch_size
 
@@ -412,9 +421,11 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
             networks["wav2vec2"] = Wav2Vec2Model(Wav2Vec2Config(**(request.wav2vec_config or {})))
     for name, network in networks.items():
         dtype = torch.float32 if name == "wav2vec2" else compute  # the audio encoder always runs in float32
-        _fake_network(network, storage_dtypes(network, dtype, None if name in ("vae", "wav2vec2") else request.weight_dtype), mode)
+        stored = request.weight_dtype if name in GENERATION_NETWORKS else None  # as MemoModels.load stores them
+        _fake_network(network, stored_as_loaded(network, dtype, stored), mode)
 
     models = MemoModels(**{name: networks[name] for name in COMPONENTS if name in networks})
+    models.compute_dtype, models.weight_dtype = compute, resolve_weight_dtype(request.weight_dtype)
     batch = request.vae_batch or auto_batch_size(request.device, request.resolution, request.resolution)
     pipeline = MemoPipeline(models, DiffusersVAE(networks["vae"], batch_size=batch), scheduler=_scheduler_copied_by_config())
     settings = GenerationSettings(steps=request.steps, guidance_scale=request.cfg, frames_per_clip=request.frames_per_clip,
@@ -431,55 +442,86 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
     return tracker.phase_peaks, networks
 
 
+FILE_ITEMSIZE = 4
+"""Bytes per weight in the checkpoint files when no checkpoint is given (the release stores float32)."""
+
+
+def loading_extra_bytes(network: torch.nn.Module, streamed: bool, file_itemsize: int = FILE_ITEMSIZE) -> int:
+    """Tensor bytes alive while `network` loads beyond its stored weights, by how `loading` reads
+    it: read at once, the whole file in the file's dtype when it is then cast (nothing when the
+    dtypes agree: the stored tensors are the ones read); streamed, the tensors of one read window
+    (`loading.STREAM_WINDOW`) in the file's dtype, twice (the reader's copy and the one being cast),
+    as measured on the CPU allocator (tests/test_memory_plan.py)."""
+    from .loading import STREAM_WINDOW
+
+    tensors = [*network.parameters(), *network.buffers()]
+    file_bytes = sum(t.numel() for t in tensors) * file_itemsize
+    if streamed:
+        return 2 * min(file_bytes, STREAM_WINDOW)
+    if all(t.element_size() == file_itemsize for t in tensors if t.is_floating_point()):
+        return 0
+    return file_bytes
+
+
 def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> MemoryPlan:
     """The memory a run with `request`'s settings needs per phase, on the device and on the host.
 
     Device per phase: the weights the offload mode keeps there (none: every network; model: the
-    largest network running in the phase; sequential: the largest layer's weights in the compute
-    dtype) plus the phase's live tensors. Host: the weights kept there (all of them with an
-    offload mode; while loading, the network being read) plus the clip's frames, which the
-    pipeline hands over on the host. On a CPU the device is the host: both columns are the same."""
-    from .loading import resolve_dtype
+    largest network running in the phase; sequential: the largest layer's stored weights) plus
+    the phase's live tensors. Host: the weights kept there (all of them with an offload mode)
+    plus the clip's frames, which the pipeline hands over on the host. Loading holds the stored
+    weights plus what reading the largest file adds (`loading_extra_bytes`). On a CPU the device
+    is the host: both columns are the same."""
+    from .layers import resolve_weight_dtype
 
     check_request(request)
     key = (request.resolution, request.frames_per_clip, request.past_frames, request.cfg > 1, request.dtype,
-           request.weight_dtype, request.device, request.vae_batch, request.audio_encoder, json.dumps(request.configs, sort_keys=True),
-           json.dumps(request.vae_config, sort_keys=True), json.dumps(request.wav2vec_config, sort_keys=True))
+           request.weight_dtype, request.device, request.vae_batch, request.audio_encoder,
+           json.dumps(request.configs, sort_keys=True), json.dumps(request.vae_config, sort_keys=True),
+           json.dumps(request.wav2vec_config, sort_keys=True))
     cache = _profile_cache if _profile_cache is not None else {}
     if key not in cache:
         cache[key] = activation_profile(request)
     activations, networks = cache[key]
-    compute = resolve_dtype(request.dtype)
     weights = {name: stored_bytes(network) for name, network in networks.items()}
     all_weights = sum(weights.values())
+    streamed = resolve_weight_dtype(request.weight_dtype) is not None
+    extra = max(loading_extra_bytes(network, streamed and name in _generation_networks()) for name, network in networks.items())
     on_cpu = torch.device(request.device).type == "cpu"
-    frames_on_host = 2 * request.frames_per_clip * 3 * request.resolution ** 2 * 4  # decoded clip + its past frames
     notes = []
     phases = []
     if on_cpu:
         if request.offload != "none":
             notes.append(f"offload {request.offload} changes nothing on a CPU: the weights are in host memory anyway")
-        phases.append(PhaseMemory("loading", all_weights, all_weights))
+        phases.append(PhaseMemory("loading", all_weights + extra, all_weights + extra))
         for name in PHASES[1:]:
             total = all_weights + activations[name]
             phases.append(PhaseMemory(name, total, total, activations[name]))
         return MemoryPlan(request, phases, weights, True, notes)
 
+    frames_on_host = 2 * request.frames_per_clip * 3 * request.resolution ** 2 * 4  # decoded clip + its past frames
     if request.offload == "none":
-        phases.append(PhaseMemory("loading", all_weights, max(weights.values())))
+        largest_read = max(loading_extra_bytes(network, False) or stored_bytes(network) for network in networks.values())
+        phases.append(PhaseMemory("loading", all_weights, extra if streamed else largest_read))
         resident = {name: all_weights for name in PHASES[1:]}
         host_weights = 0
     else:
-        phases.append(PhaseMemory("loading", 0, all_weights))
+        phases.append(PhaseMemory("loading", 0, all_weights + extra))
         host_weights = all_weights
         if request.offload == "model":
             resident = {name: max(weights[n] for n in PHASE_NETWORKS[name] if n in weights) for name in PHASES[1:]}
         else:
-            largest = max(largest_layer_bytes(network, compute) for network in networks.values())
+            largest = max(largest_layer_bytes(network) for network in networks.values())
             resident = {name: largest for name in PHASES[1:]}
     for name in PHASES[1:]:
         phases.append(PhaseMemory(name, resident[name] + activations[name], host_weights + frames_on_host, activations[name]))
     return MemoryPlan(request, phases, weights, False, notes)
+
+
+def _generation_networks() -> tuple[str, ...]:
+    from .loading import GENERATION_NETWORKS
+
+    return GENERATION_NETWORKS
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,13 +559,26 @@ def gb(nbytes: float) -> str:
 
 def weight_dtype_names() -> tuple[str, ...]:
     """The weight storage dtypes this library offers ("default" = the compute dtype)."""
-    return ("default",)
+    from .layers import WEIGHT_DTYPES
+
+    return tuple(WEIGHT_DTYPES)
+
+
+SUGGESTED_WEIGHT_DTYPES = ("bf16", "fp8_e4m3fn")
+"""Weight dtypes a "does not fit" message may suggest (fp16 and fp8_e5m2 save no more than these)."""
+WEIGHT_SIZE = {"bf16": 2, "fp8_e4m3fn": 1}
 
 
 def candidate_changes(request: PlanRequest) -> list[list[tuple[str, object]]]:
     """Changes to try when a run does not fit, smallest first: one setting, then two, then a lower
     resolution with the leanest weights and offload."""
-    dtypes = [d for d in weight_dtype_names() if d not in ("default", request.weight_dtype)]
+    from .layers import resolve_weight_dtype
+    from .loading import resolve_dtype
+
+    compute_size = resolve_dtype(request.dtype).itemsize
+    current = resolve_weight_dtype(request.weight_dtype)
+    current_size = current.itemsize if current is not None else compute_size
+    dtypes = [d for d in SUGGESTED_WEIGHT_DTYPES if d in weight_dtype_names() and WEIGHT_SIZE[d] < current_size]
     offloads = [o for o in OFFLOAD_MODES[1:] if OFFLOAD_MODES.index(o) > OFFLOAD_MODES.index(request.offload)]
     single = [[("weight_dtype", d)] for d in dtypes] + [[("offload", o)] for o in offloads]
     pairs = [[("weight_dtype", d), ("offload", o)] for d in dtypes for o in offloads]
