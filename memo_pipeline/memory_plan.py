@@ -118,20 +118,16 @@ class StorageTracker(TorchDispatchMode):
         """(args, kwargs) with every tensor replaced by its real value, or None where one has none."""
         from torch._subclasses.fake_tensor import FakeTensor
 
-        if torch.Tag.nondeterministic_seeded in func.tags:
+        def shadowed(value) -> bool:
+            if isinstance(value, FakeTensor):
+                return value in self._shadow
+            if isinstance(value, (list, tuple)):
+                return all(shadowed(item) for item in value)
+            return True
+
+        if not (shadowed(args) and shadowed(tuple(kwargs.values()))) or torch.Tag.nondeterministic_seeded in func.tags:
             return None
-        missing = False
-
-        def real(tensor):
-            nonlocal missing
-            if not isinstance(tensor, FakeTensor):
-                return tensor
-            value = self._shadow.get(tensor)
-            missing = missing or value is None
-            return value
-
-        shadows = tree_map_only(torch.Tensor, real, (args, kwargs))
-        return None if missing else shadows
+        return tree_map_only(FakeTensor, self._shadow.get, (args, kwargs))
 
     @staticmethod
     def _run_real(func, shadows):
@@ -182,8 +178,9 @@ def clip_phases(pipeline, settings, resolution: int, phase: Callable[[str], cont
     clip (the steady state: motion memory written, motion frames VAE-encoded) runs inside
     `phase("reference")`, `phase("denoise")` and `phase("decode")`.
 
-    The first clip only brings the state to where a later clip starts; it runs with
-    `cache_reference` off (same memory afterwards, and no value-dependent `unique`)."""
+    The first clip only brings the state to where a later clip starts (the motion memory
+    written, motion frames of the right shape); it runs with `cache_reference` off (same memory
+    afterwards, and no value-dependent `unique`) and is not decoded."""
     from .pipeline import Conditioning, GenerationState
 
     models = pipeline.models
@@ -207,11 +204,13 @@ def clip_phases(pipeline, settings, resolution: int, phase: Callable[[str], cont
         with phase("denoise") if clip else contextlib.nullcontext():
             latents = pipeline.denoise_clip(clip, inputs, state.memory, generator, run, num_clips=2)
             del inputs
-        with phase("decode") if clip else contextlib.nullcontext():
-            video = pipeline.decode_clip(latents)
+        if clip == 0:  # the frames a decode would give (float32, on the host), without decoding
+            past = torch.zeros(min(settings.past_frames, frames), 3, resolution, resolution)
             del latents
-        past = video[-min(settings.past_frames, frames):].clone()
-        del video
+        else:
+            with phase("decode"):
+                pipeline.decode_clip(latents)
+                del latents
         state = GenerationState(state.memory, past, clip + 1, generator.get_state())
 
 
@@ -463,6 +462,11 @@ def loading_extra_bytes(network: torch.nn.Module, streamed: bool, file_itemsize:
     return file_bytes
 
 
+_PROFILES: dict = {}
+"""Activation profiles planned in this process, by everything they depend on (a batch or a test
+suite plans the same settings again; fake networks hold no memory)."""
+
+
 def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> MemoryPlan:
     """The memory a run with `request`'s settings needs per phase, on the device and on the host.
 
@@ -479,8 +483,10 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
            request.weight_dtype, request.device, request.vae_batch, request.audio_encoder,
            json.dumps(request.configs, sort_keys=True), json.dumps(request.vae_config, sort_keys=True),
            json.dumps(request.wav2vec_config, sort_keys=True))
-    cache = _profile_cache if _profile_cache is not None else {}
+    cache = _profile_cache if _profile_cache is not None else _PROFILES
     if key not in cache:
+        if len(_PROFILES) >= 16:
+            _PROFILES.clear()
         cache[key] = activation_profile(request)
     activations, networks = cache[key]
     weights = {name: stored_bytes(network) for name, network in networks.items()}
@@ -554,7 +560,8 @@ def free_device_bytes(device: str | torch.device) -> int | None:
 
 
 def gb(nbytes: float) -> str:
-    return f"{nbytes / GB:.1f} GB"
+    """`9.1 GB`, or `14 MB` below 1 GB (decimal units, as GPU and RAM sizes are quoted)."""
+    return f"{nbytes / GB:.1f} GB" if nbytes >= 0.995 * GB else f"{nbytes / 1e6:.0f} MB"
 
 
 def weight_dtype_names() -> tuple[str, ...]:
@@ -580,6 +587,8 @@ def candidate_changes(request: PlanRequest) -> list[list[tuple[str, object]]]:
     current_size = current.itemsize if current is not None else compute_size
     dtypes = [d for d in SUGGESTED_WEIGHT_DTYPES if d in weight_dtype_names() and WEIGHT_SIZE[d] < current_size]
     offloads = [o for o in OFFLOAD_MODES[1:] if OFFLOAD_MODES.index(o) > OFFLOAD_MODES.index(request.offload)]
+    if torch.device(request.device).type == "cpu":
+        offloads = []  # on a CPU the weights are in host memory whatever the offload
     single = [[("weight_dtype", d)] for d in dtypes] + [[("offload", o)] for o in offloads]
     pairs = [[("weight_dtype", d), ("offload", o)] for d in dtypes for o in offloads]
     leanest = ([("weight_dtype", dtypes[-1])] if dtypes else []) + ([("offload", offloads[-1])] if offloads else [])
@@ -614,7 +623,7 @@ def check_fit(request: PlanRequest, budget_bytes: int | None = None, free_device
               free_host: int | None = None) -> FitCheck:
     """Compare the plan with the free memory (capped by `budget_bytes`), and where it does not fit
     find the smallest change that does (`candidate_changes`, each re-planned)."""
-    cache: dict = {}
+    cache = None  # the process-wide profiles
     plan = plan_memory(request, cache)
     on_cpu = plan.on_cpu
     free = free_device_bytes(request.device) if free_device == -1 else free_device
@@ -654,3 +663,66 @@ def _best(changes: list[list[tuple[str, object]]]) -> list[str]:
 
 class DoesNotFit(RuntimeError):
     """A run that the memory plan says cannot fit; the message names the smallest change that fits."""
+
+
+def budget_bytes(budget_gb: float | None) -> int | None:
+    """A `--memory-budget` in GB as bytes (None: no budget)."""
+    if budget_gb is None:
+        return None
+    if not budget_gb > 0:
+        raise ValueError(f"--memory-budget must be a positive number of GB, got {budget_gb}")
+    return int(budget_gb * GB)
+
+
+def check_request_fits(request: PlanRequest, budget_gb: float | None = None, free_device: int | None = -1,
+                       log=None) -> FitCheck:
+    """Raise `DoesNotFit` with the one-line reason and the smallest change that fits when the plan
+    needs more than the free memory (or the budget); warn when it needs more than `CLOSE_FRACTION`
+    of it. `free_device` -1: ask the device (`free_device_bytes`)."""
+    import logging
+
+    log = log or logging.getLogger("memo_pipeline")
+    fit = check_fit(request, budget_bytes(budget_gb), free_device=free_device)
+    if fit.verdict == "too big":
+        raise DoesNotFit(f"not enough {fit.where} memory for this run: {fit.message}")
+    if fit.verdict == "close":
+        log.warning("memory is tight: the run %s (over %d%% of it; allocator overhead may not fit)", fit.message,
+                    round(CLOSE_FRACTION * 100))
+    elif fit.verdict == "unknown":
+        log.info("memory plan: %s", fit.message)
+    return fit
+
+
+def models_request(models, settings, resolution: int, device, offload: str = "model", vae_batch: int | None = None,
+                   vae_config: dict | None = None) -> PlanRequest:
+    """The plan of a run on already built `MemoModels` (their configs and dtypes), without the audio
+    encoder (its features are made before such a run)."""
+    from .layers import weight_dtype_name
+    from .loading import COMPONENTS, DTYPES
+
+    configs = {name: _strip(dict(getattr(models, name).config)) for name in COMPONENTS if getattr(models, name, None) is not None}
+    dtype = next(name for name, value in DTYPES.items() if value == models.dtype)
+    return PlanRequest(resolution=resolution, frames_per_clip=settings.frames_per_clip, past_frames=settings.past_frames,
+                       steps=settings.steps, cfg=settings.guidance_scale, dtype=dtype,
+                       weight_dtype=weight_dtype_name(getattr(models, "weight_dtype", None)), offload=offload,
+                       device=str(device), vae_batch=vae_batch, configs=configs, vae_config=vae_config,
+                       audio_encoder=False)
+
+
+def check_managed_run(request: PlanRequest, free_device: int | None, log=None) -> FitCheck:
+    """The check for a host whose model manager loads each network before it runs and can keep part
+    of a network's weights off the device (ComfyUI): `request` (offload "model") is checked; where it
+    does not fit but streaming the weights (offload "sequential") does, the run goes on with a
+    warning (slower); where neither fits, `DoesNotFit` names the smallest change."""
+    import logging
+
+    log = log or logging.getLogger("memo_pipeline")
+    try:
+        return check_request_fits(request, free_device=free_device, log=log)
+    except DoesNotFit:
+        streamed = request.replace(offload="sequential")
+        fit = check_request_fits(streamed, free_device=free_device, log=log)
+        log.warning("memory: the networks need ~%s with one whole network on the device, %s free: part of their "
+                    "weights will stay off the device and stream in per layer (slower)",
+                    gb(plan_memory(request).peak_device_bytes), gb(fit.free_bytes))
+        return fit

@@ -115,8 +115,19 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     # a cached model follows each run's own option; only the MEMO networks (ComfyUI's VAE is core's)
     set_cpu_tuning(cpu_tuning and models.device.type == "cpu", models)
     set_compiled(models, torch_compile)
+    check_memory(models, settings, resolution)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution)
+
+
+def check_memory(models, settings, resolution: int) -> None:
+    """The memory plan of this run against the host's free memory, before any network moves to the
+    device: stops with the smallest change that fits, or warns when it is tight (memory_plan)."""
+    from ..memo_pipeline.memory_plan import check_managed_run, models_request
+
+    host = host_mod.get_host()
+    device = host.compute_device()
+    check_managed_run(models_request(models, settings, resolution, device), host.free_memory(device), logger)
 
 
 def _duration(seconds: float) -> str:
