@@ -166,3 +166,148 @@ def test_plan_is_within_ten_percent_of_a_real_cpu_run_of_the_released_networks(w
     """The mid networks (released configs, ~10 GB in float32): one reference pass, one denoising
     step, one 16-frame decode at 64 px (the phases after loading)."""
     check_accuracy("mid", 64, "fp32", weight_dtype)
+
+
+# ----------------------------------------------------------------------------- the check before a run
+
+from memo_pipeline.memory_plan import DoesNotFit, check_fit, check_request_fits  # noqa: E402
+
+
+def _tiny_request(**changes) -> PlanRequest:
+    from bench.configs import _networks
+
+    configs, vae = _networks("tiny")
+    return PlanRequest(resolution=64, configs=configs, vae_config=vae, audio_encoder=False, **changes)
+
+
+def test_check_names_the_smallest_change_that_fits_on_a_gpu():
+    request = _tiny_request(device="cuda", dtype="bf16")
+    plan = check_fit(request, free_device=10**12).plan
+    peak = plan.peak_device_bytes
+    by_phase = {p.name: p for p in plan.phases}
+    model = check_fit(request.replace(offload="model"), free_device=10**12).plan
+    assert model.peak_device_bytes < peak  # only the running network on the device
+    assert model.phases[0].device_bytes == 0 and model.phases[0].host_bytes >= sum(plan.weight_bytes.values())
+    assert by_phase["denoise"].activation_bytes > 0
+
+    fits = check_fit(request, free_device=2 * peak)
+    assert fits.verdict == "fits"
+    close = check_fit(request, free_device=int(peak / 0.9))
+    assert close.verdict == "close"
+    # a little short: a lighter weight dtype or model offload fits; the message says both, mildest first
+    short = check_fit(request, free_device=peak - 1)
+    assert short.verdict == "too big"
+    assert short.message.startswith(f"needs ~{plan_gb(peak)}, {plan_gb(peak - 1)} free: ")
+    options = short.suggestion.split(" or ")
+    for option in options:
+        name, value = option.split(" ")
+        assert check_fit(request.replace(**{name: value}), free_device=10**12).plan.peak_device_bytes <= peak - 1
+    assert "offload model" in options and "offload sequential" not in options
+    with pytest.raises(DoesNotFit, match="not enough device memory for this run: needs ~"):
+        check_request_fits(request, free_device=peak - 1)
+    # nothing fits in a byte
+    assert check_fit(request, free_device=1).message.endswith("no smaller setting fits")
+
+
+def plan_gb(nbytes):
+    from memo_pipeline.memory_plan import gb
+
+    return gb(nbytes)
+
+
+def test_a_budget_caps_the_free_memory_and_a_close_fit_warns(caplog):
+    request = _tiny_request(device="cpu")
+    peak = check_fit(request, free_device=10**12).plan.peak_device_bytes
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        fit = check_request_fits(request, budget_gb=peak / 0.9 / 1e9)
+    assert fit.verdict == "close" and "memory is tight" in caplog.text
+    with pytest.raises(DoesNotFit, match="not enough host memory"):
+        check_request_fits(request, budget_gb=peak / 2 / 1e9)
+    with pytest.raises(ValueError, match="--memory-budget must be a positive"):
+        check_request_fits(request, budget_gb=0)
+
+
+def test_plan_command_prints_the_table_and_json(tiny_bundle, capsys):
+    import json
+
+    from memo_pipeline.cli import main
+
+    common = ["plan", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+              "--wav2vec", str(tiny_bundle["wav2vec2"]), "--resolution", "64", "--device", "cpu"]
+    assert main(common + ["--json", "--weight-dtype", "fp8_e4m3fn"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["weight_dtype"] == "fp8_e4m3fn" and out["settings"]["resolution"] == 64
+    assert set(out["phases"]) == {"loading", "reference", "denoise", "decode"}
+    assert out["peak_device_bytes"] == max(p["device_bytes"] for p in out["phases"].values())
+    assert out["peak_host_bytes"] > 0 and out["free_bytes"] > 0 and out["fits"] in ("fits", "close", "too big")
+    assert main(common) == 0
+    table = capsys.readouterr().out
+    assert "phase" in table and "denoise" in table and "peak" in table and "free now:" in table
+    assert main(common + ["--resolution", "100"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_generate_over_its_memory_budget_stops_before_reading_any_weight(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """A budget smaller than the plan: exit 2 with the one-line reason and the change that fits, and
+    no safetensors tensor was read (every weight reader of the loaders is replaced by a trap)."""
+    from memo_pipeline import cli, loading, vae
+    from memo_pipeline.audio import features
+
+    def trap(*args, **kwargs):
+        raise AssertionError("weights were read")
+
+    for owner, name in ((loading, "load_file"), (loading, "safe_open"), (loading, "read_weights"),
+                        (loading, "stream_weights"), (vae, "load_vae_folder"), (vae, "load_single_file_vae"),
+                        (features, "load_wav2vec2")):
+        monkeypatch.setattr(owner, name, trap)
+    image = cli.make_test_portrait(tmp_path / "portrait.png", 64)
+    audio = cli.make_test_tone(tmp_path / "tone.wav", 0.3)
+    args = ["generate", "--checkpoint", str(tiny_bundle["memo"]), "--vae", str(tiny_bundle["vae"]),
+            "--wav2vec", str(tiny_bundle["wav2vec2"]), "--image", str(image), "--audio", str(audio),
+            "--out", str(tmp_path / "out.mp4"), "--resolution", "64", "--steps", "1", "--device", "cpu",
+            "--allow-no-face", "--no-progress", "--no-vocal-separation"]
+    from memo_pipeline.plan_cli import job_request
+
+    job = cli.Job(tiny_bundle["memo"], tiny_bundle["vae"], tiny_bundle["wav2vec2"], image, audio, tmp_path / "out.mp4",
+                  cli.GenerationSettings(steps=1), resolution=64, device="cpu")
+    peaks = [plan_memory(job_request(job).replace(weight_dtype=w)).peak_device_bytes for w in ("default", "fp8_e4m3fn")]
+    budget = (peaks[0] + peaks[1]) / 2 / 1e9  # fp8 weights fit, the default does not
+    assert cli.main(args + ["--memory-budget", str(budget)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not enough host memory for this run: needs ~" in err
+    assert "free: weight_dtype" in err, err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_the_sampler_node_stops_before_moving_any_network_when_memory_is_short(tiny_bundle, tmp_path):
+    """MEMO Sampler (and Generate To File, through the same `prepare_run`) checks the plan against
+    the host's free memory before a network moves: too little stops with the reason."""
+    from support import need
+
+    need("onnx")
+    import pack_support as S
+
+    S.load_pack()
+    from comfyui_memo.nodes import host, implementation
+
+    def run(name, *args, **kwargs):
+        out = implementation(name)(*args, **kwargs)
+        return out["result"] if isinstance(out, dict) else out
+
+    root = S.build_models_dir(tmp_path / "models", tiny_bundle)
+    with host.use_host(host.StandaloneHost(root)) as h:
+        (model,) = run("MemoModelLoader", "memo/memo", "fp32", "sdpa")
+        (encoder,) = run("MemoAudioEncoderLoader", "audio_encoders/wav2vec2-base-960h", "fp32")
+        (face_model,) = run("MemoFaceModelLoader", "memo/memo", 640, "cpu")
+        encoded = run("MemoAudioEncode", encoder, S.comfy_audio_dict(S.speech_like(1.2, 22050), 22050), 10.0, 4, 0.0, 0.0)
+        face = run("MemoFaceCrop", face_model, S.portrait(), 64, 2.5, 0.25, 0, "error")
+        h.free_memory_bytes = 1000
+        inputs = dict(memo_model=model, vae=S.comfy_vae(tiny_bundle["vae"]), reference_image=face[0],
+                      memo_audio=encoded[0], face=face[2], seed=7, steps=2, cfg=3.5, past_frames=2, resolution=64)
+        moved = len(h.loaded)  # the audio encoder ran
+        with pytest.raises(Exception, match="not enough host memory for this run: needs ~"):
+            run("MemoSampler", **inputs)
+        assert len(h.loaded) == moved  # no MEMO network was moved to the device
+        h.free_memory_bytes = None
+        images = run("MemoSampler", **inputs)[0]  # the same run with the machine's free memory
+        assert images.shape[-1] == 3 and len(h.loaded) > moved
