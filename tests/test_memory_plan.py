@@ -311,3 +311,16 @@ def test_the_sampler_node_stops_before_moving_any_network_when_memory_is_short(t
         h.free_memory_bytes = None
         images = run("MemoSampler", **inputs)[0]  # the same run with the machine's free memory
         assert images.shape[-1] == 3 and len(h.loaded) > moved
+
+
+def test_the_released_configs_the_plan_ships_are_the_specification_s():
+    """memo_pipeline/released_configs (what `plan` and bench/configs.py read) equals the spec fixtures."""
+    import json
+
+    from memo_pipeline.memory_plan import RELEASED_CONFIGS, released_network_configs
+    from support import SPEC
+
+    for name, config in released_network_configs().items():
+        assert json.loads((SPEC / name / "config.json").read_text()) == json.loads(
+            (RELEASED_CONFIGS / name / "config.json").read_text()), name
+        assert config and not any(key.startswith("_") for key in config)
