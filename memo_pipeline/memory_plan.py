@@ -173,7 +173,7 @@ class StorageTracker(TorchDispatchMode):
 # the phases of a clip (shared by the plan and by the test that measures a real run)
 
 
-def clip_phases(pipeline, settings, resolution: int, phase: Callable[[str], contextlib.AbstractContextManager]) -> None:
+def clip_phases(pipeline, settings, resolution: int, phase: Callable[[str], contextlib.AbstractContextManager]):
     """Two clips of one denoising step each, as `MemoPipeline.generate` makes them; the second
     clip (the steady state: motion memory written, motion frames VAE-encoded) runs inside
     `phase("reference")`, `phase("denoise")` and `phase("decode")`.
@@ -212,6 +212,7 @@ def clip_phases(pipeline, settings, resolution: int, phase: Callable[[str], cont
                 pipeline.decode_clip(latents)
                 del latents
         state = GenerationState(state.memory, past, clip + 1, generator.get_state())
+    return state
 
 
 @dataclass
@@ -324,6 +325,7 @@ class PlanRequest:
     vae_config: dict | None = None  # AutoencoderKL config (None = sd-vae-ft-mse's)
     wav2vec_config: dict | None = None  # Wav2Vec2Config kwargs (None = wav2vec2-base's)
     audio_encoder: bool = True  # whether the wav2vec2 encoder is loaded too (the command line and nodes do)
+    memory_fp32: bool = True  # GenerationSettings.memory_fp32 (the motion memory in float32)
 
     def replace(self, **changes) -> "PlanRequest":
         return dataclasses.replace(self, **changes)
@@ -396,8 +398,9 @@ def check_request(request: PlanRequest) -> None:
     torch.device(request.device)
 
 
-def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, torch.nn.Module]]:
-    """Peak bytes of the tensors alive in each phase (weights not included) and the fake networks."""
+def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, torch.nn.Module], int]:
+    """Peak bytes of the tensors alive in each phase (weights not included), the fake networks and
+    the bytes of the motion memory (alive in every phase after the first clip)."""
     from diffusers import AutoencoderKL
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -428,7 +431,8 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
     batch = request.vae_batch or auto_batch_size(request.device, request.resolution, request.resolution)
     pipeline = MemoPipeline(models, DiffusersVAE(networks["vae"], batch_size=batch), scheduler=_scheduler_copied_by_config())
     settings = GenerationSettings(steps=request.steps, guidance_scale=request.cfg, frames_per_clip=request.frames_per_clip,
-                                  past_frames=request.past_frames, init_past_frames=request.past_frames)
+                                  past_frames=request.past_frames, init_past_frames=request.past_frames,
+                                  memory_fp32=request.memory_fp32)
     if torch.device(request.device).type == "cpu":  # as the command line runs on a CPU
         from .cpu_tuning import apply_cpu_tuning
 
@@ -437,8 +441,9 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
     for network in networks.values():
         tracker.exclude([*network.parameters(), *network.buffers()])
     with mode, tracker, torch.no_grad():
-        clip_phases(pipeline, settings, request.resolution, tracker.phase)
-    return tracker.phase_peaks, networks
+        state = clip_phases(pipeline, settings, request.resolution, tracker.phase)
+    memory = sum(t.untyped_storage().nbytes() for t in [*state.memory.kv.values(), *state.memory.z.values()])
+    return tracker.phase_peaks, networks, memory
 
 
 FILE_ITEMSIZE = 4
@@ -480,7 +485,7 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
 
     check_request(request)
     key = (request.resolution, request.frames_per_clip, request.past_frames, request.cfg > 1, request.dtype,
-           request.weight_dtype, request.device, request.vae_batch, request.audio_encoder,
+           request.weight_dtype, request.device, request.vae_batch, request.audio_encoder, request.memory_fp32,
            json.dumps(request.configs, sort_keys=True), json.dumps(request.vae_config, sort_keys=True),
            json.dumps(request.wav2vec_config, sort_keys=True))
     cache = _profile_cache if _profile_cache is not None else _PROFILES
@@ -488,13 +493,13 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
         if len(_PROFILES) >= 16:
             _PROFILES.clear()
         cache[key] = activation_profile(request)
-    activations, networks = cache[key]
+    activations, networks, memory_bytes = cache[key]
     weights = {name: stored_bytes(network) for name, network in networks.items()}
     all_weights = sum(weights.values())
     streamed = resolve_weight_dtype(request.weight_dtype) is not None
     extra = max(loading_extra_bytes(network, streamed and name in _generation_networks()) for name, network in networks.items())
     on_cpu = torch.device(request.device).type == "cpu"
-    notes = []
+    notes = [f"the motion memory takes {gb(memory_bytes)} of every phase after the first clip"]
     phases = []
     if on_cpu:
         if request.offload != "none":
