@@ -6,13 +6,16 @@ storage dtypes. The pipeline's own code then runs the phases of one clip on Fake
 (`clip_phases`): the reference features, one denoising step with its CFG batch, the VAE decode.
 A TorchDispatchMode (`StorageTracker`) counts the bytes of every tensor storage that is alive,
 each storage once, and frees it when its last tensor goes; its peak per phase is the phase's
-activation memory. Weights are added by where the offload mode keeps them (`place_weights`).
-No data is computed, so the 512 px released config plans in seconds on a CPU.
+activation memory. Weights are added by where the offload mode keeps them (`plan_memory`).
+No data is computed: the cost is FakeTensor dispatch, about 0.5 ms per operator, some tens of
+seconds of CPU for the released networks (whatever the resolution), a few for the tiny ones.
 
-Why our own tracker rather than `torch.distributed._tools.mem_tracker.MemTracker` (same idea):
-MemTracker walks every tracked module and deep-copies per-module snapshots after every operator
-(slow on the ~1,600-module UNets), imports torch.distributed (absent from some builds) and is a
-private training-oriented API; the ~30 lines here count exactly what the plan needs.
+Why our own tracker rather than `torch.distributed._tools.mem_tracker.MemTracker` (same idea, and
+it supports FakeTensorMode): after every operator MemTracker walks all tracked modules (module
+hooks on the ~1,600-module UNets) and keeps per-module snapshots, it imports torch.distributed
+(absent from some builds) and is a private, training-oriented API; what the plan needs (live
+bytes, a peak per phase, plus value shadows for the few data-dependent operators, which MemTracker
+has no place for) is the short class below.
 
 Fake tensors live on the CPU: there PyTorch's attention runs its fused kernel, which allocates
 only the output and its log-sum-exp, as the CUDA flash / memory-efficient kernels do (fake CUDA
@@ -23,10 +26,8 @@ attention matrix). What differs by device is passed explicitly (the VAE's frames
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
-import math
 import os
 import weakref
 from dataclasses import dataclass, field
