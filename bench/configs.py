@@ -6,7 +6,7 @@ is used, so `compare_revisions.py` can drive an older checkout with exactly the 
 
 - tiny:  `memo_pipeline.tiny` widths (seconds on a CPU), for checking that a script runs;
 - small: three UNet levels of width 64/128/128 and a small VAE (what `bench_pipeline.py` measures);
-- mid:   the released network configs (`tests/fixtures/spec/*/config.json`), an sd-vae-ft-mse-shaped
+- mid:   the released network configs (`memo_pipeline/released_configs/*/config.json`), an sd-vae-ft-mse-shaped
          AutoencoderKL, 768-wide audio features of 12 wav2vec2 layers and a 512-wide face embedding.
 Weights and inputs are random and seeded: speed and memory do not depend on their values.
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-SPEC = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "spec"
 
 SMALL_WIDTHS = [64, 128, 128]
 SMALL_VAE_WIDTHS = [32, 64, 128, 128]
@@ -55,8 +54,13 @@ class BenchCase:
     frames: int
 
 
+RELEASED_CONFIGS = Path(__file__).resolve().parents[1] / "memo_pipeline" / "released_configs"
+"""The released networks' config.json files, where the library keeps them for `plan` (read as files,
+not imported: an older checkout driven by compare_revisions.py has no such module)."""
+
+
 def _spec_config(name: str) -> dict:
-    config = json.loads((SPEC / name / "config.json").read_text())
+    config = json.loads((RELEASED_CONFIGS / name / "config.json").read_text())
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 

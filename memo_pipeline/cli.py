@@ -69,6 +69,7 @@ class Job:
     overwrite: bool = False
     resume: Path | None = None
     vocal_separation: str | None = "auto"  # "official" | "full-band" | None (off) | "auto" (official if present)
+    memory_budget: float | None = None  # GB the run may plan to use (plan_cli.check_job); None: the free memory
 
     def inputs(self) -> dict[str, Path]:
         """Every path the job reads, by option name."""
@@ -328,6 +329,9 @@ def run(job: Job) -> dict:
     state = GenerationState.load(job.resume) if job.resume else None
     vocal_mode = vocal_mode_of(job)
 
+    from .plan_cli import check_job
+
+    check_job(job)  # the memory plan against the free memory, before any weight is read
     prepared = prepare_job(job, load_models(job), clip16k, state, vocal_mode)
     pipeline, pixels, face_embedding = prepared.pipeline, prepared.pixels, prepared.face_embedding
     features, labels, first_clip = prepared.features, prepared.labels, prepared.first_clip
@@ -469,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.cli import add_parser as add_batch_parser
 
     add_batch_parser(sub, gen)
+    from .plan_cli import add_memory_budget_argument, add_parser as add_plan_parser
+
+    add_memory_budget_argument(gen)  # after batch copied gen's options: a batch does not take it (yet)
+    add_plan_parser(sub, gen)
     from .models_cli import add_parser as add_models_parser
 
     add_models_parser(sub)
@@ -496,6 +504,10 @@ def _run_command(args) -> int:
         from .quality.cli import main_report
 
         return main_report(args)
+    if args.command == "plan":
+        from .plan_cli import main_plan
+
+        return main_plan(args)
     with stop_signals():  # SIGTERM/SIGHUP stop a run as Ctrl-C does; finishing its files is not interruptible
         try:
             if args.command == "demo":
@@ -512,7 +524,7 @@ def _run_command(args) -> int:
                                device=args.device, offload=args.offload, vae_batch_size=args.vae_batch,
                                vae_tiling=args.vae_tiling, compile=args.compile, save_state=args.save_state,
                                progress=not args.no_progress,
-                               overwrite=args.overwrite, resume=args.resume,
+                               overwrite=args.overwrite, resume=args.resume, memory_budget=args.memory_budget,
                                vocal_separation=None if args.no_vocal_separation else args.vocal_separation))
         except (ValueError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)

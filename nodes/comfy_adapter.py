@@ -147,6 +147,12 @@ class ComfyHost(Host):
     def offload_device(self) -> torch.device:
         return _mm.unet_offload_device()
 
+    def free_memory(self, device) -> int:
+        """ComfyUI's free memory on `device` plus what the models it holds there take (it unloads
+        idle ones to make room, ours included)."""
+        held = sum(m.model_loaded_memory() for m in _mm.current_loaded_models if m.device == torch.device(device))
+        return int(_mm.get_free_memory(device)) + int(held)
+
     def model_dtype(self, supported: Sequence) -> torch.dtype:
         """ComfyUI's choice for a diffusion model on the compute device (honours --fp16-unet etc.)."""
         return _mm.unet_dtype(device=self.compute_device(), supported_dtypes=list(supported))

@@ -83,6 +83,12 @@ class Host(abc.ABC):
         """Where idle weights are kept (and where loaders put new ones)."""
 
     @abc.abstractmethod
+    def free_memory(self, device) -> int | None:
+        """Bytes a run could use on `device` now (None: unknown); the memory plan is checked against it."""
+        from ..memo_pipeline.memory_plan import free_device_bytes
+
+        return free_device_bytes(device)
+
     def model_dtype(self, supported: Sequence) -> object:
         """The weight dtype, among `supported` (torch dtypes, preferred first), for a model on `compute_device()`."""
 
@@ -203,6 +209,12 @@ class StandaloneHost(Host):
         import torch
 
         return torch.float32 if torch.float32 in supported else supported[0]
+
+    free_memory_bytes: int | None = None
+    """Set by a test or script to pretend this much memory is free (None: ask the device)."""
+
+    def free_memory(self, device) -> int | None:
+        return self.free_memory_bytes if self.free_memory_bytes is not None else super().free_memory(device)
 
     def load_to_device(self, modules: Iterable) -> None:
         from ..memo_pipeline.loading import move

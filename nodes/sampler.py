@@ -119,6 +119,17 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
                    resolution)
 
 
+def check_memory(plan: RunPlan) -> None:
+    """The memory plan of this run against the host's free memory, before any network moves to the
+    device: stops with the smallest change that fits, or warns when it is tight (memory_plan)."""
+    from ..memo_pipeline.memory_plan import check_managed_run, models_request
+
+    host = host_mod.get_host()
+    device = host.compute_device()
+    request = models_request(plan.pipeline.models, plan.settings, plan.resolution, device)
+    check_managed_run(request, host.free_memory(device), logger)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -214,6 +225,7 @@ class MemoSampler:
                emotion=None, state=None, max_clips=0, torch_compile=False, cpu_tuning=True):
         plan = prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps, cfg, past_frames,
                            resolution, emotion, state, max_clips, torch_compile, cpu_tuning)
+        check_memory(plan)
         count = plan.stop_frame - plan.start_frame
         images = torch.empty(count, plan.resolution, plan.resolution, 3)  # filled clip by clip: no second copy
         filled, last = 0, None
@@ -302,6 +314,7 @@ class MemoGenerateToFile:
         if crop is not None and crop.resolution != plan.resolution:
             raise ValueError(f"input 'crop' was made at resolution {crop.resolution}, the sampler runs at "
                              f"{plan.resolution}: use the same resolution in both")
+        check_memory(plan)
         waveform, rate = _video_audio(audio, plan)
         host = host_mod.get_host()
         if not isinstance(filename_prefix, str) or not filename_prefix.strip():
