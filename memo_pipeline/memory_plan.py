@@ -40,10 +40,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .offload import OFFLOAD_MODES  # the one list of modes
+
 RELEASED_CONFIGS = Path(__file__).resolve().parent / "released_configs"
 """config.json of each released MEMO network (the one home of these files; bench/configs.py reads them too)."""
 
-OFFLOAD_MODES = ("none", "model", "sequential")
 PHASES = ("loading", "reference", "denoise", "decode")
 PHASE_NETWORKS = {
     "reference": ("vae", "reference_net", "audio_proj", "image_proj"),
