@@ -86,6 +86,14 @@ class Host(abc.ABC):
     def model_dtype(self, supported: Sequence) -> object:
         """The weight dtype, among `supported` (torch dtypes, preferred first), for a model on `compute_device()`."""
 
+    def layer_classes(self, weight_dtype, compute_dtype):
+        """The layer namespace the MEMO networks are built with (`memo_pipeline.layers.use_layers`) for
+        weights stored in `weight_dtype` (a torch dtype; None: the compute dtype) that compute in
+        `compute_dtype` on `compute_device()`; None: the library's own choice (plain torch layers, or
+        its casting layers for a smaller weight dtype). ComfyUI's host returns its `comfy.ops` classes,
+        which let its model management load part of a network and stream the rest."""
+        return None
+
     @abc.abstractmethod
     def load_to_device(self, modules: Iterable) -> None:
         """Make sure `modules` sit on `compute_device()` now; each module is one model to the host's

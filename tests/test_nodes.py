@@ -110,7 +110,8 @@ FROZEN = json.loads((S.REPO / "tests" / "fixtures" / "workflows_v1" / "node_decl
 INTENDED = {("MemoFaceCrop", "resolution", "min"): 8}
 ADDED_OUTPUTS = {"MemoGenerateToFile": (["VIDEO"], ["video"])}
 # new inputs only optional and after the old ones, so saved workflows (with no value for them) keep running
-ADDED_OPTIONAL_INPUTS = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"]}
+ADDED_OPTIONAL_INPUTS = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"],
+                         "MemoModelLoader": ["weight_dtype"]}  # issue 20
 SETTING_OF_INPUT = {"cfg": "guidance_scale"}  # node inputs named unlike the library's setting
 
 
