@@ -389,7 +389,7 @@ def check_partial(pack_dir, base_dir, bundle):
     speech = (0.3 * torch.sin(2 * torch.pi * 150 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t)))[None, None]
     memo_audio = run(comfy_host, "MemoAudioEncode", encoder, {"waveform": speech, "sample_rate": 16000}, 10.0, 4, 0.0, 0.0)[0]
     image = torch.rand(1, 64, 64, 3)
-    settings = dict(seed=3, steps=2, cfg=3.5, past_frames=2, resolution=64)
+    settings = dict(seed=3, steps=2, cfg=3.5, past_frames=2, resolution=64, max_clips=1)
 
     import time
     seconds = []
@@ -419,6 +419,11 @@ def check_partial(pack_dir, base_dir, bundle):
     mm.unload_all_models()
     full = sample(comfy_host, model)
     out["full_lowvram"] = [bool(comfy_host.patcher(n).model.model_lowvram) for n in nets.values()]
+    # the default output is what the library's plain torch layers give (the loader before comfy.ops)
+    plain = MemoModels.load(os.path.join(models_dir, "memo", "tiny"), dtype="fp32", device="cpu", emotion_classifier=False)
+    out["comfy_ops_vs_plain_layers"] = float((sample(comfy_host, memo_types.MemoModel(plain, "memo/tiny", "fp32", "sdpa"))
+                                              - full).abs().max())
+    del plain
 
     mm.unload_all_models()
     partial = sample(partial_host, model)

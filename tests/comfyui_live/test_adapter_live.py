@@ -156,11 +156,12 @@ def test_partial_load_streams_layers_and_equals_a_full_load(partial_report):
     # the tensors no comfy.ops layer holds (emotion embedding tables, temporal position tables) are placed by us
     assert r["unmanaged"] == {"moved": 30, "on_meta": ["pe", "weight"], "cast_layers_kept": True}, r["unmanaged"]
     assert r["full_lowvram"] == [False] * 4
+    assert r["comfy_ops_vs_plain_layers"] == 0.0  # the default output is unchanged by the comfy.ops layers
     for name in ("reference_net", "diffusion_net"):
         net = r["partial"][name]
         assert net["lowvram"] and 0 < net["loaded_size"] < net["model_size"], (name, net)
         assert 0 < net["streamed"] < net["layers"] and net["streamed_on_offload"], (name, net)
-    assert r["partial_vs_full"] == 0.0 and r["frames"] == [8, 64, 64, 3]
+    assert r["partial_vs_full"] == 0.0 and r["frames"] == [4, 64, 64, 3]
     assert r["after_unload"] == {name: [0, False] for name in r["partial"]}  # plain forward again
     print("partial load with streamed layers left untuned (before): max abs diff",
           r["partial_untuned_streamed_vs_full"], "; sampler runs (s):", r["sampler_seconds"])
