@@ -123,11 +123,11 @@ class MemoModelLoader(MemoNode):
                                tooltip="Attention kernels: PyTorch SDPA, or xformers (needs the xformers package and "
                                        "a CUDA GPU)."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
-                               tooltip="How the layer weights are stored: default = in dtype. bf16/fp16 halve and "
-                                       "fp8_e4m3fn/fp8_e5m2 quarter the fp32 memory (normalisations and embeddings "
-                                       "stay in dtype); each layer casts its weights to dtype as it runs, which "
-                                       "costs some speed and rounds the weights (fp8 the most: small visible "
-                                       "differences)."),
+                               tooltip="How the layer weights are stored: default = in dtype. bf16/fp16 take half "
+                                       "and fp8_e4m3fn/fp8_e5m2 a quarter of the fp32 weight memory (normalisations "
+                                       "and embeddings stay in dtype). Each layer casts its weights to dtype as it "
+                                       "runs: some speed is lost, and the weights are rounded (fp8 the most), so "
+                                       "the video differs slightly from default."),
             ],
             outputs=[MemoModelType.Output("memo_model", tooltip="The MEMO networks, for MEMO Sampler / MEMO Generate "
                                                                 "To File.")],

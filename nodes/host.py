@@ -96,8 +96,10 @@ class Host(abc.ABC):
 
     @abc.abstractmethod
     def load_to_device(self, modules: Iterable) -> None:
-        """Make sure `modules` sit on `compute_device()` now; each module is one model to the host's
-        model manager, which may move other (idle) models out to make room."""
+        """Make sure `modules` can run on `compute_device()` now; each module is one model to the host's
+        model manager, which may move other (idle) models out to make room. Built from the host's
+        `layer_classes`, a module may be loaded in part: its other layers keep their weights on the
+        offload device and cast them onto the compute device as they run (ComfyUI's lowvram loading)."""
 
     # -- outputs
     def metadata_disabled(self) -> bool:

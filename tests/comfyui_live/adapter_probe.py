@@ -354,7 +354,6 @@ def check_partial(pack_dir, base_dir, bundle):
     shutil.copytree(bundle["wav2vec2"], os.path.join(models_dir, "audio_encoders", "w2v"))
     extension = comfy_extension(import_pack(pack_dir))
     from memo_probe_pack.memo_pipeline import cpu_tuning as tuning
-    from memo_probe_pack.memo_pipeline.loading import MemoModels
     from memo_probe_pack.nodes import comfy_adapter, host as host_mod, implementation, memo_types
     comfy_host = extension.host
     fraction = float(bundle.get("fraction", 0.4))
@@ -373,6 +372,14 @@ def check_partial(pack_dir, base_dir, bundle):
                 comfy_adapter.place_unmanaged_tensors(patcher.model, patcher.load_device)
 
     partial_host = PartialHost()
+
+    class PlainHost(comfy_adapter.ComfyHost):
+        """ComfyHost without layer classes: the library's own (plain torch, or its casting layers)."""
+
+        def layer_classes(self, weight_dtype, compute_dtype):
+            return None
+
+    plain_host = PlainHost()
 
     def run(host, name, *args, **kwargs):
         with host_mod.use_host(host):
@@ -420,9 +427,10 @@ def check_partial(pack_dir, base_dir, bundle):
     full = sample(comfy_host, model)
     out["full_lowvram"] = [bool(comfy_host.patcher(n).model.model_lowvram) for n in nets.values()]
     # the default output is what the library's plain torch layers give (the loader before comfy.ops)
-    plain = MemoModels.load(os.path.join(models_dir, "memo", "tiny"), dtype="fp32", device="cpu", emotion_classifier=False)
-    out["comfy_ops_vs_plain_layers"] = float((sample(comfy_host, memo_types.MemoModel(plain, "memo/tiny", "fp32", "sdpa"))
-                                              - full).abs().max())
+    (plain,) = run(plain_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa")
+    out["plain_layer_classes"] = sorted({type(m).__name__ for m in plain.models.diffusion_net.modules()
+                                         if hasattr(m, "comfy_cast_weights")})
+    out["comfy_ops_vs_plain_layers"] = float((sample(comfy_host, plain) - full).abs().max())
     del plain
 
     mm.unload_all_models()
@@ -464,10 +472,9 @@ def check_partial(pack_dir, base_dir, bundle):
     fp8_frames = sample(comfy_host, fp8)
     out["fp8_finite"] = bool(torch.isfinite(fp8_frames).all())
     out["fp8_vs_fp32"] = float((fp8_frames - full).abs().max())
-    library = MemoModels.load(os.path.join(models_dir, "memo", "tiny"), dtype="fp32", device="cpu",
-                              emotion_classifier=False, weight_dtype="fp8_e4m3fn")
-    library_model = memo_types.MemoModel(library, "memo/tiny", "fp32", "sdpa", "fp8_e4m3fn")
+    (library_model,) = run(plain_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa", "fp8_e4m3fn")
     out["fp8_comfy_vs_library"] = float((sample(comfy_host, library_model) - fp8_frames).abs().max())
+    del library_model
     mm.unload_all_models()
     out["fp8_partial_vs_full"] = float((sample(partial_host, fp8) - fp8_frames).abs().max())
     fp8_patcher = partial_host.patcher(fp8_net)

@@ -156,6 +156,7 @@ def test_partial_load_streams_layers_and_equals_a_full_load(partial_report):
     # the tensors no comfy.ops layer holds (emotion embedding tables, temporal position tables) are placed by us
     assert r["unmanaged"] == {"moved": 30, "on_meta": ["pe", "weight"], "cast_layers_kept": True}, r["unmanaged"]
     assert r["full_lowvram"] == [False] * 4
+    assert r["plain_layer_classes"] == []  # (the loader without host layer classes: plain torch layers)
     assert r["comfy_ops_vs_plain_layers"] == 0.0  # the default output is unchanged by the comfy.ops layers
     for name in ("reference_net", "diffusion_net"):
         net = r["partial"][name]
