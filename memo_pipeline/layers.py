@@ -190,11 +190,27 @@ def use_layers(network: nn.Module, layers) -> nn.Module:
 
 def layer_weights(layer: nn.Module, input: torch.Tensor):
     """The (weight, bias) a layer's own forward would compute `input` with, or None when that
-    forward does more than use its parameters (a comfy.ops layer that casts or applies patches:
-    then only its own forward may run)."""
-    if getattr(layer, "comfy_cast_weights", False) or getattr(layer, "weight_function", None) \
-            or getattr(layer, "bias_function", None):
+    forward does more than use its parameters (then only its own forward may run).
+
+    A comfy.ops layer (it has `comfy_cast_weights`) casts its weights when ComfyUI sets that flag (a
+    layer left off the GPU by a partial load, or stored in another dtype). Where its cast forward is
+    ComfyUI's stock one (`disable_weight_init.<Layer>.forward_comfy_cast_weights`, which
+    `manual_cast` inherits: weight and bias `.to` the input's dtype and device, then the plain op),
+    with no weight or bias functions (LoRA patches) and plain tensors (no quantized subclass), the
+    same cast is done here, so a partially loaded network computes what a fully loaded one does.
+    Any other cast forward (fp8 matmul ops, patches, quantized weights) returns None."""
+    functions = getattr(layer, "weight_function", None) or getattr(layer, "bias_function", None)
+    if functions:
         return None
+    if getattr(layer, "comfy_cast_weights", False):
+        cast_forward = getattr(type(layer), "forward_comfy_cast_weights", None)
+        torch_class = next((c for c in type(layer).__mro__ if c in LAYER_CLASSES), None)
+        stock = torch_class is not None and getattr(cast_forward, "__qualname__", "") == \
+            f"disable_weight_init.{torch_class.__name__}.forward_comfy_cast_weights"
+        plain = all(t is None or type(t) in (torch.Tensor, nn.Parameter) for t in (layer.weight, layer.bias))
+        if not (stock and plain):
+            return None
+        return _cast_like(layer.weight, input), _cast_like(layer.bias, input)
     if isinstance(layer, CastingLayer):
         return layer.cast_weight_bias(input)
     return layer.weight, layer.bias

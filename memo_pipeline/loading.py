@@ -281,17 +281,21 @@ def load_component(folder: str | os.PathLike, cls, dtype=None, device: str | tor
     `layers`: a layer namespace for `layers.use_layers` (e.g. comfy.ops); `weight_dtype` (a
     `WEIGHT_DTYPES` name or dtype) stores the weights that way (`layers.storage_dtypes`), with
     `CastingLayers` unless `layers` is given, and `dtype` (fp32 when None) as the compute dtype.
-    Either one reads the file tensor by tensor straight into its storage dtype and device."""
+    A `weight_dtype` reads the file tensor by tensor straight into its storage dtype and device;
+    `layers` alone keeps the default load (the same tensors, so the same output bit for bit)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
     config = read_config(folder)
     model = build_model(cls, config, os.fspath(folder / "config.json"), device="meta")
     weight_dtype = resolve_weight_dtype(weight_dtype)
-    if layers is None and weight_dtype is None:
+    if weight_dtype is None:
         tensors, source = read_weights(folder)
         load_weights_strict(model, tensors, source)
         move(model, device, dtype)
+        if layers is not None:
+            # the default load's very tensors (their addresses steer the CPU kernels' rounding): bit-identical output
+            use_layers(model, layers)
         return model.eval().requires_grad_(False)
     use_layers(model, layers if layers is not None else CastingLayers)
     compute = resolve_dtype(dtype) or torch.float32

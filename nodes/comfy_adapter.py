@@ -16,6 +16,7 @@ try:
     import comfy.latent_formats as _latent_formats
     import comfy.model_management as _mm
     import comfy.model_patcher as _patcher
+    import comfy.ops as _ops
     import comfy.utils as _cutils
     from comfy.cli_args import LatentPreviewMethod as _PreviewMethod, args as _comfy_args
 except ImportError as _exc:  # pragma: no cover - exercised by tests outside ComfyUI
@@ -86,12 +87,54 @@ class ComfyProgress:
 
 class _Holder(torch.nn.Module):
     """ModelPatcher writes `.device` on its model; diffusers/transformers models expose a
-    read-only `.device` property, so our modules ride inside this plain holder."""
+    read-only `.device` property, so our modules ride inside this plain holder.
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    `manual_cast_dtype` is what ComfyUI's core models call the compute dtype when their weights are
+    stored in another one (None when they are not): ModelPatcher reserves room for one cast copy of
+    a streamed weight with it."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, manual_cast_dtype: torch.dtype | None = None):
         super().__init__()
         self.wrapped = module
         self.device = device
+        self.manual_cast_dtype = manual_cast_dtype
+
+
+def _manual_cast_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The compute dtype of a network whose layer weights are stored in a smaller dtype: its widest
+    floating parameter dtype (the normalisations keep the compute dtype, see
+    memo_pipeline.layers.KEPT_IN_COMPUTE_DTYPE); None when all parameters share one dtype."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if len(dtypes) < 2:
+        return None
+    return max(dtypes, key=lambda d: torch.finfo(d).bits)
+
+
+def _streams(module: torch.nn.Module) -> bool:
+    """Whether `module` is built with comfy.ops layers (the MEMO networks inside ComfyUI)."""
+    return any(hasattr(m, "comfy_cast_weights") for m in module.modules())
+
+
+def place_unmanaged_tensors(model: torch.nn.Module, device: torch.device) -> int:
+    """Move to `device` the tensors that ModelPatcher's load leaves where they were unless it loads
+    the whole model: the buffers of modules without parameters (it moves only the modules it lists),
+    and, in a partial (lowvram) load, the parameters of modules without comfy.ops' cast (it loads
+    them only while they fit its budget, and they cannot stream).
+    In MEMO these are the emotion embedding tables and the temporal position tables: kilobytes to
+    a few megabytes, outside ComfyUI's count. Returns how many tensors moved."""
+    moved = 0
+    for module in model.modules():
+        streams = hasattr(module, "comfy_cast_weights")
+        for name, param in module._parameters.items():
+            if param is not None and not streams and param.device != device:
+                # a new Parameter, as ComfyUI's own set_attr_param does (`.data =` refuses some devices)
+                module._parameters[name] = torch.nn.Parameter(param.data.to(device), requires_grad=param.requires_grad)
+                moved += 1
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
+                moved += 1
+    return moved
 
 
 _PATCHER_ATTR = "_comfyui_memo_patcher"
@@ -157,6 +200,15 @@ class ComfyHost(Host):
         """ComfyUI's choice for a diffusion model on the compute device (honours --fp16-unet etc.)."""
         return _mm.unet_dtype(device=self.compute_device(), supported_dtypes=list(supported))
 
+    def layer_classes(self, weight_dtype, compute_dtype):
+        """comfy.ops' layer classes, chosen as ComfyUI chooses them for its own diffusion models
+        (`pick_operations`): `disable_weight_init` when weights are stored in the compute dtype,
+        `manual_cast` (or the fp8 matmul ops with `--fast fp8_matrix_mult` on a GPU that has them)
+        when they are not. Both run the plain torch forward until ComfyUI's model management sets
+        `comfy_cast_weights` on a layer it leaves off the GPU, which then streams its weights."""
+        compute_dtype = compute_dtype or torch.float32
+        return _ops.pick_operations(weight_dtype or compute_dtype, compute_dtype, load_device=self.compute_device())
+
     def patcher(self, module: torch.nn.Module):
         """The ModelPatcher that manages `module` (created once, then reused, so ComfyUI recognises the
         model as already loaded instead of reloading it on every call)."""
@@ -164,7 +216,8 @@ class ComfyHost(Host):
         if patcher is None:
             current = next(module.parameters(), None)
             device = current.device if current is not None else self.offload_device()
-            patcher = _patcher.ModelPatcher(_Holder(module, device), load_device=self.compute_device(),
+            holder = _Holder(module, device, _manual_cast_dtype(module))
+            patcher = _patcher.ModelPatcher(holder, load_device=self.compute_device(),
                                             offload_device=self.offload_device())
             object.__setattr__(module, _PATCHER_ATTR, patcher)
         return patcher
@@ -172,11 +225,21 @@ class ComfyHost(Host):
     def load_to_device(self, modules: Iterable) -> None:
         """Load `modules` through `comfy.model_management.load_models_gpu`, each as its own model.
 
-        ComfyUI counts them against VRAM and frees other (idle) models to make room. Always a full
-        load: our modules use plain torch layers, which ComfyUI's partial (lowvram) loading cannot
-        cast on the fly.
+        ComfyUI counts them against VRAM and frees other (idle) models to make room; short of memory
+        (or with --lowvram/--novram) it loads part of a network and leaves the rest of its comfy.ops
+        layers on the offload device, marked `comfy_cast_weights`, to be cast onto the GPU layer by
+        layer as they run. The few tensors such a partial load does not place are moved here
+        (`place_unmanaged_tensors`).
         """
-        _mm.load_models_gpu([self.patcher(m) for m in modules], force_full_load=True)
+        patchers = [self.patcher(m) for m in modules]
+        if not all(_streams(patcher.model.wrapped) for patcher in patchers):
+            # plain torch layers (wav2vec2, emotion2vec): a partial load would leave some of them off
+            # the compute device with no way to cast them there
+            _mm.load_models_gpu(patchers, force_full_load=True)
+            return
+        _mm.load_models_gpu(patchers)
+        for patcher in patchers:
+            place_unmanaged_tensors(patcher.model, patcher.load_device)
 
     # -- outputs
     def metadata_disabled(self) -> bool:

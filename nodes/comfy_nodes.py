@@ -36,6 +36,7 @@ from .memo_types import (
     MEMO_STATE,
 )
 from ..memo_pipeline.attention_backend import BACKENDS as ATTENTION_BACKENDS
+from ..memo_pipeline.layers import WEIGHT_DTYPES
 from ..memo_pipeline.settings import LIMITS
 
 # Our objects as custom V3 types: a MEMO_* socket only ever connects to another MEMO_* socket.
@@ -121,6 +122,12 @@ class MemoModelLoader(MemoNode):
                 io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa",
                                tooltip="Attention kernels: PyTorch SDPA, or xformers (needs the xformers package and "
                                        "a CUDA GPU)."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               tooltip="How the layer weights are stored: default = in dtype. bf16/fp16 take half "
+                                       "and fp8_e4m3fn/fp8_e5m2 a quarter of the fp32 weight memory (normalisations "
+                                       "and embeddings stay in dtype). Each layer casts its weights to dtype as it "
+                                       "runs: some speed is lost, and the weights are rounded (fp8 the most), so "
+                                       "the video differs slightly from default."),
             ],
             outputs=[MemoModelType.Output("memo_model", tooltip="The MEMO networks, for MEMO Sampler / MEMO Generate "
                                                                 "To File.")],

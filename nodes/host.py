@@ -92,10 +92,20 @@ class Host(abc.ABC):
     def model_dtype(self, supported: Sequence) -> object:
         """The weight dtype, among `supported` (torch dtypes, preferred first), for a model on `compute_device()`."""
 
+    def layer_classes(self, weight_dtype, compute_dtype):
+        """The layer namespace the MEMO networks are built with (`memo_pipeline.layers.use_layers`) for
+        weights stored in `weight_dtype` (a torch dtype; None: the compute dtype) that compute in
+        `compute_dtype` on `compute_device()`; None: the library's own choice (plain torch layers, or
+        its casting layers for a smaller weight dtype). ComfyUI's host returns its `comfy.ops` classes,
+        which let its model management load part of a network and stream the rest."""
+        return None
+
     @abc.abstractmethod
     def load_to_device(self, modules: Iterable) -> None:
-        """Make sure `modules` sit on `compute_device()` now; each module is one model to the host's
-        model manager, which may move other (idle) models out to make room."""
+        """Make sure `modules` can run on `compute_device()` now; each module is one model to the host's
+        model manager, which may move other (idle) models out to make room. Built from the host's
+        `layer_classes`, a module may be loaded in part: its other layers keep their weights on the
+        offload device and cast them onto the compute device as they run (ComfyUI's lowvram loading)."""
 
     # -- outputs
     def metadata_disabled(self) -> bool:

@@ -195,20 +195,35 @@ def resolve_dtype_choice(dtype: str, input_name: str = "dtype") -> str:
     return dtype
 
 
+def resolve_weight_dtype_choice(weight_dtype: str, input_name: str = "weight_dtype"):
+    """The torch dtype (None for "default") of a `memo_pipeline.layers.WEIGHT_DTYPES` name."""
+    from ..memo_pipeline.layers import WEIGHT_DTYPES, WeightDtypeError, resolve_weight_dtype
+
+    try:
+        return resolve_weight_dtype(weight_dtype)
+    except WeightDtypeError:
+        raise ValueError(f"input '{input_name}' must be one of {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}") from None
+
+
 class MemoModelLoader:
     """The work of MEMO Model Loader; its inputs and outputs are declared in comfy_nodes.py."""
 
-    def load(self, checkpoint, dtype="auto", attention="sdpa"):
-        from ..memo_pipeline.loading import MemoModels
+    def load(self, checkpoint, dtype="auto", attention="sdpa", weight_dtype="default"):
+        from ..memo_pipeline.loading import MemoModels, resolve_dtype
 
         path = resolve_choice(checkpoint, "checkpoint", (host_mod.MEMO_FOLDER,), "dir")
         dtype = resolve_dtype_choice(dtype)
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"input 'attention' must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
+        stored = resolve_weight_dtype_choice(weight_dtype)
+        host = host_mod.get_host()
+        # the host's layer classes (comfy.ops inside ComfyUI, so its model management can split a network)
+        layers = host.layer_classes(stored, resolve_dtype(dtype))
         with user_errors(f"checkpoint '{checkpoint}'"):
-            models = MemoModels.load(path, dtype=dtype, device=host_mod.get_host().offload_device(), emotion_classifier=False)
+            models = MemoModels.load(path, dtype=dtype, device=host.offload_device(), emotion_classifier=False,
+                                     weight_dtype=stored, layers=layers)
         set_attention(models, attention)
-        return (MemoModel(models, checkpoint, dtype, attention),)
+        return (MemoModel(models, checkpoint, dtype, attention, weight_dtype),)
 
 
 def set_attention(models, backend: str) -> None:

@@ -42,6 +42,7 @@ class MemoModel:
     name: str
     dtype: str
     attention: str
+    weight_dtype: str = "default"  # memo_pipeline.layers.WEIGHT_DTYPES name the layer weights are stored in
 
     def modules(self) -> list[torch.nn.Module]:
         return list(self.models.modules().values())

@@ -112,8 +112,10 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
     for name, value in (("torch_compile", torch_compile), ("cpu_tuning", cpu_tuning)):
         if not isinstance(value, bool):
             raise ValueError(f"input '{name}' must be true or false, got {value!r}")
-    # a cached model follows each run's own option; only the MEMO networks (ComfyUI's VAE is core's)
-    set_cpu_tuning(cpu_tuning and models.device.type == "cpu", models)
+    # a cached model follows each run's own option; only the MEMO networks (ComfyUI's VAE is core's).
+    # Where the networks run is the host's compute device: a partially loaded network's own `.device`
+    # (its first parameter's) may be the offload device.
+    set_cpu_tuning(cpu_tuning and host_mod.get_host().compute_device().type == "cpu", models)
     set_compiled(models, torch_compile)
     return RunPlan(pipeline, pixels, embedding, audio, labels, settings, generation_state, first_clip, stop_clip,
                    resolution)

@@ -110,7 +110,8 @@ FROZEN = json.loads((S.REPO / "tests" / "fixtures" / "workflows_v1" / "node_decl
 INTENDED = {("MemoFaceCrop", "resolution", "min"): 8}
 ADDED_OUTPUTS = {"MemoGenerateToFile": (["VIDEO"], ["video"])}
 # new inputs only optional and after the old ones, so saved workflows (with no value for them) keep running
-ADDED_OPTIONAL_INPUTS = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"]}
+ADDED_OPTIONAL_INPUTS = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"],
+                         "MemoModelLoader": ["weight_dtype"]}  # issue 20
 SETTING_OF_INPUT = {"cfg": "guidance_scale"}  # node inputs named unlike the library's setting
 
 
@@ -346,6 +347,26 @@ def test_model_loader_outputs(loaded):
     assert {p.dtype for m in model.modules() for p in m.parameters()} == {torch.float32}
 
 
+def test_model_loader_weight_dtype_stores_layers_smaller_and_the_sampler_runs(models_root, loaded, vae, encoded, face):
+    """Outside ComfyUI the host supplies no layer classes: the library's casting layers store the weights."""
+    from comfyui_memo.memo_pipeline.layers import CastingLayer
+
+    with host.use_host(host.StandaloneHost(models_root)) as h:
+        assert h.layer_classes(torch.float8_e4m3fn, torch.float32) is None
+        (model,) = run("MemoModelLoader", "memo/memo", "fp32", "sdpa", "fp8_e4m3fn")
+    assert (model.dtype, model.weight_dtype) == ("fp32", "fp8_e4m3fn")
+    net = model.models.diffusion_net
+    linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and m.weight is not None]
+    assert linear and all(isinstance(m, CastingLayer) and m.weight.dtype == torch.float8_e4m3fn for m in linear)
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    with host.use_host(host.StandaloneHost()):
+        fp8 = sample({**loaded, "model": model}, vae, encoded, face, max_clips=1)[0]
+        full = sample(loaded, vae, encoded, face, max_clips=1)[0]
+    assert fp8.shape == full.shape and torch.isfinite(fp8).all()
+    assert 0 < (fp8 - full).abs().max() < 1  # rounded weights: close, not equal
+
+
 def test_model_loader_errors_name_the_input(memo_host, models_root, tmp_path):
     root = Path(models_root["memo"][0])
     (root / "empty").mkdir(exist_ok=True)
@@ -359,6 +380,8 @@ def test_model_loader_errors_name_the_input(memo_host, models_root, tmp_path):
         run("MemoModelLoader", "vae/x", "fp32", "sdpa")
     with pytest.raises(ValueError, match=r"input 'dtype'"):
         run("MemoModelLoader", "memo/memo", "fp8", "sdpa")
+    with pytest.raises(ValueError, match=r"input 'weight_dtype' must be one of default, bf16, fp16, fp8_e4m3fn"):
+        run("MemoModelLoader", "memo/memo", "fp32", "sdpa", "fp4")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"attention.*xformers"):
             run("MemoModelLoader", "memo/memo", "fp32", "xformers")

@@ -132,8 +132,9 @@ def _is_model_list(class_type: str, input_name: str) -> bool:
                           "state_file"}
 
 
-# optional widgets added to the nodes after the V1 workflows were frozen (issue 22's cpu_tuning option)
-ADDED_AFTER_FREEZE = {"cpu_tuning"}
+# optional widgets added to the nodes after the V1 workflows were frozen (issue 22's cpu_tuning option,
+# issue 20's weight_dtype)
+ADDED_AFTER_FREEZE = {"cpu_tuning", "weight_dtype"}
 
 
 @pytest.mark.parametrize("folder", [WORKFLOWS, FROZEN], ids=["shipped", "frozen_v1"])

@@ -92,7 +92,7 @@ def _common_loaders() -> dict[int, dict]:
         1: N("LoadImage", {"image": "portrait.png"}, "Portrait"),
         2: N("LoadAudio", {"audio": "speech.wav"}, "Speech"),
         3: N("VAELoader", {"vae_name": VAE_FILE}, models=[VAE_DOWNLOAD]),
-        4: N("MemoModelLoader", {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa"}),
+        4: N("MemoModelLoader", {"checkpoint": MEMO, "dtype": "auto", "attention": "sdpa", "weight_dtype": "default"}),
         5: N("MemoAudioEncoderLoader", {"audio_encoder": WAV2VEC, "dtype": "fp32"}),
     }
 

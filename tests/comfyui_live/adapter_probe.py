@@ -2,7 +2,7 @@
 (nodes/comfy_adapter.py) and ComfyUI's VAE conventions against the real ComfyUI modules, and print
 one JSON report line.
 
-Usage: python adapter_probe.py COMFY_DIR PACK_DIR BASE_DIR {adapter|vae|vram} [JSON]
+Usage: python adapter_probe.py COMFY_DIR PACK_DIR BASE_DIR {adapter|vae|vram|partial} [JSON]
 """
 import importlib.util
 import json
@@ -334,6 +334,156 @@ def check_vram(pack_dir, base_dir, bundle):
     return out
 
 
+def check_partial(pack_dir, base_dir, bundle):
+    """MEMO networks built of comfy.ops layers (MEMO Model Loader inside ComfyUI), loaded in part by
+    ComfyUI's ModelPatcher: the sampler's frames against a full load, and fp8 weights through the node.
+
+    The load device of this CPU ComfyUI is the CPU, and `load_models_gpu` always loads a CPU model
+    whole, so the partial load is made as `load_models_gpu` makes it on a GPU, with a budget given
+    here: `LoadedModel.model_load(budget)` (ModelPatcher.partially_load -> load(lowvram_model_memory))
+    for a fraction of each network's size. The layers left out get `comfy_cast_weights` and run
+    ComfyUI's cast forward, as on a GPU; only the copy they make stays on the same device."""
+    import shutil
+    import torch
+    import comfy.model_management as mm
+    import comfy.sd
+    from diffusers import AutoencoderKL
+
+    models_dir = os.path.join(base_dir, "models")
+    shutil.copytree(bundle["memo"], os.path.join(models_dir, "memo", "tiny"))
+    shutil.copytree(bundle["wav2vec2"], os.path.join(models_dir, "audio_encoders", "w2v"))
+    extension = comfy_extension(import_pack(pack_dir))
+    from memo_probe_pack.memo_pipeline import cpu_tuning as tuning
+    from memo_probe_pack.nodes import comfy_adapter, host as host_mod, implementation, memo_types
+    comfy_host = extension.host
+    fraction = float(bundle.get("fraction", 0.4))
+
+    class PartialHost(comfy_adapter.ComfyHost):
+        """ComfyHost whose model budget is `fraction` of each network instead of the free VRAM."""
+
+        def load_to_device(self, modules):
+            for module in modules:
+                patcher = self.patcher(module)
+                if patcher.model.model_lowvram:
+                    continue  # already partially loaded (load_models_gpu would find it in its list)
+                loaded = mm.LoadedModel(patcher)
+                loaded.model_load(int(fraction * patcher.model_size()))
+                mm.current_loaded_models.insert(0, loaded)
+                comfy_adapter.place_unmanaged_tensors(patcher.model, patcher.load_device)
+
+    partial_host = PartialHost()
+
+    class PlainHost(comfy_adapter.ComfyHost):
+        """ComfyHost without layer classes: the library's own (plain torch, or its casting layers)."""
+
+        def layer_classes(self, weight_dtype, compute_dtype):
+            return None
+
+    plain_host = PlainHost()
+
+    def run(host, name, *args, **kwargs):
+        with host_mod.use_host(host):
+            result = implementation(name)(*args, **kwargs)
+        return result["result"] if isinstance(result, dict) else result
+
+    def cast_layers(net):
+        return [m for m in net.modules() if hasattr(m, "comfy_cast_weights")]
+
+    torch.manual_seed(0)
+    cvae = comfy.sd.VAE(sd=AutoencoderKL(**SD_VAE).state_dict())
+    (encoder,) = run(comfy_host, "MemoAudioEncoderLoader", "audio_encoders/w2v", "fp32")
+    t = torch.arange(int(0.8 * 16000), dtype=torch.float32) / 16000
+    speech = (0.3 * torch.sin(2 * torch.pi * 150 * t) * (0.5 + 0.5 * torch.sin(2 * torch.pi * 3 * t)))[None, None]
+    memo_audio = run(comfy_host, "MemoAudioEncode", encoder, {"waveform": speech, "sample_rate": 16000}, 10.0, 4, 0.0, 0.0)[0]
+    image = torch.rand(1, 64, 64, 3)
+    settings = dict(seed=3, steps=2, cfg=3.5, past_frames=2, resolution=64, max_clips=1)
+
+    import time
+    seconds = []
+
+    def sample(host, model, **extra):
+        face = memo_types.MemoFace(torch.randn(1, model.models.face_embedding_width, generator=torch.Generator().manual_seed(1)))
+        start = time.monotonic()
+        frames = run(host, "MemoSampler", model, cvae, image, memo_audio, face, **settings, **extra)[0]
+        seconds.append(round(time.monotonic() - start, 1))
+        return frames
+
+    out = {}
+    (model,) = run(comfy_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa")
+    nets = model.models.modules()
+    out["layer_classes"] = sorted({f"{type(m).__module__}.{type(m).__qualname__}"
+                                   for net in nets.values() for m in cast_layers(net)})
+    # the tensors a partial load leaves to place_unmanaged_tensors (moved to "meta" on a spare copy)
+    (spare,) = run(comfy_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa")
+    spare_net = spare.models.diffusion_net
+    moved = comfy_adapter.place_unmanaged_tensors(spare_net, torch.device("meta"))
+    out["unmanaged"] = {"moved": moved,
+                        "on_meta": sorted({n.rsplit(".", 1)[-1] for n, t in list(spare_net.named_parameters())
+                                           + list(spare_net.named_buffers()) if t.is_meta}),
+                        "cast_layers_kept": all(not p.is_meta for m in cast_layers(spare_net) for p in m.parameters())}
+    del spare, spare_net
+
+    mm.unload_all_models()
+    full = sample(comfy_host, model)
+    out["full_lowvram"] = [bool(comfy_host.patcher(n).model.model_lowvram) for n in nets.values()]
+    # the default output is what the library's plain torch layers give (the loader before comfy.ops)
+    (plain,) = run(plain_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa")
+    out["plain_layer_classes"] = sorted({type(m).__name__ for m in plain.models.diffusion_net.modules()
+                                         if hasattr(m, "comfy_cast_weights")})
+    out["comfy_ops_vs_plain_layers"] = float((sample(comfy_host, plain) - full).abs().max())
+    del plain
+
+    mm.unload_all_models()
+    partial = sample(partial_host, model)
+    report = {}
+    for name, net in nets.items():
+        patcher = partial_host.patcher(net)
+        layers = cast_layers(net)
+        streamed = [m for m in layers if m.comfy_cast_weights]
+        report[name] = {"model_size": patcher.model_size(), "loaded_size": patcher.loaded_size(),
+                        "lowvram": bool(patcher.model.model_lowvram), "layers": len(layers), "streamed": len(streamed),
+                        "streamed_on_offload": all(p.device == patcher.offload_device
+                                                   for m in streamed for p in m.parameters())}
+    out["partial"] = report
+    out["partial_vs_full"] = float((partial - full).abs().max())
+    out["frames"] = list(full.shape)
+
+    # what the CPU tuning did before it cast comfy layers itself: a streamed layer ran untuned
+    previous = tuning.layer_weights
+    tuning.layer_weights = lambda layer, x: None if getattr(layer, "comfy_cast_weights", False) else previous(layer, x)
+    try:
+        untuned = sample(partial_host, model)
+    finally:
+        tuning.layer_weights = previous
+    out["partial_untuned_streamed_vs_full"] = float((untuned - full).abs().max())
+
+    # unloading gives the streamed layers back their normal forward and the offload device
+    mm.unload_all_models()
+    out["after_unload"] = {name: [sum(m.comfy_cast_weights for m in cast_layers(net)),
+                                  bool(comfy_host.patcher(net).model.model_lowvram)] for name, net in nets.items()}
+
+    # fp8 weights through the node: ComfyUI's manual_cast layers; the same as the library's own casting layers
+    mm.unload_all_models()
+    (fp8,) = run(comfy_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa", "fp8_e4m3fn")
+    fp8_net = fp8.models.diffusion_net
+    out["fp8_layer_classes"] = sorted({type(m).__qualname__ for m in cast_layers(fp8_net)})
+    out["fp8_weight_dtypes"] = sorted({str(m.weight.dtype) for m in cast_layers(fp8_net) if m.weight is not None})
+    out["fp8_model"] = [fp8.weight_dtype, fp8.dtype]
+    fp8_frames = sample(comfy_host, fp8)
+    out["fp8_finite"] = bool(torch.isfinite(fp8_frames).all())
+    out["fp8_vs_fp32"] = float((fp8_frames - full).abs().max())
+    (library_model,) = run(plain_host, "MemoModelLoader", "memo/tiny", "fp32", "sdpa", "fp8_e4m3fn")
+    out["fp8_comfy_vs_library"] = float((sample(comfy_host, library_model) - fp8_frames).abs().max())
+    del library_model
+    mm.unload_all_models()
+    out["fp8_partial_vs_full"] = float((sample(partial_host, fp8) - fp8_frames).abs().max())
+    fp8_patcher = partial_host.patcher(fp8_net)
+    out["fp8_partial"] = [bool(fp8_patcher.model.model_lowvram), fp8_patcher.loaded_size() < fp8_patcher.model_size()]
+    mm.unload_all_models()
+    out["sampler_seconds"] = seconds
+    return out
+
+
 def main():
     comfy_dir, pack_dir, base_dir, mode = sys.argv[1:5]
     extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
@@ -343,6 +493,8 @@ def main():
             report = check_adapter(pack_dir, base_dir)
         elif mode == "vram":
             report = check_vram(pack_dir, base_dir, extra)
+        elif mode == "partial":
+            report = check_partial(pack_dir, base_dir, extra)
         else:
             report = check_vae()
     except Exception:

@@ -137,3 +137,43 @@ def test_comfy_vae_encode_is_unscaled_posterior_mean(tmp_path):
 def test_video_values_round_trip_through_core_types(adapter_report):
     assert adapter_report["video_parts"] == [[5, 32, 48, 3], 16000, 10.0, True]
     assert adapter_report["video_file_parts"] == [[5, 32, 48, 3], 16000, 10.0]
+
+
+@pytest.fixture(scope="module")
+def partial_report(tmp_path_factory, tiny_bundle):
+    extra = {name: str(path) for name, path in tiny_bundle.items()}
+    extra["fraction"] = 0.4
+    return run_probe("partial", tmp_path_factory.mktemp("partial_base"), extra)
+
+
+def test_partial_load_streams_layers_and_equals_a_full_load(partial_report):
+    """ComfyUI's ModelPatcher loads 40 % of each MEMO network (the rest streams through comfy.ops' cast
+    forward): the sampler's frames are bit-identical to a full load's. This ComfyUI runs on the CPU,
+    so the load and offload devices are both the CPU (see check_partial in adapter_probe.py)."""
+    r = partial_report
+    assert r["layer_classes"] == sorted(f"comfy.ops.disable_weight_init.{name}"
+                                        for name in ("Conv2d", "GroupNorm", "LayerNorm", "Linear")), r["layer_classes"]
+    # the tensors no comfy.ops layer holds (emotion embedding tables, temporal position tables) are placed by us
+    assert r["unmanaged"] == {"moved": 30, "on_meta": ["pe", "weight"], "cast_layers_kept": True}, r["unmanaged"]
+    assert r["full_lowvram"] == [False] * 4
+    assert r["plain_layer_classes"] == []  # (the loader without host layer classes: plain torch layers)
+    assert r["comfy_ops_vs_plain_layers"] == 0.0  # the default output is unchanged by the comfy.ops layers
+    for name in ("reference_net", "diffusion_net"):
+        net = r["partial"][name]
+        assert net["lowvram"] and 0 < net["loaded_size"] < net["model_size"], (name, net)
+        assert 0 < net["streamed"] < net["layers"] and net["streamed_on_offload"], (name, net)
+    assert r["partial_vs_full"] == 0.0 and r["frames"] == [4, 64, 64, 3]
+    assert r["after_unload"] == {name: [0, False] for name in r["partial"]}  # plain forward again
+    print("partial load with streamed layers left untuned (before): max abs diff",
+          r["partial_untuned_streamed_vs_full"], "; sampler runs (s):", r["sampler_seconds"])
+
+
+def test_fp8_weights_through_the_model_loader_run_the_sampler(partial_report):
+    r = partial_report
+    assert r["fp8_layer_classes"] == ["manual_cast.Conv2d", "manual_cast.GroupNorm", "manual_cast.LayerNorm",
+                                      "manual_cast.Linear"]
+    assert r["fp8_weight_dtypes"] == ["torch.float32", "torch.float8_e4m3fn"]  # normalisations keep fp32
+    assert r["fp8_model"] == ["fp8_e4m3fn", "fp32"]
+    assert r["fp8_finite"] and r["fp8_vs_fp32"] > 0
+    assert r["fp8_comfy_vs_library"] == 0.0  # ComfyUI's manual_cast == the library's casting layers, bit for bit
+    assert r["fp8_partial"] == [True, True] and r["fp8_partial_vs_full"] == 0.0

@@ -85,7 +85,8 @@ def test_all_memo_nodes_register(served):
         declared = cls.INPUT_TYPES()
         for section in ("required", "optional"):
             # inputs added since the freeze are optional and come after the old ones (saved workflows lack them)
-            added = ["cpu_tuning"] if section == "optional" and name in ("MemoSampler", "MemoGenerateToFile") else []
+            added = {"MemoSampler": ["cpu_tuning"], "MemoGenerateToFile": ["cpu_tuning"],
+                     "MemoModelLoader": ["weight_dtype"]}.get(name, []) if section == "optional" else []
             assert list(entry["input"].get(section, {})) == list(declared.get(section, {}))
             assert list(declared.get(section, {})) == list(frozen[name][section]) + added
     assert info["MemoGenerateToFile"]["output"][-1] == "VIDEO"
