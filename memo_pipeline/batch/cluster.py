@@ -19,12 +19,19 @@ from pathlib import Path
 
 from .jobs import BatchRow
 from .rowfolder import RowFolder
-from .runner import FAILED, INTERRUPTED, NOT_STARTED, RowResult, RowRunner, models_problem, worker_name
+from .runner import FAILED, INTERRUPTED, NOT_STARTED, RowResult, RowRunner, Startup, models_problem, worker_name
 
 INSTALL_HINT = "pip install 'comfyui-memo[cluster]' (or pip install -r requirements-cluster.txt)"
 ACTOR_RESTARTS = 4  # per worker: a worker that keeps dying is given up after this many restarts
 REVIVE_SECONDS = 300  # how long a lost worker may take to come back (a new process loading the models)
 ROW_ATTEMPTS = 4  # a row whose workers died this many times is reported failed (it may be what kills them)
+WORKER_ENV = {"RAY_worker_niceness": "0"}
+"""Set in each worker's environment. A Ray worker lowers its own priority to nice 15 at start
+(Ray's `worker_niceness`), meant for short tasks that must not starve the node's daemons; a batch
+worker is the whole job, and at nice 15 every other process on the node (the driver, raylet, a
+user's editor) preempts it at once, which on a machine with no idle core slowed each row by
+several per cent (bench/batch.py). With 0 it runs at the priority of the command that started it,
+as the in-process batch does. Read by the worker itself, so it holds on any cluster."""
 
 
 class ClusterError(RuntimeError):
@@ -72,7 +79,7 @@ class BatchWorker:
         self.stop_event = threading.Event()
 
     def identity(self) -> dict:
-        return {"name": self.runner.name, "pid": os.getpid()}
+        return {"name": self.runner.name, "pid": os.getpid(), "load_seconds": self.runner.load_seconds}
 
     def run_row(self, row: BatchRow) -> RowResult:
         return self.runner.run(row, self.stop_event)
@@ -84,7 +91,8 @@ class BatchWorker:
 def _actor_class(ray, gpu: bool, threads: int):
     resources = {"num_gpus": 1} if gpu else {"num_cpus": threads}
     # two concurrent calls: `stop` must reach a worker that is busy in `run_row`
-    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2, **resources)(BatchWorker)
+    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2,
+                      runtime_env={"env_vars": dict(WORKER_ENV)}, **resources)(BatchWorker)
 
 
 @dataclass
@@ -109,6 +117,7 @@ class ClusterRun:
     on_row: object = None
     keep_clips: bool = False
     poll_seconds: float = 0.5
+    startup: Startup = field(default_factory=Startup)
 
     def run(self, ray) -> list[RowResult]:
         import ray.exceptions as errors
@@ -118,6 +127,7 @@ class ClusterRun:
         gpu = str(self.template.device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) >= 1
         actor = _actor_class(ray, gpu, self.threads)
         template = _without_progress(self.template)
+        asked = time.perf_counter()
         workers = [_Worker(actor.remote(template, self.threads, self.keep_clips)) for _ in range(self.workers)]
         self.workers_started = 0
         starting = {w.handle.identity.remote(): w for w in workers}
@@ -126,11 +136,14 @@ class ClusterRun:
             ready, _ = ray.wait(list(starting), num_returns=1)
             worker = starting.pop(ready[0])
             try:
-                worker.name = ray.get(ready[0])["name"]
+                identity = ray.get(ready[0])
+                worker.name = identity["name"]
                 self.workers_started += 1
+                self.startup.model_load_seconds = max(self.startup.model_load_seconds, identity["load_seconds"])
             except lost_worker as err:
                 worker.alive = False
                 problems.append(_cause(err))
+        self.startup.seconds = time.perf_counter() - asked
         if not self.workers_started:
             raise ClusterError("no worker could start: " + "; ".join(dict.fromkeys(problems)))
         for problem in dict.fromkeys(problems):
@@ -234,11 +247,14 @@ def _cause(err: BaseException) -> str:
 
 
 def run_on_ray(rows: list[BatchRow], template, address: str | None, workers: int | None, threads: int,
-               stop: threading.Event, on_clip=None, on_row=None, keep_clips: bool = False) -> tuple[list[RowResult], int]:
-    """Run the rows on a Ray cluster; returns the results and the number of workers that ran."""
+               stop: threading.Event, on_clip=None, on_row=None, keep_clips: bool = False,
+               startup: Startup | None = None) -> tuple[list[RowResult], int]:
+    """Run the rows on a Ray cluster; returns the results and the number of workers that ran.
+    `startup`, if given, receives the workers' start (not the cluster's: `connect` is before it)."""
     ray = connect(address)
     if workers is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = gpus if gpus and str(template.device).startswith("cuda") else 1
-    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row, keep_clips)
+    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row, keep_clips,
+                     startup=startup or Startup())
     return run.run(ray), run.workers_started
