@@ -15,21 +15,33 @@ check and the model load. The rest, divided by the rows, is the per-row figure. 
 local Ray cluster's own start (`ray.init`), paid once per command when `--ray` has no cluster to
 join; it is printed on its own line.
 
-Where the overhead comes from (2-core VM, 128 px, 2 steps; see `bench/batch.py --rows 2 --seconds 2`):
-- Ray lowers every worker process to nice 15 (its `worker_niceness`), so any other runnable process
-  preempted the worker; `cluster.WORKER_ENV` runs the batch workers at the command's priority.
-- The worker start: a fresh Python process imports torch, diffusers and the library before loading
-  the models, which the in-process run has done already (printed as the start-up difference).
-- Ray's own processes (raylet, GCS server, dashboard agent, runtime-env agent, log monitor) keep
-  running beside the worker; their CPU time during each Ray run is measured (psutil) and printed.
-  It is Ray's fixed cost, outside this code: on 2 cores every CPU second they take is taken from
-  the worker's two threads.
+Where the overhead came from, measured on the 2-core VM (psutil, small config, 128 px, 2 steps):
+- Ray lowers every worker process to nice 15 (its `worker_niceness`, applied by the worker itself
+  at start), so any other runnable process, Ray's daemons and the driver included, preempted the
+  rows' two threads. `cluster.WORKER_ENV` now runs the batch workers at the command's priority.
+  The worker's CPU seconds per row equal the in-process run's (46 CPU s for 2 rows of 2 s with
+  imports and load, vs 44 in-process without imports): the rows do no extra work on Ray.
+- The worker start: a fresh Python process imports torch, diffusers and the library before its
+  models check and load, which the in-process run has done already (the start-up column).
+- Ray's own processes (raylet, GCS server, dashboard agent and head, runtime-env agent, log
+  monitor, autoscaler monitor) keep running beside the worker: idle, 1.31 CPU s per 30 s with
+  Ray's defaults, 0.62 with `cluster.LOCAL_CLUSTER_ENV` (no prestarted idle workers, no metrics),
+  i.e. about 2 % of one core, 1 % of this machine; during a run somewhat more (the log monitor
+  and raylet serve the worker). This is Ray's fixed cost, outside this code; the last lines print
+  it for the run measured.
+- Not Ray's: the rows run in a thread of the actor (it must take `stop` while busy); no figure
+  showed that costing anything (torch threads, allocator settings and work per row are the same).
+The figures are only meaningful on an otherwise idle machine. On a loaded one (load average 12-15)
+a 1-row in-process batch took 66-83 CPU s with the row in the main thread (3 runs) and 12 CPU s
+with the same call in a thread (1 run), so there the in-process side is the slow one and the
+overhead comes out negative; each round prints the load average so such runs can be told apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -128,7 +140,8 @@ def main(argv=None) -> int:
                           "model_load": report["startup"]["model_load_seconds"],
                           "ray_cpu": ray_processes_cpu() - ray_cpu}
                 print(f"round {round_ + 1}: {name}: {seconds:.1f} s (start-up {figure['startup']:.1f} s, "
-                      f"Ray's processes {figure['ray_cpu']:.1f} CPU s)", flush=True)
+                      f"Ray's processes {figure['ray_cpu']:.1f} CPU s; load average {os.getloadavg()[0]:.1f})",
+                      flush=True)
                 if name not in best or seconds < best[name]["seconds"]:
                     best[name] = figure
         print(f"\n{args.rows} rows of {args.seconds:g} s audio, small config, {args.resolution} px, {args.steps} steps, "
