@@ -29,10 +29,11 @@ ROW_ATTEMPTS = 4  # a row whose workers died this many times is reported failed 
 WORKER_ENV = {"RAY_worker_niceness": "0"}
 """Set in each worker's environment. A Ray worker lowers its own priority to nice 15 at start
 (Ray's `worker_niceness`), meant for short tasks that must not starve the node's daemons; a batch
-worker is the whole job, and at nice 15 every other process on the node (the driver, raylet, a
-user's editor) preempts it at once, which on a machine with no idle core slowed each row by
-several per cent (bench/batch.py). With 0 it runs at the priority of the command that started it,
-as the in-process batch does. Read by the worker itself, so it holds on any cluster."""
+worker is the whole job, and at nice 15 every other runnable process on the node (the driver,
+raylet, other users' work) preempts its threads at once, so its rows ran slower than the same rows
+in process on a machine with no idle core (bench/batch.py). With 0 it runs at the priority of the
+command that started it, as the in-process batch does. Read by the worker itself at start (not by
+the raylet), so it holds on any cluster and needs no privilege."""
 
 
 LOCAL_CLUSTER_ENV = {"RAY_enable_worker_prestart": "false", "RAY_prestart_worker_first_driver": "false",
