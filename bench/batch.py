@@ -31,10 +31,19 @@ Where the overhead came from, measured on the 2-core VM (psutil, small config, 1
   it for the run measured.
 - Not Ray's: the rows run in a thread of the actor (it must take `stop` while busy); no figure
   showed that costing anything (torch threads, allocator settings and work per row are the same).
-The figures are only meaningful on an otherwise idle machine. On a loaded one (load average 12-15)
-a 1-row in-process batch took 66-83 CPU s with the row in the main thread (3 runs) and 12 CPU s
-with the same call in a thread (1 run), so there the in-process side is the slow one and the
-overhead comes out negative; each round prints the load average so such runs can be told apart.
+- OpenMP waiting differs between the two sides, and that is not Ray's doing either: torch's
+  OpenMP (libgomp) lets a waiting thread spin GOMP_SPINCOUNT times (300000 by default) before it
+  sleeps, and only a short throttled spin once it manages more threads than there are CPUs. The
+  in-process rows run in the main thread; the worker's rows in a thread of the actor, which by
+  every figure below gets the short spin (one more managed thread, we take it). On a loaded machine (load average 9-15) the
+  long spin is ruinous: a 1-row in-process batch took 66-83 CPU s in the main thread (3 runs),
+  12 CPU s with the same call in a thread, 11 CPU s in the main thread with GOMP_SPINCOUNT=1000,
+  and in a 2-row run here in-process took 206 s per row against the worker's 24 s. On an idle
+  machine the long spin is what makes a parallel region start fastest, so it may be part of the
+  per-row gap the in-process side wins by; `--gomp-spincount 1000` runs both sides with the short
+  spin, to tell Ray's cost from this one.
+The figures are only meaningful on an otherwise idle machine; each round prints the load average
+so that runs on a busy one can be told apart.
 """
 
 from __future__ import annotations
@@ -94,7 +103,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration (the fastest counts)")
     parser.add_argument("--skip-two-workers", action="store_true", help="only in-process vs Ray with 1 worker")
+    parser.add_argument("--gomp-spincount", type=int,
+                        help="GOMP_SPINCOUNT for both sides (set before torch loads; the Ray daemons and workers "
+                             "inherit it): 1000 gives the in-process rows the short spin the worker's rows get")
     args = parser.parse_args(argv)
+    if args.gomp_spincount is not None:
+        if "torch" in sys.modules:
+            parser.error("--gomp-spincount must be set before torch is imported (run the script directly)")
+        os.environ["GOMP_SPINCOUNT"] = str(args.gomp_spincount)
 
     import torch
 
