@@ -148,10 +148,13 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 code = cli_main([*base, "--out-dir", str(out), "--report", str(tmp / "report.json"), *extra])
                 seconds = time.perf_counter() - started
-                report = json.loads((tmp / "report.json").read_text())
                 if code != 0:
-                    print(f"{name}: exit code {code}: {report.get('counts')}", file=sys.stderr)
+                    report = tmp / "report.json"
+                    counts = json.loads(report.read_text()).get("counts") if report.is_file() else "no report"
+                    print(f"{name}: exit code {code}: {counts}", file=sys.stderr)
                     return 1
+                report = json.loads((tmp / "report.json").read_text())
+                (tmp / "report.json").unlink()
                 figure = {"seconds": seconds, "startup": report["startup"]["seconds"],
                           "model_load": report["startup"]["model_load_seconds"],
                           "ray_cpu": ray_processes_cpu() - ray_cpu}
