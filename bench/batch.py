@@ -4,15 +4,56 @@
     python bench/batch.py [--rows 4] [--seconds 0.5] [--resolution 64] [--steps 2]
 
 Each configuration runs the same manifest into its own output folder through the `batch` command
-(models loaded once per process / per worker, as a user's run). The local Ray cluster is started
-once before the timed runs, so its start-up (seconds, paid once per session) is not counted; the
-workers' start (process + model load) is, as the in-process run's model load is.
+(models loaded once per process / per worker, as a user's run), in rounds whose order alternates so
+that a busy spell of the machine hits every configuration; the fastest round of each counts.
+
+What is counted, the same way on both sides: the `batch` command's wall time from the call to its
+return (manifest checks, start-up, rows, summary). Start-up (from the report) is what comes before
+the first row: in this process the model load (this process has imported the library already); on
+Ray the worker's start: a new process, its imports (torch, diffusers, the library), the models
+check and the model load. The rest, divided by the rows, is the per-row figure. Not counted: the
+local Ray cluster's own start (`ray.init`), paid once per command when `--ray` has no cluster to
+join; it is printed on its own line.
+
+Where the overhead came from, measured on the 2-core VM (psutil, small config, 128 px, 2 steps):
+- Ray lowers every worker process to nice 15 (its `worker_niceness`, applied by the worker itself
+  at start), so any other runnable process, Ray's daemons and the driver included, preempted the
+  rows' two threads. `cluster.WORKER_ENV` now runs the batch workers at the command's priority.
+  The worker's CPU seconds per row equal the in-process run's (46 CPU s for 2 rows of 2 s with
+  imports and load, vs 44 in-process without imports): the rows do no extra work on Ray.
+- The worker start: a fresh Python process imports torch, diffusers and the library before its
+  models check and load, which the in-process run has done already (the start-up column).
+- Ray's own processes (raylet, GCS server, dashboard agent and head, runtime-env agent, log
+  monitor, autoscaler monitor) keep running beside the worker: idle, 1.31 CPU s per 30 s with
+  Ray's defaults, 0.62 with `cluster.LOCAL_CLUSTER_ENV` (no prestarted idle workers, no metrics),
+  i.e. about 2 % of one core, 1 % of this machine; during a run somewhat more (the log monitor
+  and raylet serve the worker). This is Ray's fixed cost, outside this code; the last lines print
+  it for the run measured.
+- OpenMP waiting differs between the two sides, not by Ray's doing: torch's OpenMP (libgomp) lets
+  a waiting thread spin GOMP_SPINCOUNT times (300000 by default) before it sleeps, and only a short
+  throttled spin once it manages more threads than there are CPUs. The in-process rows run in the
+  main thread; the worker's rows in a thread of the actor (it must take `stop` while busy), which
+  by every figure here gets the short spin (one more managed thread, we take it); torch threads,
+  allocator settings and CPU work per row are otherwise the same. On a loaded machine (load
+  average 9-15) the long spin is ruinous: a 1-row in-process batch took 66-83 CPU s in the main
+  thread (3 runs), 12 CPU s with the same call in a thread, 11 CPU s in the main thread with
+  GOMP_SPINCOUNT=1000, and a 2-row bench run gave 206 s per row in-process against the worker's
+  24 s. On an idle machine the long spin starts parallel regions fastest, so it may be part of the
+  per-row gap the in-process side won by; `--gomp-spincount 1000` runs both sides with the short
+  spin, to tell Ray's cost from this one. Under load (7-9) that gave: in-process 59.6 s, Ray 62.4 s
+  (+4.7 %), start-up 0.7 s vs 14.2 s, per row 29.5 s vs 24.1 s (noise of the load).
+- So the start-up is what remains of Ray's cost: about 8 s on an idle machine (a new process,
+  torch and diffusers imports, models check; the local cluster's own start comes on top unless one
+  is running), i.e. about 6 % of a 140 s batch of 6 rows, less for longer batches.
+The figures are only meaningful on an otherwise idle machine; each round prints the load average
+so that runs on a busy one can be told apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,6 +79,25 @@ def write_small_checkpoint(folder: Path) -> dict[str, Path]:
     return {"memo": folder / "memo", "vae": folder / "vae", "wav2vec2": write_tiny_wav2vec(folder / "wav2vec2")}
 
 
+def ray_processes_cpu(worker_title: str = "ray::BatchWorker") -> float:
+    """CPU seconds used so far by this process's Ray children (daemons and idle workers), not by
+    the batch workers (their time is the rows'); 0 without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(child.cmdline()).startswith(worker_title):
+                continue
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # a process that ended since the listing
+            continue
+    return total
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4)
@@ -45,7 +105,15 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration (the fastest counts)")
+    parser.add_argument("--skip-two-workers", action="store_true", help="only in-process vs Ray with 1 worker")
+    parser.add_argument("--gomp-spincount", type=int,
+                        help="GOMP_SPINCOUNT for both sides (set before torch loads; the Ray daemons and workers "
+                             "inherit it): 1000 gives the in-process rows the short spin the worker's rows get")
     args = parser.parse_args(argv)
+    if args.gomp_spincount is not None:
+        if "torch" in sys.modules:
+            parser.error("--gomp-spincount must be set before torch is imported (run the script directly)")
+        os.environ["GOMP_SPINCOUNT"] = str(args.gomp_spincount)
 
     import torch
 
@@ -65,33 +133,60 @@ def main(argv=None) -> int:
         base = ["batch", str(manifest), "--checkpoint", str(bundle["memo"]), "--vae", str(bundle["vae"]),
                 "--wav2vec", str(bundle["wav2vec2"]), "--allow-no-face", "--resolution", str(args.resolution),
                 "--steps", str(args.steps), "--no-progress"]
+        started = time.perf_counter()
         connect(None)  # the local cluster, once
+        cluster_start = time.perf_counter() - started
         runs = [("in-process, 2 threads", [], 2), ("Ray, 1 worker x 2 threads", ["--ray", "--workers", "1",
                                                                               "--threads-per-worker", "2"], None),
                 ("Ray, 2 workers x 1 thread", ["--ray", "--workers", "2", "--threads-per-worker", "1"], None)]
-        best: dict[str, float] = {}
+        if args.skip_two_workers:
+            runs = runs[:2]
+        best: dict[str, dict] = {}
         for round_ in range(args.rounds):  # interleaved, so a busy spell of the machine hits every configuration
             order = runs if round_ % 2 == 0 else runs[::-1]
             for name, extra, threads in order:
                 out = tmp / f"out-{round_}-{runs.index((name, extra, threads))}"
                 torch.set_num_threads(threads or 2)
+                ray_cpu = ray_processes_cpu()
                 started = time.perf_counter()
                 code = cli_main([*base, "--out-dir", str(out), "--report", str(tmp / "report.json"), *extra])
                 seconds = time.perf_counter() - started
-                report = json.loads((tmp / "report.json").read_text())
                 if code != 0:
-                    print(f"{name}: exit code {code}: {report.get('counts')}", file=sys.stderr)
+                    report = tmp / "report.json"
+                    counts = json.loads(report.read_text()).get("counts") if report.is_file() else "no report"
+                    print(f"{name}: exit code {code}: {counts}", file=sys.stderr)
                     return 1
-                print(f"round {round_ + 1}: {name}: {seconds:.1f} s", flush=True)
-                best[name] = min(seconds, best.get(name, seconds))
-        figures = [(name, best[name], args.rows * 3600 / best[name]) for name, _, _ in runs]
+                report = json.loads((tmp / "report.json").read_text())
+                (tmp / "report.json").unlink()
+                figure = {"seconds": seconds, "startup": report["startup"]["seconds"],
+                          "model_load": report["startup"]["model_load_seconds"],
+                          "ray_cpu": ray_processes_cpu() - ray_cpu}
+                print(f"round {round_ + 1}: {name}: {seconds:.1f} s (start-up {figure['startup']:.1f} s, "
+                      f"Ray's processes {figure['ray_cpu']:.1f} CPU s; load average {os.getloadavg()[0]:.1f})",
+                      flush=True)
+                if name not in best or seconds < best[name]["seconds"]:
+                    best[name] = figure
         print(f"\n{args.rows} rows of {args.seconds:g} s audio, small config, {args.resolution} px, {args.steps} steps, "
-              f"{torch.get_num_threads()}-thread host")
-        for name, seconds, per_hour in figures:
-            print(f"{name:30s} {seconds:7.1f} s   {per_hour:7.0f} rows/hour")
-        overhead = figures[1][1] / figures[0][1] - 1
-        print(f"Ray overhead (1 worker vs in-process): {100 * overhead:+.1f} %")
-        print(f"2 workers x 1 thread vs 1 worker x 2 threads: {figures[1][1] / figures[2][1]:.2f}x the rows per hour")
+              f"{torch.get_num_threads()}-thread host; local Ray cluster start (not counted below): {cluster_start:.1f} s")
+        print(f"{'':30s} {'total':>8s} {'start-up':>9s} {'per row':>8s} {'rows/hour':>10s} {'Ray CPU':>8s}")
+        for name, _, _ in runs:
+            f = best[name]
+            per_row = (f["seconds"] - f["startup"]) / args.rows
+            print(f"{name:30s} {f['seconds']:7.1f}s {f['startup']:8.1f}s {per_row:7.2f}s "
+                  f"{args.rows * 3600 / f['seconds']:10.0f} {f['ray_cpu']:7.1f}s")
+        local, ray1 = best[runs[0][0]], best[runs[1][0]]
+        local_row = (local["seconds"] - local["startup"]) / args.rows
+        ray_row = (ray1["seconds"] - ray1["startup"]) / args.rows
+        print(f"Ray overhead (1 worker vs in-process): {100 * (ray1['seconds'] / local['seconds'] - 1):+.1f} % in all; "
+              f"start-up {ray1['startup'] - local['startup']:+.1f} s (worker process, imports and models check "
+              f"{ray1['startup'] - ray1['model_load']:.1f} s; model load {ray1['model_load']:.1f} s vs "
+              f"{local['model_load']:.1f} s); per row {100 * (ray_row / local_row - 1):+.1f} % "
+              f"({ray_row:.2f} s vs {local_row:.2f} s)")
+        print(f"Ray's own processes during the 1-worker run: {ray1['ray_cpu']:.1f} CPU s = "
+              f"{100 * ray1['ray_cpu'] / ray1['seconds']:.1f} % of one core")
+        if len(runs) > 2:
+            print(f"2 workers x 1 thread vs 1 worker x 2 threads: {ray1['seconds'] / best[runs[2][0]]['seconds']:.2f}x "
+                  "the rows per hour")
     return 0
 
 

@@ -69,6 +69,9 @@ def test_batch_equals_generate_and_a_rerun_redoes_only_a_truncated_output(tiny_b
     out_dir = tmp_path / "out"
     code, report = run_batch(tiny_bundle, manifest, out_dir)
     assert code == 0 and [r["status"] for r in report["rows"]] == ["done", "done"]
+    startup = report["startup"]  # the model load, once, and in no row's seconds
+    assert 0 < startup["model_load_seconds"] == startup["seconds"]
+    assert startup["seconds"] + sum(r["seconds"] for r in report["rows"]) <= report["seconds"]
     first, second = out_dir / "portrait-a.mp4", out_dir / "sub" / "b.mp4"
     assert read_video_info(first)["frames"] == 9 and read_video_info(second)["frames"] == 6
     table = capsys.readouterr().out
@@ -95,6 +98,7 @@ def test_batch_equals_generate_and_a_rerun_redoes_only_a_truncated_output(tiny_b
     _no_loading(monkeypatch)  # a finished batch does no generation: not even a model load
     code, report = run_batch(tiny_bundle, manifest, out_dir)
     assert code == 0 and [r["status"] for r in report["rows"]] == ["skipped", "skipped"]
+    assert report["startup"] == {"seconds": 0.0, "model_load_seconds": 0.0}
     monkeypatch.undo()
 
     kept, kept_frames = second.read_bytes(), exact_frames(second)

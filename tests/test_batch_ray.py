@@ -58,6 +58,8 @@ def test_four_rows_on_two_workers_equal_the_sequential_run(ray_cluster, tiny_bun
     assert code == 0 and report["mode"] == "ray" and report["workers"] == 2
     assert [row["status"] for row in report["rows"]] == ["done"] * 4
     assert len({row["worker"] for row in report["rows"]}) == 2  # both workers took rows from the queue
+    startup = report["startup"]  # the workers' start (process, imports, models check, load), in no row's seconds
+    assert 0 < startup["model_load_seconds"] < startup["seconds"] < report["seconds"]
     for name in LENGTHS:
         assert_same_video(out_dir / f"portrait-{name}.mp4", expected / f"portrait-{name}.mp4")
 
@@ -78,6 +80,7 @@ def test_a_worker_killed_during_the_second_clip_loses_nothing(ray_cluster, tiny_
         while time.monotonic() < deadline:
             if (work / "state.safetensors").is_file():  # clip 1 is saved: clip 2 is being made
                 pid = int(__import__("json").loads((work / "row.json").read_text())["pid"])
+                killed["niceness"] = os.getpriority(os.PRIO_PROCESS, pid)
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
                 return
@@ -89,6 +92,7 @@ def test_a_worker_killed_during_the_second_clip_loses_nothing(ray_cluster, tiny_
     killer.join()
     row = by_line(report)[2]
     assert "pid" in killed and code == 0 and row["status"] == "done"
+    assert killed["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)  # not lowered to Ray's nice 15 (slower rows)
     assert row["attempts"] == 2 and 1 <= row["resumed_from"] < 4  # continued from its last finished clip
     assert row["worker"] != "" and not row["worker"].endswith(f":{killed['pid']}")  # on a restarted worker
     assert_same_video(out_dir / "portrait-d.mp4", expected / "portrait-d.mp4")

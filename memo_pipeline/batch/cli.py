@@ -95,7 +95,7 @@ def main_batch(args) -> int:
     from .jobs import build_rows
     from .report import BatchProgress, summary_table, write_report
     from .rowfolder import RowFolder, output_state
-    from .runner import DONE, FAILED, SKIPPED, RowResult, run_in_process
+    from .runner import DONE, FAILED, SKIPPED, RowResult, Startup, run_in_process
 
     started = time.perf_counter()
     if args.ray is None and (args.workers is not None or args.threads_per_worker != 1):
@@ -137,7 +137,7 @@ def main_batch(args) -> int:
             results[row.line] = RowResult(row.line, str(row.out), SKIPPED, frames=row.expected_frames)
             progress.row_done(row, results[row.line])
     stop = threading.Event()
-    mode, workers = "in-process", 1
+    mode, workers, startup = "in-process", 1, Startup()
     code = 0
     try:
         with stop_on_ctrl_c(stop):
@@ -145,7 +145,7 @@ def main_batch(args) -> int:
                 pass
             elif args.ray is None:
                 for result in run_in_process(todo, template, stop, progress.clip_done, progress.row_done,
-                                             args.keep_clips):
+                                             args.keep_clips, startup):
                     results[result.line] = result
             else:
                 from .cluster import ClusterError, run_on_ray
@@ -153,7 +153,7 @@ def main_batch(args) -> int:
                 mode = "ray"
                 try:
                     ran, workers = run_on_ray(todo, template, args.ray or None, args.workers, args.threads_per_worker,
-                                              stop, progress.clip_done, progress.row_done, args.keep_clips)
+                                              stop, progress.clip_done, progress.row_done, args.keep_clips, startup)
                 except ClusterError as err:
                     progress.close()
                     print(f"error: {err}", file=sys.stderr)
@@ -168,7 +168,7 @@ def main_batch(args) -> int:
     ordered = [results[row.line] for row in rows]
     print(summary_table(ordered))
     if args.report is not None:
-        write_report(args.report, ordered, args.jobs, mode, workers, time.perf_counter() - started)
+        write_report(args.report, ordered, args.jobs, mode, workers, time.perf_counter() - started, startup)
     if any(r.status == FAILED for r in ordered):
         code = 1
     elif any(r.status not in (DONE, SKIPPED) for r in ordered):

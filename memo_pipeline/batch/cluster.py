@@ -14,17 +14,36 @@ import collections
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .jobs import BatchRow
 from .rowfolder import RowFolder
-from .runner import FAILED, INTERRUPTED, NOT_STARTED, RowResult, RowRunner, models_problem, worker_name
+from .runner import FAILED, INTERRUPTED, NOT_STARTED, RowResult, RowRunner, Startup, models_problem, worker_name
 
 INSTALL_HINT = "pip install 'comfyui-memo[cluster]' (or pip install -r requirements-cluster.txt)"
 ACTOR_RESTARTS = 4  # per worker: a worker that keeps dying is given up after this many restarts
 REVIVE_SECONDS = 300  # how long a lost worker may take to come back (a new process loading the models)
 ROW_ATTEMPTS = 4  # a row whose workers died this many times is reported failed (it may be what kills them)
+WORKER_ENV = {"RAY_worker_niceness": "0"}
+"""Set in each worker's environment. A Ray worker lowers its own priority to nice 15 at start
+(Ray's `worker_niceness`), meant for short tasks that must not starve the node's daemons; a batch
+worker is the whole job, and at nice 15 every other runnable process on the node (the driver,
+raylet, other users' work) preempts its threads at once, so its rows ran slower than the same rows
+in process on a machine with no idle core (bench/batch.py). With 0 it runs at the priority of the
+command that started it, as the in-process batch does. Read by the worker itself at start (not by
+the raylet), so it holds on any cluster and needs no privilege."""
+
+
+LOCAL_CLUSTER_ENV = {"RAY_enable_worker_prestart": "false", "RAY_prestart_worker_first_driver": "false",
+                     "RAY_enable_metrics_collection": "false"}
+"""Ray settings (read from the environment by its daemons, ignored by versions without them) for the
+cluster `--ray` starts on this machine, which lives for one command: no idle worker processes
+started ahead (the batch workers cannot use them: their environment differs) and no metrics
+collection (nothing reads them without the dashboard). Measured on a 2-core VM, Ray's own
+processes then take 0.62 CPU s per 30 s idle instead of 1.31 (bench/batch.py prints their share
+during a run). A cluster the batch joins keeps its own settings."""
 
 
 class ClusterError(RuntimeError):
@@ -51,10 +70,23 @@ def connect(address: str | None):
         else:  # the local workers import this checkout's library like the driver does
             package_root = str(Path(__file__).resolve().parents[2])
             path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **options)
+            with _environment(LOCAL_CLUSTER_ENV):  # the daemons started here read it; this process's stays
+                ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot {'reach the Ray cluster at ' + address if address else 'start Ray'}: {err}") from None
     return ray
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """`values` set in os.environ inside the block (where the user set one, theirs stays), restored after."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 class BatchWorker:
@@ -72,7 +104,7 @@ class BatchWorker:
         self.stop_event = threading.Event()
 
     def identity(self) -> dict:
-        return {"name": self.runner.name, "pid": os.getpid()}
+        return {"name": self.runner.name, "pid": os.getpid(), "load_seconds": self.runner.load_seconds}
 
     def run_row(self, row: BatchRow) -> RowResult:
         return self.runner.run(row, self.stop_event)
@@ -84,7 +116,8 @@ class BatchWorker:
 def _actor_class(ray, gpu: bool, threads: int):
     resources = {"num_gpus": 1} if gpu else {"num_cpus": threads}
     # two concurrent calls: `stop` must reach a worker that is busy in `run_row`
-    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2, **resources)(BatchWorker)
+    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2,
+                      runtime_env={"env_vars": dict(WORKER_ENV)}, **resources)(BatchWorker)
 
 
 @dataclass
@@ -109,6 +142,7 @@ class ClusterRun:
     on_row: object = None
     keep_clips: bool = False
     poll_seconds: float = 0.5
+    startup: Startup = field(default_factory=Startup)
 
     def run(self, ray) -> list[RowResult]:
         import ray.exceptions as errors
@@ -118,6 +152,7 @@ class ClusterRun:
         gpu = str(self.template.device).startswith("cuda") and ray.cluster_resources().get("GPU", 0) >= 1
         actor = _actor_class(ray, gpu, self.threads)
         template = _without_progress(self.template)
+        asked = time.perf_counter()
         workers = [_Worker(actor.remote(template, self.threads, self.keep_clips)) for _ in range(self.workers)]
         self.workers_started = 0
         starting = {w.handle.identity.remote(): w for w in workers}
@@ -126,11 +161,14 @@ class ClusterRun:
             ready, _ = ray.wait(list(starting), num_returns=1)
             worker = starting.pop(ready[0])
             try:
-                worker.name = ray.get(ready[0])["name"]
+                identity = ray.get(ready[0])
+                worker.name = identity["name"]
                 self.workers_started += 1
+                self.startup.model_load_seconds = max(self.startup.model_load_seconds, identity["load_seconds"])
             except lost_worker as err:
                 worker.alive = False
                 problems.append(_cause(err))
+        self.startup.seconds = time.perf_counter() - asked
         if not self.workers_started:
             raise ClusterError("no worker could start: " + "; ".join(dict.fromkeys(problems)))
         for problem in dict.fromkeys(problems):
@@ -234,11 +272,14 @@ def _cause(err: BaseException) -> str:
 
 
 def run_on_ray(rows: list[BatchRow], template, address: str | None, workers: int | None, threads: int,
-               stop: threading.Event, on_clip=None, on_row=None, keep_clips: bool = False) -> tuple[list[RowResult], int]:
-    """Run the rows on a Ray cluster; returns the results and the number of workers that ran."""
+               stop: threading.Event, on_clip=None, on_row=None, keep_clips: bool = False,
+               startup: Startup | None = None) -> tuple[list[RowResult], int]:
+    """Run the rows on a Ray cluster; returns the results and the number of workers that ran.
+    `startup`, if given, receives the workers' start (not the cluster's: `connect` is before it)."""
     ray = connect(address)
     if workers is None:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = gpus if gpus and str(template.device).startswith("cuda") else 1
-    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row, keep_clips)
+    run = ClusterRun(rows, template, max(1, min(workers, len(rows))), threads, stop, on_clip, on_row, keep_clips,
+                     startup=startup or Startup())
     return run.run(ray), run.workers_started

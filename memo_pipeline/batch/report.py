@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .jobs import BatchRow
-from .runner import DONE, FAILED, SKIPPED, RowResult
+from .runner import DONE, FAILED, SKIPPED, RowResult, Startup
 
 
 class BatchProgress:
@@ -80,9 +80,12 @@ def count_statuses(results: list[RowResult]) -> dict[str, int]:
     return counts
 
 
-def write_report(path: Path, results: list[RowResult], manifest: Path, mode: str, workers: int, seconds: float) -> None:
-    """The JSON report, written whole under a temporary name first."""
+def write_report(path: Path, results: list[RowResult], manifest: Path, mode: str, workers: int, seconds: float,
+                 startup: Startup | None = None) -> None:
+    """The JSON report, written whole under a temporary name first. `startup`:
+    the part of `seconds` spent before rows could run (model load; on Ray the workers' start)."""
     report = {"manifest": os.fspath(manifest), "mode": mode, "workers": workers, "seconds": round(seconds, 3),
+              "startup": startup.as_dict() if startup is not None else None,
               "counts": count_statuses(results), "rows": [r.as_dict() for r in results]}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -63,6 +63,7 @@ class RowRunner:
     keep_clips: bool = False  # keep each row's lossless clip files next to its mp4
     loaded: object = None
     loaded_weight_dtype: str | None = None  # the weight dtype `loaded` stores its layer weights in
+    load_seconds: float = 0.0  # model loads, counted as start-up, not in any row's seconds
 
     def __post_init__(self):
         import torch
@@ -80,8 +81,10 @@ class RowRunner:
         if self.loaded is None:
             from ..cli import load_models
 
+            started = time.perf_counter()
             self.loaded = load_models(dataclasses.replace(self.template, weight_dtype=wanted))
             self.loaded_weight_dtype = wanted
+            self.load_seconds += time.perf_counter() - started
         return self.loaded
 
     def run(self, row: BatchRow, stop: threading.Event | None = None,
@@ -92,14 +95,15 @@ class RowRunner:
         # set in the thread that runs the row: a thread of its own (a Ray actor's) would otherwise
         # run with the default thread count, and the count changes how sums are split (last bits)
         torch.set_num_threads(self.threads)
-        started = time.perf_counter()
+        started, loading_before = time.perf_counter(), self.load_seconds
         result = RowResult(row.line, str(row.out), FAILED, self.name)
         try:
             self._run(row, stop or threading.Event(), on_clip, result)
         except (Exception, SystemExit) as err:  # the row's own problem (bad audio, no face...): report, go on
             result.status, result.error = FAILED, one_line(err)
             logger.debug("row on line %d failed", row.line, exc_info=True)
-        result.seconds = time.perf_counter() - started
+        # a model load on the first row's way is start-up, as a Ray worker's load before its first row
+        result.seconds = time.perf_counter() - started - (self.load_seconds - loading_before)
         return result
 
     def _run(self, row: BatchRow, stop: threading.Event, on_clip, result: RowResult) -> None:
@@ -141,10 +145,25 @@ class RowRunner:
         result.status, result.frames = DONE, frames
 
 
+@dataclass
+class Startup:
+    """What a batch spent before its rows could run: `seconds` in all (in this process: the model
+    load; on Ray: from asking for the workers until every one is ready: its process, imports,
+    models check and load), of which `model_load_seconds` loading the networks (the slowest worker's)."""
+
+    seconds: float = 0.0
+    model_load_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {name: round(value, 3) for name, value in dataclasses.asdict(self).items()}
+
+
 def run_in_process(rows: list[BatchRow], template, stop: threading.Event,
                    on_clip: Callable[[BatchRow, int], None] | None = None,
-                   on_row: Callable[[BatchRow, RowResult], None] | None = None, keep_clips: bool = False) -> list[RowResult]:
-    """Every row in manifest order on one `RowRunner`; rows after a stop are `not started`."""
+                   on_row: Callable[[BatchRow, RowResult], None] | None = None, keep_clips: bool = False,
+                   startup: Startup | None = None) -> list[RowResult]:
+    """Every row in manifest order on one `RowRunner`; rows after a stop are `not started`. The
+    models load on the first row that needs them; `startup`, if given, receives the load's time."""
     runner = RowRunner(template, keep_clips=keep_clips)
     results = []
     for row in rows:
@@ -155,6 +174,8 @@ def run_in_process(rows: list[BatchRow], template, stop: threading.Event,
         results.append(result)
         if on_row is not None:
             on_row(row, result)
+    if startup is not None:
+        startup.seconds = startup.model_load_seconds = runner.load_seconds
     return results
 
 
