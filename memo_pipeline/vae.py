@@ -67,6 +67,7 @@ and N(0, 1) latents decoded; max abs / PSNR, decode on [0, 1], encode on the lat
 
     VAE                   side   encode            decode portrait   decode noise
     sd-vae-ft-mse-shaped  768    0.176 / 31.1 dB   0.893 / 24.8 dB   0.102 / 42.1 dB
+    sd-vae-ft-mse-shaped  1024   0.204 / 31.7 dB   0.982 / 25.0 dB   0.150 / 41.4 dB
     tiny (tests)          768    0.390 / 34.9 dB   1.000 / 21.8 dB   0.149 / 44.3 dB
     tiny (tests)          1024   0.371 / 30.6 dB   1.000 / 20.7 dB   0.152 / 41.3 dB
 
