@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -26,7 +27,6 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .layers import (CastingLayers, network_weight_dtype, resolve_weight_dtype, storage_dtypes, to_storage_dtype,
@@ -310,35 +310,48 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the offset its data starts at. Only called on a
-    file `safe_open` has accepted (which checks the header and that the offsets fit the file)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+    """The tensor entries of a safetensors file's JSON header and the offset its data starts at,
+    checked as the format requires: known dtypes, offsets that fit the file and match each shape.
+    Read with plain reads: `safe_open` would place the whole file in a torch storage first."""
+    bad = f"{path} is not a readable safetensors file (corrupt or truncated?)"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little")
+            if length > size - 8:
+                raise CheckpointError(f"{bad}: its header is longer than the file")
+            header = json.loads(f.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{bad}: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"{bad}: {err}") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{bad}: its header is not a JSON object")
     header.pop("__metadata__", None)
-    return header, 8 + size
+    data = size - 8 - length
+    for key, entry in header.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            begin, end = (int(v) for v in entry["data_offsets"])
+            count = math.prod(int(d) for d in entry["shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{bad}: tensor {key} has an unusable entry ({err})") from err
+        if not 0 <= begin <= end <= data or end - begin != count * dtype.itemsize:
+            raise CheckpointError(f"{bad}: tensor {key} lies outside the file or does not match its shape")
+    return header, 8 + length
 
 
 def _read_tensor(f, path: Path, key: str, entry: dict, data_start: int, scratch: torch.Tensor) -> torch.Tensor:
     """One tensor of an open safetensors file, read with plain reads into the front of `scratch`
     (a uint8 buffer at least as long as the file's largest tensor): a view that the next read
     overwrites."""
-    dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
-    if dtype is None:
-        raise CheckpointError(f"{path}: tensor {key} has dtype {entry.get('dtype')}, which MEMO weights never use")
+    dtype = _SAFETENSORS_DTYPES[entry["dtype"]]  # known: checked by `_safetensors_header`
     begin, end = entry["data_offsets"]
     buffer = scratch[:end - begin]
     f.seek(data_start + begin)
     if end > begin and f.readinto(memoryview(buffer.numpy())) != end - begin:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {key} is cut short")
     return buffer.view(dtype).reshape(entry["shape"])
-
-
-def _open_safetensors(path: Path):
-    try:
-        return safe_open(os.fspath(path), framework="pt")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
 
 
 def stream_weights(folder: str | os.PathLike, model: torch.nn.Module, dtypes: dict[str, torch.dtype],
@@ -358,10 +371,9 @@ def stream_weights(folder: str | os.PathLike, model: torch.nn.Module, dtypes: di
     for path in weight_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in the safetensors index but missing")
-        with _open_safetensors(path) as f:  # validates the header and its offsets against the file size
-            index[path] = list(f.keys())
-            for key in index[path]:
-                shapes[key] = tuple(f.get_slice(key).get_shape())
+        header, _start = _safetensors_header(path)
+        index[path] = list(header)
+        shapes.update((key, tuple(entry["shape"])) for key, entry in header.items())
     source = ", ".join(os.fspath(p) for p in index)
     problems = shape_problems({k: v.shape for k, v in model.state_dict().items()}, shapes)
     if problems:

@@ -455,15 +455,12 @@ FILE_ITEMSIZE = 4
 def loading_extra_bytes(network: torch.nn.Module, streamed: bool, file_itemsize: int = FILE_ITEMSIZE) -> int:
     """Tensor bytes alive while `network` loads beyond its stored weights, by how `loading` reads
     it: read at once, the whole file in the file's dtype when it is then cast (nothing when the
-    dtypes agree: the stored tensors are the ones read); streamed, the tensors of one read window
-    (`loading.STREAM_WINDOW`) in the file's dtype, twice (the reader's copy and the one being cast),
-    as measured on the CPU allocator (tests/test_memory_plan.py)."""
-    from .loading import STREAM_WINDOW
-
+    dtypes agree: the stored tensors are the ones read); streamed (`loading.stream_weights`), the
+    one read buffer, as large as the network's largest tensor in the file's dtype."""
     tensors = [*network.parameters(), *network.buffers()]
     file_bytes = sum(t.numel() for t in tensors) * file_itemsize
     if streamed:
-        return 2 * min(file_bytes, STREAM_WINDOW)
+        return max((t.numel() for t in tensors), default=0) * file_itemsize
     if all(t.element_size() == file_itemsize for t in tensors if t.is_floating_point()):
         return 0
     return file_bytes
