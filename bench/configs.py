@@ -110,19 +110,10 @@ def random_model(cls, config: dict, seed: int, scale: float = 1.0) -> torch.nn.M
 
     with parameters_on_meta():
         model = build_model(cls, config, cls.__name__) if hasattr(cls, "config_name") else cls(**config)
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            value = torch.empty(param.shape)
-            if param.ndim >= 2:
-                value.normal_(0.0, scale / math.sqrt(param.numel() / param.shape[0]), generator=generator)
-            elif name.endswith("weight"):
-                value.normal_(1.0, 0.1, generator=generator)
-            else:
-                value.normal_(0.0, 0.1, generator=generator)
-            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    modules = dict(model.named_modules())
+    for key, value in _random_values(model, seed, scale):
+        owner, _, name = key.rpartition(".")
+        modules[owner]._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
     return model.eval()
 
 
