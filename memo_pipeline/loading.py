@@ -472,9 +472,9 @@ class MemoModels:
                 continue
             targets = storage_dtypes(module, stored, dtype)
             move(module, device)
-            for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-                if name in targets and tensor.dtype != targets[name]:
-                    tensor.data = to_storage_dtype(tensor.data, targets[name])
+            for key, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+                if key in targets and tensor.dtype != targets[key]:
+                    tensor.data = to_storage_dtype(tensor.data, targets[key])
         if dtype is not None:
             self.compute_dtype = dtype
         return self

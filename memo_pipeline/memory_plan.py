@@ -568,16 +568,8 @@ def gb(nbytes: float) -> str:
     return f"{nbytes / GB:.1f} GB" if nbytes >= 0.995 * GB else f"{nbytes / 1e6:.0f} MB"
 
 
-def weight_dtype_names() -> tuple[str, ...]:
-    """The weight storage dtypes this library offers ("default" = the compute dtype)."""
-    from .layers import WEIGHT_DTYPES
-
-    return tuple(WEIGHT_DTYPES)
-
-
 SUGGESTED_WEIGHT_DTYPES = ("bf16", "fp8_e4m3fn")
 """Weight dtypes a "does not fit" message may suggest (fp16 and fp8_e5m2 save no more than these)."""
-WEIGHT_SIZE = {"bf16": 2, "fp8_e4m3fn": 1}
 
 
 def candidate_changes(request: PlanRequest) -> list[list[tuple[str, object]]]:
@@ -589,7 +581,7 @@ def candidate_changes(request: PlanRequest) -> list[list[tuple[str, object]]]:
     compute_size = resolve_dtype(request.dtype).itemsize
     current = resolve_weight_dtype(request.weight_dtype)
     current_size = current.itemsize if current is not None else compute_size
-    dtypes = [d for d in SUGGESTED_WEIGHT_DTYPES if d in weight_dtype_names() and WEIGHT_SIZE[d] < current_size]
+    dtypes = [d for d in SUGGESTED_WEIGHT_DTYPES if resolve_weight_dtype(d).itemsize < current_size]
     offloads = [o for o in OFFLOAD_MODES[1:] if OFFLOAD_MODES.index(o) > OFFLOAD_MODES.index(request.offload)]
     if torch.device(request.device).type == "cpu":
         offloads = []  # on a CPU the weights are in host memory whatever the offload
