@@ -344,3 +344,37 @@ class ComfyClient:
 
     def queue_and_wait(self, prompt: dict, timeout: float = 300) -> dict:
         return self.wait(self.queue(prompt), timeout)
+
+
+SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
+                     layers_per_block=2, norm_num_groups=32, down_block_types=["DownEncoderBlock2D"] * 4,
+                     up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
+"""An AutoencoderKL of sd-vae-ft-mse's architecture (random weights), for probes of ComfyUI's VAE."""
+
+PACK_PROBE_PREAMBLE = r'''
+import importlib.util, json, os, sys
+comfy_dir, repo, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sys.argv = [sys.argv[0]]
+sys.path.insert(0, comfy_dir)
+from comfy.cli_args import args
+args.cpu = True
+import torch, comfy.sd
+spec = importlib.util.spec_from_file_location("memo_probe_pack", os.path.join(repo, "__init__.py"),
+                                              submodule_search_locations=[repo])
+pack = importlib.util.module_from_spec(spec); sys.modules["memo_probe_pack"] = pack; spec.loader.exec_module(pack)
+'''
+"""What a pack probe starts with: ComfyUI on the CPU, the pack imported as `memo_probe_pack`,
+`config` from the probe's JSON argument."""
+
+
+def run_pack_probe(body: str, config, cwd, timeout: int = 600) -> dict:
+    """Run `PACK_PROBE_PREAMBLE` + `body` in ComfyUI's Python; `body` prints one line
+    `PROBE <json>`, which is returned (a failed probe fails the test with its output)."""
+    comfy_dir = comfyui_path()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(comfyui_python(comfy_dir)), "-c", PACK_PROBE_PREAMBLE + body, str(comfy_dir),
+                           str(REPO_ROOT), json.dumps(config)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert lines, f"probe failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("PROBE "):])

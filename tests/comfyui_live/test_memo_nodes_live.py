@@ -29,9 +29,7 @@ WORKFLOWS = live.REPO_ROOT / "workflows"
 FROZEN = live.REPO_ROOT / "tests" / "fixtures" / "workflows_v1"  # as released with the V1 nodes, never regenerated
 SECONDS = 1.2
 EXPECTED_FRAMES = math.ceil(SECONDS * 30)
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-              layers_per_block=2, norm_num_groups=32, down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
+SD_VAE = live.SD_VAE_CONFIG
 
 
 def write_sd_vae(path, seed=0):
@@ -267,16 +265,7 @@ def test_cancel_stops_the_sampler_between_steps(served):
 
 
 PROBE = r'''
-import json, os, sys, importlib.util
-comfy_dir, repo, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-sys.argv = [sys.argv[0]]
-sys.path.insert(0, comfy_dir)
-from comfy.cli_args import args
-args.cpu = True
-import folder_paths, torch, comfy.sd
-spec = importlib.util.spec_from_file_location("memo_probe_pack", os.path.join(repo, "__init__.py"),
-                                              submodule_search_locations=[repo])
-pack = importlib.util.module_from_spec(spec); sys.modules["memo_probe_pack"] = pack; spec.loader.exec_module(pack)
+import folder_paths
 from memo_probe_pack.nodes import vae_bridge
 import asyncio
 extension = asyncio.run(pack.comfy_entrypoint())
@@ -300,13 +289,7 @@ print("PROBE " + json.dumps({
 
 
 def test_vae_bridge_on_comfyuis_own_vae_class(tmp_path):
-    comfy_dir = live.comfyui_path()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(live.comfyui_python(comfy_dir)), "-c", PROBE, str(comfy_dir), str(live.REPO_ROOT),
-                           json.dumps(SD_VAE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
-    assert lines, f"probe failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    report = json.loads(lines[-1][len("PROBE "):])
+    report = live.run_pack_probe(PROBE, SD_VAE, tmp_path)
     assert report["host"] == "comfyui" and report["bound"] and report["nodes"] == 16
     assert report["encode_shape"] == [2, 4, 8, 8] and report["decode_shape"] == [2, 3, 64, 64]
     assert report["latent_std"] > 1e-3

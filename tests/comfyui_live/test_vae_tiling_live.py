@@ -3,9 +3,6 @@ VAE Encode (Tiled) / VAE Decode (Tiled) nodes give with their default tile size 
 512 px exactly the plain VAE Encode / VAE Decode. A random-weight SD1.5-architecture VAE (the only
 one ComfyUI builds from these keys), one frame 8 px high to keep the CPU run short.
 """
-import json
-import os
-import subprocess
 
 import pytest
 
@@ -16,16 +13,7 @@ live.skip_module_unless_comfyui()
 pytestmark = pytest.mark.comfyui
 
 PROBE = r'''
-import importlib.util, json, os, sys
-comfy_dir, repo, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-sys.argv = [sys.argv[0]]
-sys.path.insert(0, comfy_dir)
-from comfy.cli_args import args
-args.cpu = True
-import torch, comfy.sd, nodes
-spec = importlib.util.spec_from_file_location("memo_probe_pack", os.path.join(repo, "__init__.py"),
-                                              submodule_search_locations=[repo])
-pack = importlib.util.module_from_spec(spec); sys.modules["memo_probe_pack"] = pack; spec.loader.exec_module(pack)
+import nodes
 from memo_probe_pack.nodes import vae_bridge
 from memo_probe_pack.memo_pipeline.vae import LATENT_SCALE
 from diffusers import AutoencoderKL
@@ -54,19 +42,8 @@ for width in (520, 512):
 print("PROBE " + json.dumps(report))
 '''
 
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
-              layers_per_block=2, norm_num_groups=32, down_block_types=["DownEncoderBlock2D"] * 4,
-              up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
-
-
 def test_bridge_tiles_as_comfyuis_tiled_vae_nodes_above_512_px_and_not_below(tmp_path):
-    comfy_dir = live.comfyui_path()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(live.comfyui_python(comfy_dir)), "-c", PROBE, str(comfy_dir), str(live.REPO_ROOT),
-                           json.dumps(SD_VAE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
-    assert lines, f"probe failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    report = json.loads(lines[-1][len("PROBE "):])
+    report = live.run_pack_probe(PROBE, live.SD_VAE_CONFIG, tmp_path)
     above, at = report["520"], report["512"]
     assert above["shape"] == [1, 3, 8, 520] and at["shape"] == [1, 3, 8, 512]
     assert above["encode_is_node"] and above["decode_is_node"], report  # VAE Encode/Decode (Tiled), defaults
