@@ -7,7 +7,10 @@ fp8_e5m2) a fresh process loads the config's random-weight networks through the 
 path (`bench/configs.py build_case(weight_dtype=...)`: each tensor read straight into its storage
 dtype from a checkpoint written once under the temp folder) and times the config's generation
 (`compare_revisions.CONFIGS`: mid = full-size networks, 128 px, 2 clips of 16 frames after 16
-past frames, 4 steps, CFG 3.5; compute in fp32, CPU-tuned as the command line runs it). Per
+past frames, 4 steps, CFG 3.5; compute in fp32, CPU-tuned as the command line runs it), keeping
+each clip's frames only (a caller that keeps a finished clip's state while the next one runs, as
+`generate`'s writer does so that a stop can always save it, holds one more motion
+memory: `plan`'s "motion memory" figure). Per
 dtype it prints the process's peak RSS (VmHWM: loading and generation), wall and CPU seconds per
 frame against the default, and the deviation from the fp32 default (max abs, PSNR on [0, 1]
 frames) on the config's own video and on the golden full-pipeline case (the official fixture's
@@ -36,8 +39,11 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 from compare_revisions import CONFIGS  # noqa: E402
 
 WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"]
-TARGETS_MIB = {"fp8_e4m3fn": 6.0e9 / 2**20, "bf16": 8.5e9 / 2**20}
-"""Issue 20's mid-config targets: peak RSS (6.0 GB, 8.5 GB), each at <= 1.25x the default's s/frame."""
+TARGETS_GB = {"fp8_e4m3fn": 6.0, "bf16": 8.5}
+"""Issue 20's mid-config targets: peak RSS (6.0 GB, 8.5 GB), each at <= 1.25x the default's s/frame.
+The issue's own figures are binary: its "9.9 GB are fp32 weights" of the mid config are 9.95 GiB
+(10.7e9 bytes), as RSS tools print them; both readings are checked and printed."""
+UNITS = {"GiB": 2**30, "10^9 B": 10**9}
 MAX_SLOWDOWN = 1.25
 OFFLOAD_NOTE = ("offload modes (model, sequential) move weights between host and GPU memory: not measurable "
                 "on a CPU-only run")
@@ -69,8 +75,11 @@ def child(args) -> None:
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         with torch.no_grad():
-            frames = torch.cat([clip.frames for clip in case.pipeline.generate(
-                case.pixels, case.face, case.audio, case.emotion, settings_for(steps=steps))])
+            parts = []
+            for clip in case.pipeline.generate(case.pixels, case.face, case.audio, case.emotion, settings_for(steps=steps)):
+                parts.append(clip.frames)
+                del clip  # keep the frames only, as a caller that writes each clip does: the state goes with the clip
+            frames = torch.cat(parts)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
     peak = vm_hwm_bytes()  # before anything else runs in this process
@@ -157,12 +166,14 @@ def measure(config: str, weight_dtypes: list[str], runs: int, threads: int) -> d
                      f"  golden: max abs {row['golden']['max_abs']:.4f} PSNR {_db(row['golden'])}")
         print(line)
     if config == "mid" and base is not None:
-        for name, limit in TARGETS_MIB.items():
+        for name, target in TARGETS_GB.items():
             if name in results:
                 row = results[name]
-                ok = row["peak_rss_mib"] <= limit and row["s_per_frame_ratio"] <= MAX_SLOWDOWN
-                print(f"  target {name}: peak RSS <= {limit:.0f} MiB at <= {MAX_SLOWDOWN}x s/frame: "
-                      f"{'met' if ok else 'NOT met'}")
+                for unit, size in UNITS.items():
+                    limit = target * size / 2**20
+                    ok = row["peak_rss_mib"] <= limit and row["s_per_frame_ratio"] <= MAX_SLOWDOWN
+                    print(f"  target {name}: peak RSS <= {target} {unit} ({limit:.0f} MiB) at <= {MAX_SLOWDOWN}x "
+                          f"s/frame: {'met' if ok else 'NOT met'}")
     print(f"  {OFFLOAD_NOTE}")
     return {"config": config, "threads": threads, "runs": runs, "results": results, "offload": OFFLOAD_NOTE}
 

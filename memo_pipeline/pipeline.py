@@ -357,6 +357,8 @@ class MemoPipeline:
             if on_step is not None:
                 on_step(StepInfo(clip, step, step + 1, settings.steps, float(t), latents, output, velocity,
                                  float(scheduler.sigmas[step + 1])))
+            if models.weight_dtype is not None:
+                release_freed_memory()  # a low-memory run: what the step freed leaves the resident size
         return latents
 
     def decode_clip(self, latents: torch.Tensor) -> torch.Tensor:
