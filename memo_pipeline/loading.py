@@ -482,6 +482,7 @@ class MemoModels:
     # class attributes, not dataclass fields:
     _run_device = None  # set by `load_on_demand`
     execution_device = None  # where the networks run while offload keeps their weights on the host (offload.py)
+    motion_memory_home = None  # where the motion memory waits between layers (offload.py: the host; None: the device)
     weights_fingerprint = None  # str, set by `load`
     compute_dtype = None  # the dtype the networks compute in, set by `load` (None: the diffusion net's)
     weight_dtype = None  # the dtype layer weights are stored in, set by `load` (None: the compute dtype)

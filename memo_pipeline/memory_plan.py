@@ -348,6 +348,7 @@ class MemoryPlan:
     weight_bytes: dict[str, int]  # per network, as stored
     on_cpu: bool
     notes: list[str] = field(default_factory=list)
+    motion_memory_bytes: int = 0  # the motion memory after the first clip (in every later phase)
 
     @property
     def peak_device_bytes(self) -> int:
@@ -366,6 +367,7 @@ class MemoryPlan:
             "phases": {p.name: {"device_bytes": p.device_bytes, "host_bytes": p.host_bytes,
                                 "activation_bytes": p.activation_bytes} for p in self.phases},
             "weight_bytes": dict(self.weight_bytes), "device_is_host": self.on_cpu, "notes": list(self.notes),
+            "motion_memory_bytes": self.motion_memory_bytes,
         }
 
 
@@ -400,9 +402,9 @@ def check_request(request: PlanRequest) -> None:
     torch.device(request.device)
 
 
-def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, torch.nn.Module], int]:
-    """Peak bytes of the tensors alive in each phase (weights not included), the fake networks and
-    the bytes of the motion memory (alive in every phase after the first clip)."""
+def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, torch.nn.Module], int, int]:
+    """Peak bytes of the tensors alive in each phase (weights not included), the fake networks, the
+    bytes of the motion memory (alive in every phase after the first clip) and of its largest slot."""
     from diffusers import AutoencoderKL
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -445,7 +447,7 @@ def activation_profile(request: PlanRequest) -> tuple[dict[str, int], dict[str, 
     with mode, tracker, torch.no_grad():
         state = clip_phases(pipeline, settings, request.resolution, tracker.phase)
     memory = sum(t.untyped_storage().nbytes() for t in [*state.memory.kv.values(), *state.memory.z.values()])
-    return tracker.phase_peaks, networks, memory
+    return tracker.phase_peaks, networks, memory, state.memory.slot_bytes()
 
 
 FILE_ITEMSIZE = 4
@@ -477,7 +479,9 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
     Device per phase: the weights the offload mode keeps there (none: every network; model: the
     largest network running in the phase; sequential: the largest layer's stored weights) plus
     the phase's live tensors. Host: the weights kept there (all of them with an offload mode)
-    plus the clip's frames, which the pipeline hands over on the host. Loading holds the stored
+    plus the clip's frames, which the pipeline hands over on the host. With an offload mode the
+    motion memory waits on the host too, and the device holds its largest slot (one layer's share)
+    instead. Loading holds the stored
     weights plus what reading the largest file adds (`loading_extra_bytes`). On a CPU the device
     is the host: both columns are the same."""
     from .layers import resolve_weight_dtype
@@ -492,7 +496,7 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
         if len(_PROFILES) >= 16:
             _PROFILES.clear()
         cache[key] = activation_profile(request)
-    activations, networks, memory_bytes = cache[key]
+    activations, networks, memory_bytes, slot_bytes = cache[key]
     weights = {name: stored_bytes(network) for name, network in networks.items()}
     all_weights = sum(weights.values())
     streamed = resolve_weight_dtype(request.weight_dtype) is not None
@@ -507,7 +511,7 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
         for name in PHASES[1:]:
             total = all_weights + activations[name]
             phases.append(PhaseMemory(name, total, total, activations[name]))
-        return MemoryPlan(request, phases, weights, True, notes)
+        return MemoryPlan(request, phases, weights, True, notes, memory_bytes)
 
     frames_on_host = 2 * request.frames_per_clip * 3 * request.resolution ** 2 * 4  # decoded clip + its past frames
     if request.offload == "none":
@@ -518,14 +522,20 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
     else:
         phases.append(PhaseMemory("loading", 0, all_weights + extra))
         host_weights = all_weights
+        notes.append(f"offload {request.offload} keeps the motion memory on the host: the device holds "
+                     f"{gb(slot_bytes)} of it at a time, one layer's share")
         if request.offload == "model":
             resident = {name: max(weights[n] for n in PHASE_NETWORKS[name] if n in weights) for name in PHASES[1:]}
         else:
             largest = max(largest_layer_bytes(network) for network in networks.values())
             resident = {name: largest for name in PHASES[1:]}
+    memory_on_host = memory_bytes if request.offload != "none" else 0  # offload.apply_offload: motion_memory_home
     for name in PHASES[1:]:
-        phases.append(PhaseMemory(name, resident[name] + activations[name], host_weights + frames_on_host, activations[name]))
-    return MemoryPlan(request, phases, weights, False, notes)
+        slot = slot_bytes if memory_on_host and name == "denoise" else 0  # only the temporal layers bring a slot
+        on_device = activations[name] - memory_on_host + slot
+        phases.append(PhaseMemory(name, resident[name] + on_device, host_weights + frames_on_host + memory_on_host,
+                                  on_device))
+    return MemoryPlan(request, phases, weights, False, notes, memory_bytes)
 
 
 def _generation_networks() -> tuple[str, ...]:

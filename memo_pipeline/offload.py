@@ -17,7 +17,9 @@ Three modes, chosen by whoever owns the run (`generate --offload`, `apply_offloa
   dominate), because their adapters place inputs by their own parameters' device.
 
 The execution device is what `MemoModels.device` reports (`MemoModels.execution_device`), so the
-pipeline prepares its inputs there. The emotion classifier, which labels audio next to
+pipeline prepares its inputs there. In both modes the motion memory waits on the host too
+(`MemoModels.motion_memory_home`): at 512 px it is larger than the networks (14 GB in float32
+with CFG), and each temporal layer brings only its own slot to the device while it runs. The emotion classifier, which labels audio next to
 emotion2vec on the host, stays there. Outputs do not depend on the mode: moving a tensor
 between devices copies its bits, and a casting layer whose weight already has the input's dtype
 and device computes what the plain layer computes (tests/test_offload.py checks both bit for bit).
@@ -174,6 +176,6 @@ def apply_offload(mode: str, device, models, vae=None, encoder=None) -> ModelOff
         group.add_adapter("vae", vae, vae.vae, ("encode", "decode"))
     if encoder is not None:
         group.add_adapter("wav2vec2", encoder, encoder.model, ("conv_features", "encode"))
-    models.execution_device = device
-    group.on_remove(lambda: setattr(models, "execution_device", None))
+    models.execution_device, models.motion_memory_home = device, HOST
+    group.on_remove(lambda: (setattr(models, "execution_device", None), setattr(models, "motion_memory_home", None)))
     return group

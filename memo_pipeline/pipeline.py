@@ -192,7 +192,9 @@ class MemoPipeline:
         audio = WindowedAudio(audio) if torch.is_tensor(audio) else audio
         self.check_inputs(reference_image, face_embedding, audio, emotion, settings, state)
         cond = self.conditioning(reference_image, face_embedding, audio, emotion, settings)
-        state, generator = self.initial_state(settings, state, self.models.device)
+        home = self.models.motion_memory_home
+        state, generator = self.initial_state(settings, state, home or self.models.device)
+        state.memory.home = home
         total = cond.num_clips * settings.steps
         record = GenerationState.record(self.models, settings, int(reference_image.shape[-1]), audio.num_frames)
         reference_cache: dict = {}

@@ -209,6 +209,47 @@ def test_check_names_the_smallest_change_that_fits_on_a_gpu():
     assert check_fit(request, free_device=1).message.endswith("no smaller setting fits")
 
 
+def test_offload_keeps_the_motion_memory_on_the_host_and_one_slot_on_the_device():
+    """With an offload mode the memory waits on the host (`MemoModels.motion_memory_home`): the plan
+    moves it from the device's phases to the host's, and the denoising step brings one slot back."""
+    request = _tiny_request(device="cuda", dtype="bf16")
+    plain = plan_memory(request)
+    for mode in ("model", "sequential"):
+        offload = plan_memory(request.replace(offload=mode))
+        memory = offload.motion_memory_bytes
+        assert memory == plain.motion_memory_bytes > 0
+        slot = max(kv + z for kv, z in _slot_sizes(request))
+        assert 0 < slot < memory
+        kept, moved = ({p.name: p for p in plan.phases} for plan in (plain, offload))
+        for name in ("reference", "denoise", "decode"):
+            back = slot if name == "denoise" else 0
+            assert moved[name].activation_bytes == kept[name].activation_bytes - memory + back, (mode, name)
+            assert moved[name].host_bytes - memory == moved["reference"].host_bytes - memory  # weights and frames
+        assert moved["reference"].host_bytes >= sum(offload.weight_bytes.values()) + memory
+        assert any("motion memory on the host" in note for note in offload.notes)
+    assert not any("motion memory on the host" in note for note in plain.notes)
+
+
+def _slot_sizes(request):
+    """(KV, Z) bytes of every memory slot, from the tiny diffusion net's temporal layers at the
+    request's resolution: rows = CFG copies x tokens x heads."""
+    from memo_pipeline.loading import COMPONENTS, build_model
+    from memo_pipeline.state import memory_layers
+
+    net = build_model(COMPONENTS["diffusion_net"][1], request.configs["diffusion_net"], "diffusion_net", device="meta")
+    copies, latent = 2 if request.cfg > 1 else 1, request.resolution // 8
+    sizes = []
+    deepest = len(net.down_blocks) - 1
+    for name, (heads, head_dim) in memory_layers(net).items():
+        where, _, rest = name.partition(".")
+        index = int(rest.split(".")[0]) if where != "mid_block" else deepest
+        level = deepest - index if where == "up_blocks" else index  # mid_block: the deepest level
+        tokens = (latent // 2**level) ** 2
+        rows = copies * tokens * heads
+        sizes.append((rows * head_dim * head_dim * 4, rows * head_dim * 4))
+    return sizes
+
+
 def plan_gb(nbytes):
     from memo_pipeline.memory_plan import gb
 

@@ -55,6 +55,38 @@ def test_offload_gives_the_video_and_state_of_a_run_without_it_bit_for_bit(tiny_
     assert _video(tmp_path / "none.mp4") == _video(tmp_path / f"{offload}.mp4")
 
 
+def test_offload_keeps_the_motion_memory_on_the_host_and_each_layer_reads_its_slot_onto_its_device(tiny_bundle, tmp_path,
+                                                                                                   monkeypatch):
+    """Under offload the memory is kept on the host (`MotionMemory.home`) and read onto the layer's
+    device; without, it stays where the layers computed it. (Here both devices are the CPU: the
+    bit-for-bit test above runs these moves; this one checks where they were asked to go.)"""
+    kept, reads = [], []
+    real_kept, real_read = MotionMemory._kept, MotionMemory.read
+    monkeypatch.setattr(MotionMemory, "_kept", lambda self, tensor: kept.append(self.home) or real_kept(self, tensor))
+    monkeypatch.setattr(MotionMemory, "read",
+                        lambda self, name, device=None: reads.append(device) or real_read(self, name, device))
+    cli.run(_job(tiny_bundle, tmp_path, "model", offload="model"))
+    assert kept and set(kept) == {torch.device("cpu")}
+    assert reads and set(reads) == {torch.device("cpu")}
+    kept.clear()
+    cli.run(_job(tiny_bundle, tmp_path, "none"))
+    assert kept and set(kept) == {None}
+
+
+def test_a_memory_kept_elsewhere_stores_each_absorbed_slot_there_and_reads_it_back_on_request():
+    memory = MotionMemory(home=torch.device("meta"))
+    kv, z = torch.rand(6, 4, 4), torch.rand(6, 1, 4)
+    memory.absorb("layer", kv, z, 16)
+    assert memory.kv["layer"].device.type == "meta" and memory.z["layer"].device.type == "meta"
+    assert memory.slot_bytes() == kv.numel() * 4 + z.numel() * 4
+    on_meta = memory.read("layer", torch.device("meta"))
+    assert all(t.device.type == "meta" and t.shape == s.shape for t, s in zip(on_meta, (kv, z)))
+    here = MotionMemory()
+    here.absorb("layer", kv, z, 16)
+    here.absorb("layer", kv, z, 16)
+    assert torch.equal(here.read("layer")[0], kv * 0.9**16 + kv)
+
+
 def _record_placement(monkeypatch, loaded_by_run: list):
     """Record each `ModelOffload.move` as 'device' or 'host' per network, and check the placement
     whenever a network (or a VAE / wav2vec2 part) starts its forward."""

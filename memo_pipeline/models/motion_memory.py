@@ -33,6 +33,10 @@ class MotionMemory:
     dtype: torch.dtype | None = None
     """Precision of the memory and of the linear attention that reads it; None = the network's
     compute dtype. float32 keeps a bf16/fp16 run's memory from rounding as it accumulates."""
+    home: torch.device | None = None
+    """Where the tensors wait between uses; None = where the layers computed them. Under offload
+    the host (`offload.apply_offload`): the memory is as large as the networks at 512 px, and each
+    layer then brings only its own slot to the device while it runs (`read`, `absorb`)."""
 
     def __len__(self) -> int:
         return len(self.kv)
@@ -56,30 +60,40 @@ class MotionMemory:
 
         What was stored before ages by `decay ** num_frames`, as if those frames had passed.
         """
-        if name not in self.kv:
-            self.kv[name], self.z[name] = kv_new, z_new
-            return
-        age = self.decay**num_frames
-        self.kv[name] = self.kv[name] * age + kv_new
-        self.z[name] = self.z[name] * age + z_new
+        if name in self.kv:
+            age = self.decay**num_frames
+            kv_new = self.kv[name].to(kv_new.device) * age + kv_new
+            z_new = self.z[name].to(z_new.device) * age + z_new
+        self.kv[name], self.z[name] = self._kept(kv_new), self._kept(z_new)
 
-    def read(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.home is None else tensor.to(self.home)
+
+    def read(self, name: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot `name` on `device` (None: where it is kept)."""
         if name not in self.kv:
             raise RuntimeError(
                 f"motion memory has no state for '{name}': the first denoising step of an audio track "
                 "must write the memory (update='reset' on a track's first clip, 'append' on later clips) before 'read' steps"
             )
-        return self.kv[name], self.z[name]
+        kv, z = self.kv[name], self.z[name]
+        return (kv, z) if device is None else (kv.to(device), z.to(device))
 
     def copy(self) -> "MotionMemory":
         return MotionMemory({k: v.clone() for k, v in self.kv.items()}, {k: v.clone() for k, v in self.z.items()}, self.decay,
-                            self.dtype)
+                            self.dtype, self.home)
 
     def to(self, device=None, dtype=None) -> "MotionMemory":
-        """A copy on another device / dtype (the original is left untouched)."""
+        """A copy on another device / dtype (the original is left untouched); it keeps its tensors
+        where they are put (`home` None)."""
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return MotionMemory({k: move(v) for k, v in self.kv.items()}, {k: move(v) for k, v in self.z.items()}, self.decay,
                             self.dtype if dtype is None else dtype)
+
+    def slot_bytes(self) -> int:
+        """Bytes of the largest slot (one layer's KV and Z): what a layer brings to the device when
+        the memory is kept elsewhere."""
+        return max((self.kv[k].untyped_storage().nbytes() + self.z[k].untyped_storage().nbytes() for k in self.kv), default=0)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"kv.{k}": v.contiguous() for k, v in self.kv.items()}

@@ -121,7 +121,7 @@ class MemoryLinearAttention(nn.Module):
         query = torch.softmax(self._heads(self.to_q(x), batch, num_frames, acc), dim=-1) * self.head_dim**-0.5
         key = torch.softmax(self._heads(self.to_k(x), batch, num_frames, acc), dim=1)
         value = self._heads(self.to_v(x), batch, num_frames, acc)
-        kv_mem, z_mem = memory.read(self.slot_name)
+        kv_mem, z_mem = memory.read(self.slot_name, x.device)
         kv_mem = kv_mem.view(batch, tokens, self.heads, self.head_dim, self.head_dim).to(acc)
         z_mem = z_mem.view(batch, tokens, self.heads, self.head_dim).to(acc)
         # this clip's frames plus the memory aged by one frame, accumulated in place (no temporaries)
