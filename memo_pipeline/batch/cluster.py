@@ -89,10 +89,40 @@ def _environment(values: dict[str, str]):
             os.environ.pop(name, None)
 
 
+class StopFlag:
+    """Set by the driver on Ctrl-C (made remote by `ClusterRun`); every worker reads it after each
+    clip. A worker runs one call at a time, its rows in its main thread, so a `stop` call to the
+    worker itself would only arrive after the row."""
+
+    def __init__(self):
+        self.stopped = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+
+class _RemoteStop:
+    """The `threading.Event` face of a remote `StopFlag` that `RowRunner.run` reads."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def is_set(self) -> bool:
+        import ray
+
+        try:
+            return bool(ray.get(self.flag.is_set.remote(), timeout=60))
+        except Exception:  # noqa: BLE001 - the driver is gone: Ray ends this worker too; finish the clip's bookkeeping
+            return True
+
+
 class BatchWorker:
     """The body of one Ray actor (made remote by `_actor_class`)."""
 
-    def __init__(self, template, threads: int, keep_clips: bool = False):
+    def __init__(self, template, threads: int, keep_clips: bool = False, stop_flag=None):
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -101,7 +131,7 @@ class BatchWorker:
             raise ClusterError(problem)
         self.runner = RowRunner(template, name=worker_name(), threads=max(1, threads), keep_clips=keep_clips)
         self.runner.load()
-        self.stop_event = threading.Event()
+        self.stop_event = _RemoteStop(stop_flag) if stop_flag is not None else threading.Event()
 
     def identity(self) -> dict:
         return {"name": self.runner.name, "pid": os.getpid(), "load_seconds": self.runner.load_seconds}
@@ -109,14 +139,15 @@ class BatchWorker:
     def run_row(self, row: BatchRow) -> RowResult:
         return self.runner.run(row, self.stop_event)
 
-    def stop(self) -> None:
-        self.stop_event.set()
-
 
 def _actor_class(ray, gpu: bool, threads: int):
+    """One call at a time, so rows run in the worker's main thread, where it loaded its models: the
+    OpenMP thread team torch made there is the one the rows use. A threaded actor ran rows in
+    another thread, which made a second team; with more OpenMP threads than cores, libgomp lets
+    waiting threads spin only briefly before sleeping, and every parallel region paid for the
+    wake-ups (bench/batch.py)."""
     resources = {"num_gpus": 1} if gpu else {"num_cpus": threads}
-    # two concurrent calls: `stop` must reach a worker that is busy in `run_row`
-    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2,
+    return ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0,
                       runtime_env={"env_vars": dict(WORKER_ENV)}, **resources)(BatchWorker)
 
 
@@ -153,7 +184,9 @@ class ClusterRun:
         actor = _actor_class(ray, gpu, self.threads)
         template = _without_progress(self.template)
         asked = time.perf_counter()
-        workers = [_Worker(actor.remote(template, self.threads, self.keep_clips)) for _ in range(self.workers)]
+        self.stop_flag = ray.remote(num_cpus=0)(StopFlag).remote()
+        workers = [_Worker(actor.remote(template, self.threads, self.keep_clips, self.stop_flag))
+                   for _ in range(self.workers)]
         self.workers_started = 0
         starting = {w.handle.identity.remote(): w for w in workers}
         problems = []
@@ -192,9 +225,7 @@ class ClusterRun:
         while queue or running:
             if self.stop.is_set():
                 if not stop_sent:
-                    for worker in workers:
-                        if worker.alive:
-                            worker.handle.stop.remote()
+                    self.stop_flag.set.remote()
                     stop_sent = True
                 while queue:
                     row = queue.popleft()
