@@ -29,19 +29,17 @@ Where the overhead came from, measured on the 2-core VM (psutil, small config, 1
   i.e. about 2 % of one core, 1 % of this machine; during a run somewhat more (the log monitor
   and raylet serve the worker). This is Ray's fixed cost, outside this code; the last lines print
   it for the run measured.
-- OpenMP waiting differs between the two sides, not by Ray's doing: torch's OpenMP (libgomp) lets
-  a waiting thread spin GOMP_SPINCOUNT times (300000 by default) before it sleeps, and only a short
-  throttled spin once it manages more threads than there are CPUs. The in-process rows run in the
-  main thread; the worker's rows in a thread of the actor (it must take `stop` while busy), which
-  by every figure here gets the short spin (one more managed thread, we take it); torch threads,
-  allocator settings and CPU work per row are otherwise the same. On a loaded machine (load
-  average 9-15) the long spin is ruinous: a 1-row in-process batch took 66-83 CPU s in the main
-  thread (3 runs), 12 CPU s with the same call in a thread, 11 CPU s in the main thread with
-  GOMP_SPINCOUNT=1000, and a 2-row bench run gave 206 s per row in-process against the worker's
-  24 s. On an idle machine the long spin starts parallel regions fastest, so it may be part of the
-  per-row gap the in-process side won by; `--gomp-spincount 1000` runs both sides with the short
-  spin, to tell Ray's cost from this one. Under load (7-9) that gave: in-process 59.6 s, Ray 62.4 s
-  (+4.7 %), start-up 0.7 s vs 14.2 s, per row 29.5 s vs 24.1 s (noise of the load).
+- OpenMP thread teams: torch's OpenMP (libgomp) lets a waiting thread spin GOMP_SPINCOUNT times
+  (300000 by default) before it sleeps, but only a short throttled spin once it manages more
+  threads than there are CPUs. Each thread that starts parallel regions gets its own team, so a
+  worker that loaded its models in its main thread and ran rows in a second thread (a threaded
+  actor, so that `stop` could reach it while busy) managed one team too many: every parallel
+  region then woke sleeping threads. The same generation (small config, 128 px, 2 steps, 2 clips)
+  took 4.85 s in the main thread after a load there and 6.91 s in a second thread (+42 %). The
+  workers now run one call at a time, rows in their main thread, and Ctrl-C reaches them through a
+  named actor created only when needed (`cluster.StopFlag`). On a loaded machine (load average
+  9-15) the long spin of the single team is itself costly, for both sides alike;
+  `--gomp-spincount 1000` runs both with the short spin.
 - So the start-up is what remains of Ray's cost: about 8 s on an idle machine (a new process,
   torch and diffusers imports, models check; the local cluster's own start comes on top unless one
   is running), i.e. about 6 % of a 140 s batch of 6 rows, less for longer batches.

@@ -14,6 +14,7 @@ import collections
 import os
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,39 +91,32 @@ def _environment(values: dict[str, str]):
 
 
 class StopFlag:
-    """Set by the driver on Ctrl-C (made remote by `ClusterRun`); every worker reads it after each
-    clip. A worker runs one call at a time, its rows in its main thread, so a `stop` call to the
-    worker itself would only arrive after the row."""
-
-    def __init__(self):
-        self.stopped = False
-
-    def set(self) -> None:
-        self.stopped = True
-
-    def is_set(self) -> bool:
-        return self.stopped
+    """A named actor whose existence means "stop": the driver creates it on Ctrl-C, and every worker
+    looks its name up after each clip. A worker runs one call at a time, its rows in its main
+    thread, so a `stop` call to the worker itself would only arrive after the row; and a flag that
+    exists only once needed costs no process while the batch runs."""
 
 
 class _RemoteStop:
-    """The `threading.Event` face of a remote `StopFlag` that `RowRunner.run` reads."""
+    """The `threading.Event` face of the `StopFlag` named `name`, which `RowRunner.run` reads."""
 
-    def __init__(self, flag):
-        self.flag = flag
+    def __init__(self, name: str):
+        self.name = name
 
     def is_set(self) -> bool:
         import ray
 
         try:
-            return bool(ray.get(self.flag.is_set.remote(), timeout=60))
-        except Exception:  # noqa: BLE001 - the driver is gone: Ray ends this worker too; finish the clip's bookkeeping
-            return True
+            ray.get_actor(self.name)
+        except ValueError:  # no such actor: nobody asked to stop
+            return False
+        return True
 
 
 class BatchWorker:
     """The body of one Ray actor (made remote by `_actor_class`)."""
 
-    def __init__(self, template, threads: int, keep_clips: bool = False, stop_flag=None):
+    def __init__(self, template, threads: int, keep_clips: bool = False, stop_flag: str | None = None):
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -184,8 +178,8 @@ class ClusterRun:
         actor = _actor_class(ray, gpu, self.threads)
         template = _without_progress(self.template)
         asked = time.perf_counter()
-        self.stop_flag = ray.remote(num_cpus=0)(StopFlag).remote()
-        workers = [_Worker(actor.remote(template, self.threads, self.keep_clips, self.stop_flag))
+        self.stop_flag_name, self.stop_flag = f"memo-batch-stop-{uuid.uuid4().hex}", None
+        workers = [_Worker(actor.remote(template, self.threads, self.keep_clips, self.stop_flag_name))
                    for _ in range(self.workers)]
         self.workers_started = 0
         starting = {w.handle.identity.remote(): w for w in workers}
@@ -224,8 +218,8 @@ class ClusterRun:
 
         while queue or running:
             if self.stop.is_set():
-                if not stop_sent:
-                    self.stop_flag.set.remote()
+                if not stop_sent:  # kept referenced until the run ends, so that it lives as long
+                    self.stop_flag = ray.remote(num_cpus=0)(StopFlag).options(name=self.stop_flag_name).remote()
                     stop_sent = True
                 while queue:
                     row = queue.popleft()
