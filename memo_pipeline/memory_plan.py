@@ -7,8 +7,8 @@ storage dtypes. The pipeline's own code then runs the phases of one clip on Fake
 A TorchDispatchMode (`StorageTracker`) counts the bytes of every tensor storage that is alive,
 each storage once, and frees it when its last tensor goes; its peak per phase is the phase's
 activation memory. Weights are added by where the offload mode keeps them (`plan_memory`).
-No data is computed: the cost is FakeTensor dispatch, about 0.5 ms per operator, some tens of
-seconds of CPU for the released networks (whatever the resolution), a few for the tiny ones.
+No data is computed: the cost is FakeTensor dispatch, about 0.5 ms per operator, 7 to 13 s for
+the released networks at 512 px on the 2-core CI machine, a few for the tiny ones.
 
 Why our own tracker rather than `torch.distributed._tools.mem_tracker.MemTracker` (same idea, and
 it supports FakeTensorMode): after every operator MemTracker walks all tracked modules (module
