@@ -328,6 +328,8 @@ class PlanRequest:
     wav2vec_config: dict | None = None  # Wav2Vec2Config kwargs (None = wav2vec2-base's)
     audio_encoder: bool = True  # whether the wav2vec2 encoder is loaded too (the command line and nodes do)
     memory_fp32: bool = True  # GenerationSettings.memory_fp32 (the motion memory in float32)
+    memory_on_host: bool | None = None  # the motion memory waits on the host (None: with an offload mode,
+    # as offload.apply_offload keeps it; MemoModels.motion_memory_home)
 
     def replace(self, **changes) -> "PlanRequest":
         return dataclasses.replace(self, **changes)
@@ -522,14 +524,16 @@ def plan_memory(request: PlanRequest, _profile_cache: dict | None = None) -> Mem
     else:
         phases.append(PhaseMemory("loading", 0, all_weights + extra))
         host_weights = all_weights
-        notes.append(f"offload {request.offload} keeps the motion memory on the host: the device holds "
-                     f"{gb(slot_bytes)} of it at a time, one layer's share")
         if request.offload == "model":
             resident = {name: max(weights[n] for n in PHASE_NETWORKS[name] if n in weights) for name in PHASES[1:]}
         else:
             largest = max(largest_layer_bytes(network) for network in networks.values())
             resident = {name: largest for name in PHASES[1:]}
-    memory_on_host = memory_bytes if request.offload != "none" else 0  # offload.apply_offload: motion_memory_home
+    on_host = request.offload != "none" if request.memory_on_host is None else request.memory_on_host
+    memory_on_host = memory_bytes if on_host else 0
+    if on_host:
+        notes.append(f"the motion memory waits on the host: the device holds {gb(slot_bytes)} of it at a time, "
+                     "one layer's share")
     for name in PHASES[1:]:
         slot = slot_bytes if memory_on_host and name == "denoise" else 0  # only the temporal layers bring a slot
         on_device = activations[name] - memory_on_host + slot
@@ -700,9 +704,10 @@ def check_request_fits(request: PlanRequest, budget_gb: float | None = None, fre
 
 
 def models_request(models, settings, resolution: int, device, offload: str = "model", vae_batch: int | None = None,
-                   vae_config: dict | None = None) -> PlanRequest:
+                   vae_config: dict | None = None, memory_on_host: bool = False) -> PlanRequest:
     """The plan of a run on already built `MemoModels` (their configs and dtypes), without the audio
-    encoder (its features are made before such a run)."""
+    encoder (its features are made before such a run); the motion memory on the device unless
+    `memory_on_host`."""
     from .layers import weight_dtype_name
     from .loading import COMPONENTS, DTYPES
 
@@ -712,23 +717,35 @@ def models_request(models, settings, resolution: int, device, offload: str = "mo
                        steps=settings.steps, cfg=settings.guidance_scale, dtype=dtype,
                        weight_dtype=weight_dtype_name(getattr(models, "weight_dtype", None)), offload=offload,
                        device=str(device), vae_batch=vae_batch, configs=configs, vae_config=vae_config,
-                       audio_encoder=False)
+                       audio_encoder=False, memory_on_host=memory_on_host)
 
 
 def check_managed_run(request: PlanRequest, free_device: int | None, log=None) -> FitCheck:
     """The check for a host whose model manager loads each network before it runs and can keep part
     of a network's weights off the device (ComfyUI): `request` (offload "model") is checked; where it
-    does not fit but streaming the weights (offload "sequential") does, the run goes on with a
-    warning (slower); where neither fits, `DoesNotFit` names the smallest change."""
+    does not fit, the same with the motion memory waiting on the host (the caller then keeps it
+    there: `fit.plan.request.memory_on_host`), then also streaming the weights (offload
+    "sequential"); each fallback warns (slower). Where none fits, `DoesNotFit` names the smallest
+    change."""
     import logging
 
     log = log or logging.getLogger("memo_pipeline")
     try:
         return check_request_fits(request, free_device=free_device, log=log)
-    except DoesNotFit:
-        streamed = request.replace(offload="sequential")
-        fit = check_request_fits(streamed, free_device=free_device, log=log)
-        log.warning("memory: the networks need ~%s with one whole network on the device, %s free: part of their "
-                    "weights will stay off the device and stream in per layer (slower)",
-                    gb(plan_memory(request).peak_device_bytes), gb(fit.free_bytes))
-        return fit
+    except DoesNotFit as too_big:
+        needed = gb(plan_memory(request).peak_device_bytes)
+        for fallback, why in ((request.replace(memory_on_host=True), "the motion memory will wait in RAM and each "
+                               "temporal layer bring its share to the device per step"),
+                              (request.replace(memory_on_host=True, offload="sequential"), "the motion memory will "
+                               "wait in RAM and part of the weights stay off the device, streamed in per layer")):
+            if fallback == request:
+                continue
+            try:
+                fit = check_request_fits(fallback, free_device=free_device, log=log)
+            except DoesNotFit as err:
+                too_big = err
+                continue
+            log.warning("memory: the run needs ~%s with one whole network and the motion memory on the device, %s "
+                        "free: %s (slower)", needed, gb(fit.free_bytes), why)
+            return fit
+        raise too_big

@@ -53,6 +53,7 @@ class RunPlan:
     first_clip: int
     stop_clip: int
     resolution: int
+    memory_on_host: bool = False  # the motion memory waits in RAM (check_memory found the device too small)
 
     @property
     def clips_in_run(self) -> int:
@@ -123,13 +124,15 @@ def prepare_run(memo_model, vae, reference_image, memo_audio, face, seed, steps,
 
 def check_memory(plan: RunPlan) -> None:
     """The memory plan of this run against the host's free memory, before any network moves to the
-    device: stops with the smallest change that fits, or warns when it is tight (memory_plan)."""
+    device: stops with the smallest change that fits, or warns when it is tight (memory_plan). Where
+    only the motion memory waiting in RAM fits, the run keeps it there (`plan.memory_on_host`)."""
     from ..memo_pipeline.memory_plan import check_managed_run, models_request
 
     host = host_mod.get_host()
     device = host.compute_device()
     request = models_request(plan.pipeline.models, plan.settings, plan.resolution, device)
-    check_managed_run(request, host.free_memory(device), logger)
+    fit = check_managed_run(request, host.free_memory(device), logger)
+    plan.memory_on_host = bool(fit.plan.request.memory_on_host) and device.type != "cpu"
 
 
 def _duration(seconds: float) -> str:
@@ -199,7 +202,9 @@ def run_clips(plan: RunPlan):
                                        state=plan.state, on_step=on_step, should_cancel=should_cancel,
                                        max_clips=plan.clips_in_run)
 
-    with plan.pipeline.models.load_on_demand(host.compute_device(), load_one):
+    models = plan.pipeline.models
+    models.motion_memory_home = torch.device("cpu") if plan.memory_on_host else None  # read as the generation starts
+    with models.load_on_demand(host.compute_device(), load_one):
         try:
             for clip in generator:
                 middle = clip.frames[clip.frames.shape[0] // 2]
@@ -211,6 +216,7 @@ def run_clips(plan: RunPlan):
             raise ValueError(f"MEMO sampler: {exc}") from exc
         finally:
             generator.close()
+            models.motion_memory_home = None
 
 
 def memo_state_from(clip, plan: RunPlan) -> MemoState:

@@ -226,8 +226,29 @@ def test_offload_keeps_the_motion_memory_on_the_host_and_one_slot_on_the_device(
             assert moved[name].activation_bytes == kept[name].activation_bytes - memory + back, (mode, name)
             assert moved[name].host_bytes - memory == moved["reference"].host_bytes - memory  # weights and frames
         assert moved["reference"].host_bytes >= sum(offload.weight_bytes.values()) + memory
-        assert any("motion memory on the host" in note for note in offload.notes)
-    assert not any("motion memory on the host" in note for note in plain.notes)
+        assert any("motion memory waits on the host" in note for note in offload.notes)
+    assert not any("motion memory waits on the host" in note for note in plain.notes)
+    # what the nodes plan: ComfyUI loads one network at a time ("model") and the memory stays on the device
+    kept_on_device = plan_memory(request.replace(offload="model", memory_on_host=False))
+    assert kept_on_device.peak_device_bytes > plan_memory(request.replace(offload="model")).peak_device_bytes
+
+
+def test_a_managed_run_keeps_the_motion_memory_in_ram_when_only_that_fits(caplog):
+    """ComfyUI's check: one network at a time with the memory on the device; where that does not fit
+    but the memory in RAM does, the run goes on so (the node then keeps it there), with a warning."""
+    from memo_pipeline.memory_plan import check_managed_run
+
+    request = _tiny_request(device="cuda", dtype="bf16", offload="model", memory_on_host=False)
+    on_device = plan_memory(request).peak_device_bytes
+    in_ram = plan_memory(request.replace(memory_on_host=True)).peak_device_bytes
+    assert in_ram < on_device
+    assert check_managed_run(request, 2 * on_device).plan.request.memory_on_host is False
+    with caplog.at_level("WARNING", logger="memo_pipeline"):
+        fit = check_managed_run(request, (in_ram + on_device) // 2)
+    assert fit.plan.request.memory_on_host is True and fit.plan.request.offload == "model"
+    assert "the motion memory will wait in RAM" in caplog.text
+    with pytest.raises(DoesNotFit, match="not enough device memory"):
+        check_managed_run(request, 1000)
 
 
 def _slot_sizes(request):
