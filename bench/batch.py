@@ -40,9 +40,13 @@ Where the overhead came from, measured on the 2-core VM (psutil, small config, 1
   named actor created only when needed (`cluster.StopFlag`). On a loaded machine (load average
   9-15) the long spin of the single team is itself costly, for both sides alike;
   `--gomp-spincount 1000` runs both with the short spin.
-- So the start-up is what remains of Ray's cost: about 8 s on an idle machine (a new process,
-  torch and diffusers imports, models check; the local cluster's own start comes on top unless one
-  is running), i.e. about 6 % of a 140 s batch of 6 rows, less for longer batches.
+- So the start-up is what remains of Ray's cost: about 6.5 s (a new process, torch and
+  diffusers imports, models check; the local cluster's own start comes on top unless one is
+  running), i.e. about 5 % of a 140 s batch of 6 rows, less for longer batches; per row the two
+  sides are within the machine's noise. Three alternating rounds of 6 rows (small config, 128 px,
+  2 steps): in-process 135.8 / 145.6 / 142.7 s, Ray with 1 worker 137.8 / 143.1 / 136.6 s
+  (fastest +0.6 %, means -1.6 %). 2 workers x 1 thread did 1.31x the rows per hour of 1 worker x
+  2 threads (129.7 s vs 169.8 s, one round).
 The figures are only meaningful on an otherwise idle machine; each round prints the load average
 so that runs on a busy one can be told apart.
 """
