@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -310,35 +309,20 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 
 def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """The tensor entries of a safetensors file's JSON header and the offset its data starts at,
-    checked as the format requires: known dtypes, offsets that fit the file and match each shape.
-    Read with plain reads: `safe_open` would place the whole file in a torch storage first."""
+    """The tensor entries of a safetensors file's header and the offset its data starts at, checked
+    as `model_files.read_safetensors_entries` checks downloads, in dtypes torch has. Read with plain
+    reads: `safe_open(framework="pt")` would place the whole file in a torch storage first."""
+    from .model_files import FileProblem, read_safetensors_entries
+
     bad = f"{path} is not a readable safetensors file (corrupt or truncated?)"
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            length = int.from_bytes(f.read(8), "little")
-            if length > size - 8:
-                raise CheckpointError(f"{bad}: its header is longer than the file")
-            header = json.loads(f.read(length))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        entries, _metadata, data_start = read_safetensors_entries(path)
+    except (FileProblem, OSError) as err:
         raise CheckpointError(f"{bad}: {err}") from err
-    except OSError as err:
-        raise CheckpointError(f"{bad}: {err}") from err
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{bad}: its header is not a JSON object")
-    header.pop("__metadata__", None)
-    data = size - 8 - length
-    for key, entry in header.items():
-        try:
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            begin, end = (int(v) for v in entry["data_offsets"])
-            count = math.prod(int(d) for d in entry["shape"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{bad}: tensor {key} has an unusable entry ({err})") from err
-        if not 0 <= begin <= end <= data or end - begin != count * dtype.itemsize:
-            raise CheckpointError(f"{bad}: tensor {key} lies outside the file or does not match its shape")
-    return header, 8 + length
+    unknown = sorted({entry["dtype"] for entry in entries.values()} - set(_SAFETENSORS_DTYPES))
+    if unknown:
+        raise CheckpointError(f"{bad}: tensor dtypes {', '.join(unknown)} cannot be loaded here")
+    return entries, data_start
 
 
 def _read_tensor(f, path: Path, key: str, entry: dict, data_start: int, scratch: torch.Tensor) -> torch.Tensor:
@@ -366,29 +350,27 @@ def stream_weights(folder: str | os.PathLike, model: torch.nn.Module, dtypes: di
     page cache behind plain reads does not). Every tensor is read into one buffer the size of the
     file's largest tensor, so loading peaks at the stored size plus that buffer."""
     folder = Path(folder)
-    index: dict[Path, list[str]] = {}
+    headers: dict[Path, tuple[dict, int]] = {}
     shapes = {}
     for path in weight_files(folder):
         if not path.is_file():
             raise CheckpointError(f"{path} is listed in the safetensors index but missing")
-        header, _start = _safetensors_header(path)
-        index[path] = list(header)
-        shapes.update((key, tuple(entry["shape"])) for key, entry in header.items())
-    source = ", ".join(os.fspath(p) for p in index)
+        headers[path] = _safetensors_header(path)
+        shapes.update((key, tuple(entry["shape"])) for key, entry in headers[path][0].items())
+    source = ", ".join(os.fspath(p) for p in headers)
     problems = shape_problems({k: v.shape for k, v in model.state_dict().items()}, shapes)
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
     tensors = {}
-    for path, keys in index.items():
-        header, data_start = _safetensors_header(path)
-        largest = max((header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys), default=0)
+    for path, (header, data_start) in headers.items():
+        largest = max((end - begin for begin, end in (e["data_offsets"] for e in header.values())), default=0)
         # one buffer for every read: per-tensor buffers, freed between stored results, would leave
         # the heap fragmented (its peak well above the stored size)
         scratch = torch.empty(largest, dtype=torch.uint8)
         try:
             with open(path, "rb") as f:
-                for key in keys:
-                    read = _read_tensor(f, path, key, header[key], data_start, scratch)
+                for key, entry in header.items():
+                    read = _read_tensor(f, path, key, entry, data_start, scratch)
                     stored = to_storage_dtype(read, dtypes.get(key, read.dtype), in_place=True).to(device)
                     if stored.data_ptr() == read.data_ptr() or stored.untyped_storage().data_ptr() == scratch.data_ptr():
                         stored = stored.clone()  # still the scratch buffer, which the next read overwrites

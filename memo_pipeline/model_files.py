@@ -145,7 +145,15 @@ _MAX_HEADER = 100_000_000  # the safetensors reader's own limit on the header le
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict]:
-    """(tensor name -> shape, metadata) of a safetensors file, after checking the header by the rules
+    """(tensor name -> shape, metadata) of a safetensors file whose header passed
+    `read_safetensors_entries`. No tensor data is read."""
+    entries, metadata, _ = read_safetensors_entries(path)
+    return {name: tuple(entry["shape"]) for name, entry in entries.items()}, metadata
+
+
+def read_safetensors_entries(path: str | os.PathLike) -> tuple[dict[str, dict], dict, int]:
+    """(tensor name -> header entry (`dtype`, `shape`, `data_offsets`), metadata, offset of the
+    tensor data in the file) of a safetensors file, after checking the header by the rules
     the safetensors reader applies when `generate` loads it: valid JSON object, string metadata,
     known dtypes, each tensor's byte span equal to dtype size x shape, the spans (in order) starting
     at 0, touching without gap or overlap, and ending exactly at the end of the file (so a truncated
@@ -174,7 +182,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FileProblem(f"{path}: its safetensors metadata must map names to strings")
-    shapes, spans = {}, []
+    entries, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -189,7 +197,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
             raise FileProblem(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
         if stop < start or (stop - start) * 8 != math.prod(shape) * _DTYPE_BITS[dtype]:
             raise FileProblem(f"{path}: tensor {name!r} byte range {start}-{stop} does not match its shape {list(shape)}")
-        shapes[name] = tuple(shape)
+        entries[name] = entry
         spans.append((start, stop, name))
     end = 0
     for start, stop, name in sorted(spans):
@@ -202,7 +210,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
         raise FileProblem(f"{path}: the header describes {8 + length + end} bytes but the file has {size} "
                           f"({'truncated download?' if size < 8 + length + end else 'trailing data'})")
     _reader_accepts(path)
-    return shapes, metadata
+    return entries, metadata, 8 + length
 
 
 def _reader_accepts(path: Path) -> None:
