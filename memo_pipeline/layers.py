@@ -159,17 +159,20 @@ class CastingLayers:
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return F.linear(input, *self.cast_weight_bias(input))
 
-    class Conv1d(CastingLayer, nn.Conv1d):
+    class _Conv(CastingLayer):
+        """The forward of the three convolutions (each torch class has its own `_conv_forward`)."""
+
         def forward(self, input: torch.Tensor) -> torch.Tensor:
             return self._conv_forward(input, *self.cast_weight_bias(input))
 
-    class Conv2d(CastingLayer, nn.Conv2d):
-        def forward(self, input: torch.Tensor) -> torch.Tensor:
-            return self._conv_forward(input, *self.cast_weight_bias(input))
+    class Conv1d(_Conv, nn.Conv1d):
+        pass
 
-    class Conv3d(CastingLayer, nn.Conv3d):
-        def forward(self, input: torch.Tensor) -> torch.Tensor:
-            return self._conv_forward(input, *self.cast_weight_bias(input))
+    class Conv2d(_Conv, nn.Conv2d):
+        pass
+
+    class Conv3d(_Conv, nn.Conv3d):
+        pass
 
     class GroupNorm(CastingLayer, nn.GroupNorm):
         def forward(self, input: torch.Tensor) -> torch.Tensor:
