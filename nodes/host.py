@@ -82,13 +82,13 @@ class Host(abc.ABC):
     def offload_device(self):
         """Where idle weights are kept (and where loaders put new ones)."""
 
-    @abc.abstractmethod
     def free_memory(self, device) -> int | None:
         """Bytes a run could use on `device` now (None: unknown); the memory plan is checked against it."""
         from ..memo_pipeline.memory_plan import free_device_bytes
 
         return free_device_bytes(device)
 
+    @abc.abstractmethod
     def model_dtype(self, supported: Sequence) -> object:
         """The weight dtype, among `supported` (torch dtypes, preferred first), for a model on `compute_device()`."""
 
